@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs every rustvlan test on a fresh Debian machine, as root: formatting, lints, unit
+# tests, integration tests against the real kernel (in namespaces the tests make), and
+# the end-to-end suite against a private dockerd this script starts and stops.
+# It installs what it needs with apt-get and cleans up after itself.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=lib/env.sh
+source scripts/lib/env.sh
+
+say() { printf '[test.sh] %s\n' "$*" >&2; }
+[[ $(id -u) == 0 ]] || { say "run me as root: the tests make namespaces, links and a dockerd"; exit 1; }
+
+rv_need_pkgs iproute2 docker.io busybox-static curl
+
+work=$(mktemp -d /tmp/rvtest.XXXXXX)
+cleanup() {
+    local rc=$?
+    set +e
+    rv_dockerd_stop "$work/docker"
+    rm -rf "$work"
+    if ((rc == 0)); then say PASS; else say "FAIL (rc=$rc)"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say "cargo fmt --check"
+cargo fmt --check
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+rv_dockerd_start "$work/docker"
+export RUSTVLAN_TEST_IMAGE=rvbb:latest
+rv_test_image "$RUSTVLAN_TEST_IMAGE"
+
+# RUSTVLAN_CI turns every "skipped: cannot run here" into a failure: this script made
+# sure root, namespaces and dockerd are there, so a skip would hide a broken test.
+export RUSTVLAN_CI=1
+export RUSTVLAN_E2E_MARKER=$work/e2e-ran
+say "cargo test"
+cargo test --all-targets -- --test-threads "${RUSTVLAN_TEST_THREADS:-4}"
+
+# The Docker suite drops this marker when it really ran against dockerd.
+[[ -s $RUSTVLAN_E2E_MARKER ]] || { say "the Docker end-to-end suite did not run"; exit 1; }
+say "Docker end-to-end suite ran: $(cat "$RUSTVLAN_E2E_MARKER")"

@@ -1,0 +1,6 @@
+//! The HTTP face of the plugin: wire types and the router.
+
+mod router;
+pub mod wire;
+
+pub use router::{MAX_BODY, router};

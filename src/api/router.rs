@@ -1,0 +1,359 @@
+//! Routes every `POST /<Method>` to the plugin, decodes bodies leniently (dockerd sends
+//! no Content-Type, and nothing at all for argument-less calls), and shapes answers and
+//! errors the way dockerd reads them.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, post};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::Instrument;
+
+use super::wire::{
+    ActivateResponse, AllocateNetworkResponse, CONTENT_TYPE, CreateEndpointRequest, CreateNetworkRequest,
+    DiscoveryRequest, Empty, EndpointRequest, JoinRequest, NetworkRequest, ReleaseAddressRequest, ReleasePoolRequest,
+    RequestAddressRequest, RequestPoolRequest,
+};
+use crate::error::{Error, ErrorKind};
+use crate::kernel::Kernel;
+use crate::plugin::Plugin;
+
+/// Largest request body accepted. dockerd's biggest, CreateNetwork, is a few KiB.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Which API a method belongs to decides the error key: the driver API reads `Err`,
+/// the IPAM API reads `Error` on a 200. rustvlan answers errors with a non-200 status,
+/// where dockerd's plugin client reads `Err` for both; IPAM errors carry `Error` too,
+/// so that any client of docs/ipam.md finds the message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Driver,
+    Ipam,
+}
+
+fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+}
+
+fn error_response(api: Api, err: &Error) -> Response {
+    let status = match err.kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict | ErrorKind::Exhausted => StatusCode::CONFLICT,
+        ErrorKind::Kernel | ErrorKind::Store => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = match api {
+        Api::Driver => json!({ "Err": err.message }),
+        Api::Ipam => json!({ "Err": err.message, "Error": err.message }),
+    };
+    json_response(status, &body)
+}
+
+/// Ids a request names, for the request's log span.
+trait Ids {
+    fn network(&self) -> Option<&str> {
+        None
+    }
+    fn endpoint(&self) -> Option<&str> {
+        None
+    }
+    fn pool(&self) -> Option<&str> {
+        None
+    }
+}
+
+macro_rules! ids {
+    ($t:ty, network) => {
+        impl Ids for $t {
+            fn network(&self) -> Option<&str> {
+                Some(&self.network_id)
+            }
+        }
+    };
+    ($t:ty, network, endpoint) => {
+        impl Ids for $t {
+            fn network(&self) -> Option<&str> {
+                Some(&self.network_id)
+            }
+            fn endpoint(&self) -> Option<&str> {
+                Some(&self.endpoint_id)
+            }
+        }
+    };
+    ($t:ty, pool) => {
+        impl Ids for $t {
+            fn pool(&self) -> Option<&str> {
+                Some(&self.pool_id)
+            }
+        }
+    };
+    ($t:ty) => {
+        impl Ids for $t {}
+    };
+}
+ids!(CreateNetworkRequest, network);
+ids!(NetworkRequest, network);
+ids!(CreateEndpointRequest, network, endpoint);
+ids!(EndpointRequest, network, endpoint);
+ids!(JoinRequest, network, endpoint);
+ids!(RequestAddressRequest, pool);
+ids!(ReleaseAddressRequest, pool);
+ids!(ReleasePoolRequest, pool);
+ids!(RequestPoolRequest);
+ids!(DiscoveryRequest);
+
+fn decode<T: DeserializeOwned>(method: &str, body: &Bytes) -> Result<T, Error> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(Error::invalid(format!(
+                "{method} needs a JSON object in the request body, got nothing"
+            )));
+        }
+        // serde would take an array for a struct, with a baffling message.
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(Error::invalid(format!(
+                "{method} needs a JSON object in the request body"
+            )));
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." || path == "?" {
+            Error::invalid(format!("invalid {method} request: {inner}"))
+        } else {
+            Error::invalid(format!("invalid {method} request: field {path}: {inner}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| Error::invalid(format!("invalid {method} request: {e}")))?;
+    Ok(value)
+}
+
+async fn read_body(body: Body) -> Result<Bytes, Error> {
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| Error::invalid(format!("request body is larger than {} KiB", MAX_BODY / 1024)))
+}
+
+/// Decodes, runs and answers one call inside a span that names its ids.
+async fn call<Req, Resp, Fut>(api: Api, method: &'static str, body: Body, handler: impl FnOnce(Req) -> Fut) -> Response
+where
+    Req: DeserializeOwned + Ids,
+    Resp: Serialize,
+    Fut: Future<Output = Result<Resp, Error>>,
+{
+    let span = tracing::info_span!(
+        "request",
+        method,
+        network = tracing::field::Empty,
+        endpoint = tracing::field::Empty,
+        pool = tracing::field::Empty
+    );
+    async move {
+        let bytes = match read_body(body).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("{e}");
+                let mut response = error_response(api, &e);
+                *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                return response;
+            }
+        };
+        let request: Req = match decode(method, &bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return error_response(api, &e);
+            }
+        };
+        let span = tracing::Span::current();
+        if let Some(id) = request.network() {
+            span.record("network", &id[..id.len().min(12)]);
+        }
+        if let Some(id) = request.endpoint() {
+            span.record("endpoint", &id[..id.len().min(12)]);
+        }
+        if let Some(id) = request.pool() {
+            span.record("pool", id);
+        }
+        match handler(request).await {
+            Ok(answer) => json_response(StatusCode::OK, &answer),
+            Err(e) => {
+                tracing::warn!(kind = ?e.kind, "{}", e.message);
+                error_response(api, &e)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Argument-less calls: whatever body comes (dockerd sends none) is ignored.
+fn constant<T: Serialize + Send + 'static, K: Kernel>(f: fn(&Plugin<K>) -> T) -> MethodRouter<Arc<Plugin<K>>> {
+    rpc(post(move |State(plugin): State<Arc<Plugin<K>>>| async move {
+        json_response(StatusCode::OK, &f(&plugin))
+    }))
+}
+
+fn rpc<K: Kernel>(route: MethodRouter<Arc<Plugin<K>>>) -> MethodRouter<Arc<Plugin<K>>> {
+    route.fallback(|| async {
+        json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({ "Err": "plugin methods are called with POST" }),
+        )
+    })
+}
+
+macro_rules! route {
+    ($api:expr, $name:literal, |$plugin:ident, $req:ident: $t:ty| $body:expr) => {
+        rpc(post(|State($plugin): State<Arc<Plugin<K>>>, body: Body| async move {
+            call($api, $name, body, |$req: $t| async move { $body }).await
+        }))
+    };
+}
+
+pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
+    use Api::{Driver, Ipam};
+    Router::new()
+        .route(
+            "/Plugin.Activate",
+            constant(|_| ActivateResponse {
+                implements: vec!["NetworkDriver", "IpamDriver"],
+            }),
+        )
+        // NetworkDriver
+        .route("/NetworkDriver.GetCapabilities", constant(Plugin::driver_capabilities))
+        .route(
+            "/NetworkDriver.CreateNetwork",
+            route!(Driver, "NetworkDriver.CreateNetwork", |p, r: CreateNetworkRequest| p
+                .create_network(r)
+                .await),
+        )
+        .route(
+            "/NetworkDriver.DeleteNetwork",
+            route!(Driver, "NetworkDriver.DeleteNetwork", |p, r: NetworkRequest| p
+                .delete_network(r)
+                .await),
+        )
+        .route(
+            "/NetworkDriver.CreateEndpoint",
+            route!(Driver, "NetworkDriver.CreateEndpoint", |p, r: CreateEndpointRequest| p
+                .create_endpoint(r)
+                .await),
+        )
+        .route(
+            "/NetworkDriver.EndpointOperInfo",
+            route!(Driver, "NetworkDriver.EndpointOperInfo", |p, r: EndpointRequest| Ok(
+                p.endpoint_oper_info(r)
+            )),
+        )
+        .route(
+            "/NetworkDriver.DeleteEndpoint",
+            route!(Driver, "NetworkDriver.DeleteEndpoint", |p, r: EndpointRequest| p
+                .delete_endpoint(r)
+                .await),
+        )
+        .route(
+            "/NetworkDriver.Join",
+            route!(Driver, "NetworkDriver.Join", |p, r: JoinRequest| p.join(r).await),
+        )
+        .route(
+            "/NetworkDriver.Leave",
+            route!(Driver, "NetworkDriver.Leave", |p, r: EndpointRequest| Ok(p.leave(r))),
+        )
+        .route(
+            "/NetworkDriver.ProgramExternalConnectivity",
+            route!(
+                Driver,
+                "NetworkDriver.ProgramExternalConnectivity",
+                |_p, _r: EndpointRequest| Ok(Empty {})
+            ),
+        )
+        .route(
+            "/NetworkDriver.RevokeExternalConnectivity",
+            route!(
+                Driver,
+                "NetworkDriver.RevokeExternalConnectivity",
+                |_p, _r: EndpointRequest| Ok(Empty {})
+            ),
+        )
+        .route(
+            "/NetworkDriver.DiscoverNew",
+            route!(Driver, "NetworkDriver.DiscoverNew", |_p, _r: DiscoveryRequest| Ok(
+                Empty {}
+            )),
+        )
+        .route(
+            "/NetworkDriver.DiscoverDelete",
+            route!(Driver, "NetworkDriver.DiscoverDelete", |_p, _r: DiscoveryRequest| Ok(
+                Empty {}
+            )),
+        )
+        .route(
+            "/NetworkDriver.AllocateNetwork",
+            route!(Driver, "NetworkDriver.AllocateNetwork", |_p, _r: NetworkRequest| Ok(
+                AllocateNetworkResponse::default()
+            )),
+        )
+        .route(
+            "/NetworkDriver.FreeNetwork",
+            route!(Driver, "NetworkDriver.FreeNetwork", |_p, _r: NetworkRequest| Ok(
+                Empty {}
+            )),
+        )
+        // IpamDriver
+        .route("/IpamDriver.GetCapabilities", constant(Plugin::ipam_capabilities))
+        .route("/IpamDriver.GetDefaultAddressSpaces", constant(Plugin::address_spaces))
+        .route(
+            "/IpamDriver.RequestPool",
+            route!(Ipam, "IpamDriver.RequestPool", |p, r: RequestPoolRequest| p
+                .request_pool(r)
+                .await),
+        )
+        .route(
+            "/IpamDriver.ReleasePool",
+            route!(Ipam, "IpamDriver.ReleasePool", |p, r: ReleasePoolRequest| p
+                .release_pool(r)
+                .await),
+        )
+        .route(
+            "/IpamDriver.RequestAddress",
+            route!(Ipam, "IpamDriver.RequestAddress", |p, r: RequestAddressRequest| p
+                .request_address(r)
+                .await),
+        )
+        .route(
+            "/IpamDriver.ReleaseAddress",
+            route!(Ipam, "IpamDriver.ReleaseAddress", |p, r: ReleaseAddressRequest| p
+                .release_address(r)
+                .await),
+        )
+        // rustvlan's own: the state as `rustvlan state` prints it.
+        .route(
+            "/Rustvlan.State",
+            rpc(post(|State(plugin): State<Arc<Plugin<K>>>| async move {
+                match plugin.dump().await {
+                    Ok(v) => json_response(StatusCode::OK, &v),
+                    Err(e) => error_response(Api::Driver, &e),
+                }
+            })),
+        )
+        .fallback(|uri: axum::http::Uri| async move {
+            json_response(
+                StatusCode::NOT_FOUND,
+                &json!({ "Err": format!("rustvlan does not implement {}", uri.path()) }),
+            )
+        })
+        .with_state(plugin)
+}

@@ -1,0 +1,725 @@
+//! CreateNetwork's options and subnets, checked and turned into a network's settings.
+//! Pure: the kernel is asked about the parent later.
+
+use std::collections::BTreeMap;
+
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+
+use crate::api::wire::IpamData;
+use crate::error::{Error, Result};
+use crate::ipam::{parse_address, parse_subnet};
+use crate::kernel::IFNAME_MAX;
+use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode, Subnet};
+
+pub const GENERIC: &str = "com.docker.network.generic";
+pub const INTERNAL: &str = "com.docker.network.internal";
+pub const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
+
+/// Every `-o` key rustvlan understands. Docker's own macvlan/ipvlan names are included so
+/// that `-d macvlan` can become `-d rustvlan` without touching the options.
+pub const VALID_KEYS: &[&str] = &[
+    "parent",
+    "vlan",
+    "kind",
+    "mode",
+    "macvlan_mode",
+    "ipvlan_mode",
+    "ipvlan_flag",
+    "mtu",
+    "com.docker.network.driver.mtu",
+];
+
+/// Where a network's parent comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParentChoice {
+    /// An interface the user named. If it is missing and `vlan` is set, rustvlan makes it
+    /// as an 802.1Q link on `vlan.base`.
+    Named { name: String, vlan: Option<VlanSpec> },
+    /// `--internal` or no parent: a dummy link only this network uses.
+    Dummy { name: String },
+}
+
+impl ParentChoice {
+    pub fn name(&self) -> &str {
+        match self {
+            ParentChoice::Named { name, .. } | ParentChoice::Dummy { name } => name,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VlanSpec {
+    pub base: String,
+    pub id: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub link: LinkMode,
+    pub parent: ParentChoice,
+    pub mtu: Option<u32>,
+    pub internal: bool,
+    pub enable_ipv6: bool,
+    pub options: BTreeMap<String, String>,
+}
+
+/// Ids become link names and store keys: keep them to what dockerd sends (hex).
+pub fn check_id(field: &str, id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{field} {id:?} is not a valid id (1-128 letters, digits, '-', '_' or '.')"
+        )))
+    }
+}
+
+/// The kernel's rules for interface names (dev_valid_name).
+pub fn check_ifname(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid(format!("{what} is empty")));
+    }
+    if name.len() > IFNAME_MAX {
+        return Err(Error::invalid(format!(
+            "{what} {name:?} is {} bytes long; interface names have at most {IFNAME_MAX}",
+            name.len()
+        )));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+    {
+        return Err(Error::invalid(format!("{what} {name:?} is not a valid interface name")));
+    }
+    Ok(())
+}
+
+fn parse_vlan_id(text: &str, context: &str) -> Result<u16> {
+    match text.parse::<u32>() {
+        Ok(id @ 1..=4094) => Ok(id as u16),
+        Ok(id) => Err(Error::invalid(format!("VLAN id {id} {context} is outside 1-4094"))),
+        Err(_) => Err(Error::invalid(format!(
+            "VLAN id {text:?} {context} is not a number from 1 to 4094"
+        ))),
+    }
+}
+
+/// `eth0.10` names VLAN 10 on `eth0`; a name whose last dot is followed by anything but
+/// digits (`br.lan`) is an ordinary interface name.
+fn vlan_in_name(name: &str) -> Result<Option<VlanSpec>> {
+    let Some((base, suffix)) = name.rsplit_once('.') else {
+        return Ok(None);
+    };
+    if suffix.is_empty() || !suffix.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(None);
+    }
+    let id = parse_vlan_id(suffix, &format!("in parent {name}"))?;
+    check_ifname("the VLAN's base interface", base)?;
+    Ok(Some(VlanSpec {
+        base: base.to_string(),
+        id,
+    }))
+}
+
+fn macvlan_mode(text: &str) -> Result<MacvlanMode> {
+    Ok(match text {
+        "bridge" => MacvlanMode::Bridge,
+        "private" => MacvlanMode::Private,
+        "vepa" => MacvlanMode::Vepa,
+        "passthru" => MacvlanMode::Passthru,
+        _ => {
+            return Err(Error::invalid(format!(
+                "unknown macvlan mode {text:?}; valid modes: bridge (default), private, vepa, passthru"
+            )));
+        }
+    })
+}
+
+fn ipvlan_mode(text: &str) -> Result<IpvlanMode> {
+    Ok(match text {
+        "l2" => IpvlanMode::L2,
+        "l3" => IpvlanMode::L3,
+        "l3s" => IpvlanMode::L3s,
+        _ => {
+            return Err(Error::invalid(format!(
+                "unknown ipvlan mode {text:?}; valid modes: l2 (default), l3, l3s"
+            )));
+        }
+    })
+}
+
+fn ipvlan_flag(text: &str) -> Result<IpvlanFlag> {
+    Ok(match text {
+        "bridge" => IpvlanFlag::Bridge,
+        "private" => IpvlanFlag::Private,
+        "vepa" => IpvlanFlag::Vepa,
+        _ => {
+            return Err(Error::invalid(format!(
+                "unknown ipvlan_flag {text:?}; valid flags: bridge (default), private, vepa"
+            )));
+        }
+    })
+}
+
+fn parse_mtu(key: &str, text: &str) -> Result<u32> {
+    match text.parse::<u32>() {
+        Ok(mtu @ 68..=65535) => Ok(mtu),
+        _ => Err(Error::invalid(format!(
+            "{key} must be a number from 68 to 65535, got {text:?}"
+        ))),
+    }
+}
+
+/// Reads the options of a CreateNetwork request.
+pub fn parse_network_options(network_id: &str, options: &BTreeMap<String, Value>) -> Result<NetworkConfig> {
+    let flag = |key: &str| -> Result<bool> {
+        match options.get(key) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            // Older clients have sent these as strings.
+            Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+            Some(other) => Err(Error::invalid(format!("option {key} must be a boolean, got {other}"))),
+        }
+    };
+    let internal = flag(INTERNAL)?;
+    let enable_ipv6 = flag(ENABLE_IPV6)?;
+
+    let mut generic = BTreeMap::new();
+    match options.get(GENERIC) {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (key, value) in map {
+                let Value::String(text) = value else {
+                    return Err(Error::invalid(format!("option {key} must be a string, got {value}")));
+                };
+                generic.insert(key.clone(), text.clone());
+            }
+        }
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "{GENERIC} must be an object of strings, got {other}"
+            )));
+        }
+    }
+    let unknown: Vec<&str> = generic
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !VALID_KEYS.contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::invalid(format!(
+            "unknown option{} {}; valid options: {}",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown.join(", "),
+            VALID_KEYS.join(", ")
+        )));
+    }
+    // An empty value means "not given", as `-o parent=` does for Docker's drivers.
+    let get = |key: &str| generic.get(key).map(String::as_str).filter(|v| !v.is_empty());
+
+    let link = parse_link_mode(
+        get("kind"),
+        get("mode"),
+        get("macvlan_mode"),
+        get("ipvlan_mode"),
+        get("ipvlan_flag"),
+    )?;
+
+    let mtu = match (get("mtu"), get("com.docker.network.driver.mtu")) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(Error::invalid(format!(
+                "mtu={a} contradicts com.docker.network.driver.mtu={b}"
+            )));
+        }
+        (Some(a), _) => Some(parse_mtu("mtu", a)?),
+        (None, Some(b)) => Some(parse_mtu("com.docker.network.driver.mtu", b)?),
+        (None, None) => None,
+    };
+
+    let vlan_option = get("vlan").map(|v| parse_vlan_id(v, "in option vlan")).transpose()?;
+    let parent = match get("parent") {
+        // Docker's drivers treat --internal like an empty parent: an isolated dummy link.
+        _ if internal => None,
+        None => None,
+        Some(name) => Some(name),
+    };
+    let parent = match (parent, vlan_option) {
+        (None, Some(id)) if !internal => {
+            return Err(Error::invalid(format!(
+                "vlan={id} needs a parent interface (-o parent=eth0)"
+            )));
+        }
+        (None, _) => {
+            let prefix = match link {
+                LinkMode::Macvlan { .. } => "dm-",
+                LinkMode::Ipvlan { .. } => "di-",
+            };
+            let short: String = network_id.chars().take(12).collect();
+            ParentChoice::Dummy {
+                name: format!("{prefix}{short}"),
+            }
+        }
+        (Some(name), vlan_option) => {
+            let in_name = vlan_in_name(name)?;
+            match (in_name, vlan_option) {
+                (Some(spec), Some(id)) if spec.id != id => {
+                    return Err(Error::invalid(format!(
+                        "parent {name} names VLAN {} but vlan={id}",
+                        spec.id
+                    )));
+                }
+                (Some(spec), _) => {
+                    check_ifname("parent", name)?;
+                    ParentChoice::Named {
+                        name: name.to_string(),
+                        vlan: Some(spec),
+                    }
+                }
+                (None, Some(id)) => {
+                    check_ifname("parent", name)?;
+                    let full = format!("{name}.{id}");
+                    check_ifname("the VLAN interface name", &full)?;
+                    ParentChoice::Named {
+                        name: full,
+                        vlan: Some(VlanSpec {
+                            base: name.to_string(),
+                            id,
+                        }),
+                    }
+                }
+                (None, None) => {
+                    check_ifname("parent", name)?;
+                    ParentChoice::Named {
+                        name: name.to_string(),
+                        vlan: None,
+                    }
+                }
+            }
+        }
+    };
+
+    Ok(NetworkConfig {
+        link,
+        parent,
+        mtu,
+        internal,
+        enable_ipv6,
+        options: generic,
+    })
+}
+
+fn parse_link_mode(
+    kind: Option<&str>,
+    mode: Option<&str>,
+    macvlan_mode_opt: Option<&str>,
+    ipvlan_mode_opt: Option<&str>,
+    flag: Option<&str>,
+) -> Result<LinkMode> {
+    let kind = match kind {
+        Some("macvlan") => "macvlan",
+        Some("ipvlan") => "ipvlan",
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "unknown kind {other:?}; valid kinds: macvlan (default), ipvlan"
+            )));
+        }
+        None => match (macvlan_mode_opt, ipvlan_mode_opt.or(flag)) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "macvlan_mode contradicts ipvlan_mode/ipvlan_flag: a network is either macvlan or ipvlan",
+                ));
+            }
+            (_, Some(_)) => "ipvlan",
+            _ => "macvlan",
+        },
+    };
+    // The Docker-named option, and the generic `mode`, must agree when both are given.
+    let pick = |specific_key: &str, specific: Option<&str>| -> Result<Option<String>> {
+        match (mode, specific) {
+            (Some(a), Some(b)) if a != b => Err(Error::invalid(format!("mode={a} contradicts {specific_key}={b}"))),
+            (a, b) => Ok(b.or(a).map(str::to_string)),
+        }
+    };
+    if kind == "macvlan" {
+        if let Some(m) = ipvlan_mode_opt {
+            return Err(Error::invalid(format!(
+                "ipvlan_mode={m} is an ipvlan option but kind is macvlan"
+            )));
+        }
+        if let Some(f) = flag {
+            return Err(Error::invalid(format!(
+                "ipvlan_flag={f} is an ipvlan option but kind is macvlan"
+            )));
+        }
+        let mode = pick("macvlan_mode", macvlan_mode_opt)?;
+        Ok(LinkMode::Macvlan {
+            mode: mode.as_deref().map_or(Ok(MacvlanMode::Bridge), macvlan_mode)?,
+        })
+    } else {
+        if let Some(m) = macvlan_mode_opt {
+            return Err(Error::invalid(format!(
+                "macvlan_mode={m} is a macvlan option but kind is ipvlan"
+            )));
+        }
+        let mode = pick("ipvlan_mode", ipvlan_mode_opt)?;
+        Ok(LinkMode::Ipvlan {
+            mode: mode.as_deref().map_or(Ok(IpvlanMode::L2), ipvlan_mode)?,
+            flag: flag.map_or(Ok(IpvlanFlag::Bridge), ipvlan_flag)?,
+        })
+    }
+}
+
+/// Reads CreateNetwork's IPv4Data or IPv6Data: pools, gateways and aux addresses, all CIDR.
+pub fn parse_subnets(field: &str, data: &[IpamData], v6: bool) -> Result<Vec<Subnet>> {
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    let mut subnets: Vec<Subnet> = Vec::with_capacity(data.len());
+    for (i, d) in data.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        let pool = parse_subnet(&format!("{at}.Pool"), &d.pool)?;
+        if pool.is_ipv6() != v6 {
+            return Err(Error::invalid(format!("{at}.Pool {pool} is not an {family} subnet")));
+        }
+        let inside = |what: &str, text: &str| -> Result<IpNetwork> {
+            let ip = parse_address(what, text)?;
+            if !pool.contains(ip) {
+                return Err(Error::invalid(format!("{what} {ip} is outside subnet {pool}")));
+            }
+            Ok(IpNetwork::new(ip, pool.prefix()).expect("the pool's prefix fits its family"))
+        };
+        let gateway = match d.gateway.as_deref().filter(|g| !g.is_empty()) {
+            Some(g) => Some(inside(&format!("{at}.Gateway"), g)?),
+            None => None,
+        };
+        let mut aux_addresses = BTreeMap::new();
+        for (name, text) in d.aux_addresses.iter().flatten() {
+            aux_addresses.insert(name.clone(), inside(&format!("{at}.AuxAddresses[{name}]"), text)?);
+        }
+        if let Some(other) = subnets.iter().find(|s| overlaps(&s.pool, &pool)) {
+            return Err(Error::invalid(format!(
+                "{at}.Pool {pool} overlaps {} of the same network",
+                other.pool
+            )));
+        }
+        subnets.push(Subnet {
+            pool,
+            gateway,
+            aux_addresses,
+            address_space: d.address_space.clone(),
+        });
+    }
+    Ok(subnets)
+}
+
+pub fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
+    a.is_ipv6() == b.is_ipv6() && (a.contains(b.network()) || b.contains(a.network()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NET: &str = "18fb91e8ffcc24425b38e57adf743fcfb340c114853641a73959c624206ef42b";
+
+    fn parse(generic: Value, internal: bool) -> Result<NetworkConfig> {
+        let mut options = BTreeMap::new();
+        options.insert(GENERIC.to_string(), generic);
+        if internal {
+            options.insert(INTERNAL.to_string(), json!(true));
+        }
+        parse_network_options(NET, &options)
+    }
+
+    fn err(generic: Value) -> String {
+        parse(generic, false).unwrap_err().message
+    }
+
+    #[test]
+    fn defaults_to_macvlan_bridge() {
+        let c = parse(json!({"parent": "vp0"}), false).unwrap();
+        assert_eq!(
+            c.link,
+            LinkMode::Macvlan {
+                mode: MacvlanMode::Bridge
+            }
+        );
+        assert_eq!(
+            c.parent,
+            ParentChoice::Named {
+                name: "vp0".into(),
+                vlan: None
+            }
+        );
+        assert_eq!(c.mtu, None);
+    }
+
+    #[test]
+    fn docker_option_names_work() {
+        let c = parse(json!({"parent": "eth0", "macvlan_mode": "private"}), false).unwrap();
+        assert_eq!(
+            c.link,
+            LinkMode::Macvlan {
+                mode: MacvlanMode::Private
+            }
+        );
+        let c = parse(json!({"parent": "eth0", "ipvlan_mode": "l3"}), false).unwrap();
+        assert_eq!(
+            c.link,
+            LinkMode::Ipvlan {
+                mode: IpvlanMode::L3,
+                flag: IpvlanFlag::Bridge
+            }
+        );
+        let c = parse(
+            json!({"parent": "eth0", "ipvlan_mode": "l3s", "ipvlan_flag": "private"}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            c.link,
+            LinkMode::Ipvlan {
+                mode: IpvlanMode::L3s,
+                flag: IpvlanFlag::Private
+            }
+        );
+        let c = parse(
+            json!({"parent": "eth0", "kind": "ipvlan", "mode": "l2", "ipvlan_flag": "vepa"}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            c.link,
+            LinkMode::Ipvlan {
+                mode: IpvlanMode::L2,
+                flag: IpvlanFlag::Vepa
+            }
+        );
+        let c = parse(json!({"parent": "eth0", "mode": "passthru"}), false).unwrap();
+        assert!(c.link.is_passthru());
+        let c = parse(
+            json!({"parent": "eth0", "com.docker.network.driver.mtu": "1400"}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.mtu, Some(1400));
+    }
+
+    #[test]
+    fn contradictions_and_unknowns_are_named() {
+        assert_eq!(
+            err(json!({"kind": "ipvlan", "macvlan_mode": "bridge"})),
+            "macvlan_mode=bridge is a macvlan option but kind is ipvlan"
+        );
+        assert_eq!(
+            err(json!({"kind": "macvlan", "ipvlan_mode": "l2"})),
+            "ipvlan_mode=l2 is an ipvlan option but kind is macvlan"
+        );
+        assert_eq!(
+            err(json!({"kind": "macvlan", "ipvlan_flag": "private"})),
+            "ipvlan_flag=private is an ipvlan option but kind is macvlan"
+        );
+        assert_eq!(
+            err(json!({"macvlan_mode": "bridge", "ipvlan_mode": "l2"})),
+            "macvlan_mode contradicts ipvlan_mode/ipvlan_flag: a network is either macvlan or ipvlan"
+        );
+        assert_eq!(
+            err(json!({"mode": "vepa", "macvlan_mode": "bridge"})),
+            "mode=vepa contradicts macvlan_mode=bridge"
+        );
+        assert_eq!(
+            err(json!({"macvlan_mode": "l2"})),
+            "unknown macvlan mode \"l2\"; valid modes: bridge (default), private, vepa, passthru"
+        );
+        assert_eq!(
+            err(json!({"ipvlan_mode": "l4"})),
+            "unknown ipvlan mode \"l4\"; valid modes: l2 (default), l3, l3s"
+        );
+        assert_eq!(
+            err(json!({"ipvlan_flag": "loud"})),
+            "unknown ipvlan_flag \"loud\"; valid flags: bridge (default), private, vepa"
+        );
+        assert_eq!(
+            err(json!({"kind": "bridge"})),
+            "unknown kind \"bridge\"; valid kinds: macvlan (default), ipvlan"
+        );
+        assert_eq!(
+            err(json!({"parent": "vp0", "com.example.x": "y"})),
+            "unknown option com.example.x; valid options: parent, vlan, kind, mode, macvlan_mode, ipvlan_mode, ipvlan_flag, mtu, com.docker.network.driver.mtu"
+        );
+        assert_eq!(
+            err(json!({"mtu": "9999999"})),
+            "mtu must be a number from 68 to 65535, got \"9999999\""
+        );
+        assert_eq!(
+            err(json!({"mtu": "1400", "com.docker.network.driver.mtu": "1500"})),
+            "mtu=1400 contradicts com.docker.network.driver.mtu=1500"
+        );
+        assert_eq!(err(json!({"parent": 5})), "option parent must be a string, got 5");
+        assert_eq!(
+            err(json!("parent=eth0")),
+            "com.docker.network.generic must be an object of strings, got \"parent=eth0\""
+        );
+    }
+
+    #[test]
+    fn vlan_parents() {
+        let c = parse(json!({"parent": "eth0.10"}), false).unwrap();
+        assert_eq!(
+            c.parent,
+            ParentChoice::Named {
+                name: "eth0.10".into(),
+                vlan: Some(VlanSpec {
+                    base: "eth0".into(),
+                    id: 10
+                })
+            }
+        );
+        let c = parse(json!({"parent": "eth0", "vlan": "10"}), false).unwrap();
+        assert_eq!(
+            c.parent,
+            ParentChoice::Named {
+                name: "eth0.10".into(),
+                vlan: Some(VlanSpec {
+                    base: "eth0".into(),
+                    id: 10
+                })
+            }
+        );
+        let c = parse(json!({"parent": "eth0.10", "vlan": "10"}), false).unwrap();
+        assert_eq!(c.parent.name(), "eth0.10");
+        let c = parse(json!({"parent": "br.lan"}), false).unwrap();
+        assert_eq!(
+            c.parent,
+            ParentChoice::Named {
+                name: "br.lan".into(),
+                vlan: None
+            }
+        );
+        assert_eq!(
+            err(json!({"parent": "eth0.0"})),
+            "VLAN id 0 in parent eth0.0 is outside 1-4094"
+        );
+        assert_eq!(
+            err(json!({"parent": "eth0.4095"})),
+            "VLAN id 4095 in parent eth0.4095 is outside 1-4094"
+        );
+        assert_eq!(
+            err(json!({"parent": "eth0", "vlan": "4096"})),
+            "VLAN id 4096 in option vlan is outside 1-4094"
+        );
+        assert_eq!(
+            err(json!({"parent": "eth0", "vlan": "abc"})),
+            "VLAN id \"abc\" in option vlan is not a number from 1 to 4094"
+        );
+        assert_eq!(
+            err(json!({"parent": "eth0", "vlan": "0"})),
+            "VLAN id 0 in option vlan is outside 1-4094"
+        );
+        assert_eq!(
+            err(json!({"parent": "eth0.20", "vlan": "10"})),
+            "parent eth0.20 names VLAN 20 but vlan=10"
+        );
+        assert_eq!(
+            err(json!({"vlan": "10"})),
+            "vlan=10 needs a parent interface (-o parent=eth0)"
+        );
+        assert_eq!(
+            err(json!({"parent": "enp0s31f6longer1"})),
+            "parent \"enp0s31f6longer1\" is 16 bytes long; interface names have at most 15"
+        );
+    }
+
+    #[test]
+    fn interface_name_rules() {
+        assert!(parse(json!({"parent": "enp0s31f6longe"}), false).is_ok());
+        assert_eq!(
+            err(json!({"parent": "averyveryverylongnic"})),
+            "parent \"averyveryverylongnic\" is 20 bytes long; interface names have at most 15"
+        );
+        assert_eq!(
+            err(json!({"parent": "enp0s31f6lo", "vlan": "1000"})),
+            "the VLAN interface name \"enp0s31f6lo.1000\" is 16 bytes long; interface names have at most 15"
+        );
+        assert_eq!(
+            err(json!({"parent": "a/b"})),
+            "parent \"a/b\" is not a valid interface name"
+        );
+        assert_eq!(
+            err(json!({"parent": ".."})),
+            "parent \"..\" is not a valid interface name"
+        );
+    }
+
+    #[test]
+    fn internal_and_missing_parents_get_a_dummy() {
+        let c = parse(json!({"parent": "eth0"}), true).unwrap();
+        assert_eq!(
+            c.parent,
+            ParentChoice::Dummy {
+                name: "dm-18fb91e8ffcc".into()
+            }
+        );
+        assert!(c.internal);
+        let c = parse(json!({"ipvlan_mode": "l2"}), false).unwrap();
+        assert_eq!(
+            c.parent,
+            ParentChoice::Dummy {
+                name: "di-18fb91e8ffcc".into()
+            }
+        );
+        assert!(!c.internal);
+        let c = parse(json!({"parent": ""}), false).unwrap();
+        assert_eq!(c.parent.name(), "dm-18fb91e8ffcc");
+    }
+
+    #[test]
+    fn subnets_are_checked() {
+        let data = |pool: &str, gw: Option<&str>| IpamData {
+            address_space: "rustvlan-local".into(),
+            pool: pool.into(),
+            gateway: gw.map(str::to_string),
+            aux_addresses: None,
+        };
+        let s = parse_subnets("IPv4Data", &[data("10.77.0.0/24", Some("10.77.0.1/24"))], false).unwrap();
+        assert_eq!(s[0].gateway.unwrap().to_string(), "10.77.0.1/24");
+        let e = |d: Vec<IpamData>, v6| {
+            parse_subnets(if v6 { "IPv6Data" } else { "IPv4Data" }, &d, v6)
+                .unwrap_err()
+                .message
+        };
+        assert_eq!(
+            e(vec![data("10.77.0.0/24", Some("10.78.0.1/24"))], false),
+            "IPv4Data[0].Gateway 10.78.0.1 is outside subnet 10.77.0.0/24"
+        );
+        assert_eq!(
+            e(vec![data("fd00::/64", None)], false),
+            "IPv4Data[0].Pool fd00::/64 is not an IPv4 subnet"
+        );
+        assert_eq!(
+            e(vec![data("10.0.0.0/24", None)], true),
+            "IPv6Data[0].Pool 10.0.0.0/24 is not an IPv6 subnet"
+        );
+        assert_eq!(
+            e(vec![data("10.77.0.0/24", Some("bogus"))], false),
+            "IPv4Data[0].Gateway \"bogus\" is not an IP address"
+        );
+        assert_eq!(
+            e(vec![data("10.77.0.0/16", None), data("10.77.3.0/24", None)], false),
+            "IPv4Data[1].Pool 10.77.3.0/24 overlaps 10.77.0.0/16 of the same network"
+        );
+        let mut aux = data("10.77.0.0/24", None);
+        aux.aux_addresses = Some([("h".to_string(), "10.99.0.5/24".to_string())].into());
+        assert_eq!(
+            e(vec![aux], false),
+            "IPv4Data[0].AuxAddresses[h] 10.99.0.5 is outside subnet 10.77.0.0/24"
+        );
+    }
+}

@@ -1,0 +1,704 @@
+//! The driver's decisions against the fake kernel and a real sled store on disk. The
+//! same behaviours run against the real kernel in tests/kernel.rs and in the VM rig.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::api::wire::{
+    CreateEndpointRequest, CreateNetworkRequest, EndpointInterface, EndpointRequest, IpamData, JoinRequest,
+    NetworkRequest,
+};
+use crate::error::ErrorKind;
+use crate::kernel::fake::FakeKernel;
+use crate::kernel::{ChildLink, EEXIST, Kernel};
+use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode};
+use crate::plugin::Plugin;
+use crate::store::{PoolDefaults, Store};
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir() -> TempDir {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "rustvlan-unit-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    TempDir(dir)
+}
+
+fn defaults() -> PoolDefaults {
+    PoolDefaults {
+        v4_range: "10.123.0.0/16".parse().unwrap(),
+        v4_prefix: 24,
+    }
+}
+
+fn open(dir: &TempDir, kernel: FakeKernel) -> Plugin<FakeKernel> {
+    let store = Arc::new(Store::open(&dir.0).unwrap());
+    let (state, records) = store.load(&defaults()).unwrap();
+    Plugin::new(state, store, kernel, records.link_group)
+}
+
+fn kernel() -> FakeKernel {
+    let k = FakeKernel::new();
+    k.add_nic("eth0", 1500);
+    k.add_nic("eth1", 9000);
+    k
+}
+
+const NET_A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
+const NET_B: &str = "bbbbbbbbbbbb2222222222222222222222222222222222222222222222222222";
+const EP_1: &str = "111111111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const EP_2: &str = "222222222222bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+fn network(id: &str, generic: Value, subnet: &str, gateway: &str) -> CreateNetworkRequest {
+    let mut options = BTreeMap::new();
+    options.insert("com.docker.network.generic".to_string(), generic);
+    options.insert("com.docker.network.enable_ipv6".to_string(), json!(false));
+    CreateNetworkRequest {
+        network_id: id.to_string(),
+        options: Some(options),
+        ipv4_data: Some(vec![IpamData {
+            address_space: "rustvlan-local".into(),
+            pool: subnet.into(),
+            gateway: Some(gateway.into()),
+            aux_addresses: None,
+        }]),
+        ipv6_data: Some(vec![]),
+    }
+}
+
+fn internal(mut req: CreateNetworkRequest) -> CreateNetworkRequest {
+    req.options
+        .as_mut()
+        .unwrap()
+        .insert("com.docker.network.internal".into(), json!(true));
+    req
+}
+
+fn endpoint(net: &str, ep: &str, address: &str, mac: &str) -> CreateEndpointRequest {
+    CreateEndpointRequest {
+        network_id: net.into(),
+        endpoint_id: ep.into(),
+        interface: Some(EndpointInterface {
+            address: Some(address.into()),
+            address_ipv6: Some(String::new()),
+            mac_address: Some(mac.into()),
+        }),
+        options: None,
+    }
+}
+
+fn join(net: &str, ep: &str) -> JoinRequest {
+    JoinRequest {
+        network_id: net.into(),
+        endpoint_id: ep.into(),
+        sandbox_key: Some("/var/run/docker/netns/x".into()),
+    }
+}
+
+fn ep_req(net: &str, ep: &str) -> EndpointRequest {
+    EndpointRequest {
+        network_id: net.into(),
+        endpoint_id: ep.into(),
+    }
+}
+
+#[tokio::test]
+async fn macvlan_endpoint_lifecycle() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    let answer = p
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    let mac = answer.interface.unwrap().mac_address.unwrap();
+    assert!(mac.starts_with(|c: char| c.is_ascii_hexdigit()));
+    // A repeated CreateEndpoint answers the same.
+    let again = p
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    assert_eq!(again.interface.unwrap().mac_address.unwrap(), mac);
+    let other = p
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.3/24", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        other.message,
+        "endpoint 111111111111 already exists with other settings"
+    );
+
+    let joined = p.join(join(NET_A, EP_1)).await.unwrap();
+    assert_eq!(joined.interface_name.src_name, "rv111111111111");
+    assert_eq!(joined.interface_name.dst_prefix, "eth");
+    assert_eq!(joined.gateway.as_deref(), Some("10.77.0.1"), "bare IP, not CIDR");
+    assert!(joined.static_routes.is_empty());
+    assert!(joined.disable_gateway_service);
+    let link = p.kernel.get("rv111111111111").unwrap();
+    assert_eq!(link.kind.as_deref(), Some("macvlan"));
+    assert_eq!(link.group, p.group, "marked as this store's");
+    assert_eq!(link.parent_index, Some(p.kernel.get("eth0").unwrap().index));
+
+    p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
+    assert!(p.kernel.get("rv111111111111").is_none());
+    // Idempotent.
+    p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
+    p.delete_network(NetworkRequest {
+        network_id: NET_A.into(),
+    })
+    .await
+    .unwrap();
+    p.delete_network(NetworkRequest {
+        network_id: NET_A.into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(p.kernel.names(), vec!["eth0", "eth1"]);
+    assert!(p.state().networks.is_empty() && p.state().endpoints.is_empty());
+}
+
+#[tokio::test]
+async fn requested_mac_is_used_and_not_returned() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    let answer = p
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", "02:11:22:33:44:55"))
+        .await
+        .unwrap();
+    assert!(
+        answer.interface.is_none(),
+        "only fields dockerd left empty are answered"
+    );
+    assert_eq!(p.state().endpoints[EP_1].mac.unwrap().to_string(), "02:11:22:33:44:55");
+    let dup = p
+        .create_endpoint(endpoint(NET_A, EP_2, "10.77.0.3/24", "02:11:22:33:44:55"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        dup.message,
+        "MAC address 02:11:22:33:44:55 is already used by endpoint 111111111111 on network aaaaaaaaaaaa"
+    );
+    let bcast = p
+        .create_endpoint(endpoint(NET_A, EP_2, "10.77.0.3/24", "ff:ff:ff:ff:ff:ff"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bcast.message,
+        "Interface.MacAddress ff:ff:ff:ff:ff:ff is a multicast or broadcast address; a container needs a unicast MAC"
+    );
+    let outside = p
+        .create_endpoint(endpoint(NET_A, EP_2, "10.99.0.3/24", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        outside.message,
+        "address 10.99.0.3 is not in the subnets of network aaaaaaaaaaaa (10.77.0.0/24)"
+    );
+}
+
+#[tokio::test]
+async fn ipvlan_l3_gets_connected_default_routes_and_refuses_macs() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0", "ipvlan_mode": "l3", "ipvlan_flag": "private"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    let err = p
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", "02:11:22:33:44:55"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.message,
+        "ipvlan interfaces share the parent's MAC: MAC address 02:11:22:33:44:55 cannot be set on ipvlan network aaaaaaaaaaaa"
+    );
+    let answer = p
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    assert!(answer.interface.is_none(), "ipvlan answers no MAC");
+    let joined = p.join(join(NET_A, EP_1)).await.unwrap();
+    assert_eq!(joined.gateway, None);
+    let routes = serde_json::to_value(&joined.static_routes).unwrap();
+    assert_eq!(routes, json!([{"Destination": "0.0.0.0/0", "RouteType": 1}]));
+    assert_eq!(p.kernel.get("rv111111111111").unwrap().kind.as_deref(), Some("ipvlan"));
+    assert_eq!(
+        p.state().networks[NET_A].link,
+        LinkMode::Ipvlan {
+            mode: IpvlanMode::L3,
+            flag: IpvlanFlag::Private
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_failed_join_leaves_no_link_and_leftovers_are_judged_by_their_mark() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    let before = p.kernel.names();
+    p.kernel
+        .fail_next_add(EEXIST, "creating macvlan link rv111111111111: File exists");
+    let err = p.join(join(NET_A, EP_1)).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Kernel);
+    assert_eq!(p.kernel.names(), before, "a failed Join leaves nothing behind");
+
+    // A leftover carrying this endpoint's mark is replaced...
+    p.join(join(NET_A, EP_1)).await.unwrap();
+    let first = p.kernel.get("rv111111111111").unwrap().index;
+    p.join(join(NET_A, EP_1)).await.unwrap();
+    assert_ne!(p.kernel.get("rv111111111111").unwrap().index, first);
+    // ...but a link rustvlan did not make is never touched.
+    p.kernel.vanish("rv111111111111");
+    let eth0 = p.kernel.get("eth0").unwrap().index;
+    p.kernel
+        .add_child(&ChildLink {
+            name: "rv111111111111".into(),
+            parent_index: eth0,
+            mode: LinkMode::Macvlan {
+                mode: MacvlanMode::Bridge,
+            },
+            mac: None,
+            mtu: None,
+            group: 0,
+        })
+        .await
+        .unwrap();
+    let err = p.join(join(NET_A, EP_1)).await.unwrap_err();
+    assert_eq!(
+        err.message,
+        "interface name rv111111111111 is taken by a link rustvlan did not make; remove that link"
+    );
+    p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
+    assert!(
+        p.kernel.get("rv111111111111").is_some(),
+        "DeleteEndpoint leaves a foreign link alone"
+    );
+}
+
+#[tokio::test]
+async fn parent_conflicts_are_refused_before_the_kernel_sees_them() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    let ipvlan = network(
+        NET_B,
+        json!({"parent": "eth0", "ipvlan_mode": "l2"}),
+        "10.78.0.0/24",
+        "10.78.0.1/24",
+    );
+    assert_eq!(
+        p.create_network(ipvlan).await.unwrap_err().message,
+        "parent eth0 already carries macvlan network aaaaaaaaaaaa; macvlan and ipvlan networks cannot share a parent (the kernel refuses it)"
+    );
+    let passthru = network(
+        NET_B,
+        json!({"parent": "eth0", "macvlan_mode": "passthru"}),
+        "10.78.0.0/24",
+        "10.78.0.1/24",
+    );
+    assert_eq!(
+        p.create_network(passthru).await.unwrap_err().message,
+        "macvlan passthru needs parent eth0 alone, but network aaaaaaaaaaaa uses it"
+    );
+    let overlap = network(NET_B, json!({"parent": "eth0"}), "10.77.0.0/16", "10.77.0.1/16");
+    assert_eq!(
+        p.create_network(overlap).await.unwrap_err().message,
+        "subnet 10.77.0.0/16 overlaps subnet 10.77.0.0/24 of network aaaaaaaaaaaa on parent eth0"
+    );
+    // The same subnet on another parent is fine (moby#46438).
+    p.create_network(network(
+        NET_B,
+        json!({"parent": "eth1"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(p.state().networks.len(), 2);
+}
+
+#[tokio::test]
+async fn several_ipvlan_networks_share_a_parent_with_distinct_subnets() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0", "ipvlan_mode": "l3"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    p.create_network(network(
+        NET_B,
+        json!({"parent": "eth0", "ipvlan_mode": "l2"}),
+        "10.78.0.0/24",
+        "10.78.0.1/24",
+    ))
+    .await
+    .unwrap();
+    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    p.create_endpoint(endpoint(NET_B, EP_2, "10.78.0.2/24", ""))
+        .await
+        .unwrap();
+    p.join(join(NET_A, EP_1)).await.unwrap();
+    p.join(join(NET_B, EP_2)).await.unwrap();
+}
+
+#[tokio::test]
+async fn passthru_takes_one_endpoint() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0", "macvlan_mode": "passthru"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    let err = p
+        .create_endpoint(endpoint(NET_A, EP_2, "10.77.0.3/24", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.message,
+        "macvlan passthru network aaaaaaaaaaaa already has endpoint 111111111111; passthru gives the parent to one container"
+    );
+    let other = network(NET_B, json!({"parent": "eth0"}), "10.78.0.0/24", "10.78.0.1/24");
+    assert_eq!(
+        p.create_network(other).await.unwrap_err().message,
+        "parent eth0 is taken by macvlan passthru network aaaaaaaaaaaa; passthru needs its parent alone"
+    );
+}
+
+#[tokio::test]
+async fn vlan_parents_are_made_shared_and_removed_with_their_last_network() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0.10"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    let vlan = p.kernel.get("eth0.10").expect("VLAN parent made");
+    assert_eq!(vlan.kind.as_deref(), Some("vlan"));
+    assert_eq!(vlan.parent_index, Some(p.kernel.get("eth0").unwrap().index));
+    assert_eq!(vlan.group, p.group);
+    assert!(p.state().parents.contains_key("eth0.10"));
+    // -o vlan=10 on eth0 names the same parent.
+    p.create_network(network(
+        NET_B,
+        json!({"parent": "eth0", "vlan": "10"}),
+        "10.78.0.0/24",
+        "10.78.0.1/24",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(p.state().networks[NET_B].parent, "eth0.10");
+    p.delete_network(NetworkRequest {
+        network_id: NET_A.into(),
+    })
+    .await
+    .unwrap();
+    assert!(p.kernel.get("eth0.10").is_some(), "still used by the other network");
+    p.delete_network(NetworkRequest {
+        network_id: NET_B.into(),
+    })
+    .await
+    .unwrap();
+    assert!(p.kernel.get("eth0.10").is_none(), "made by rustvlan, last user gone");
+    assert!(p.state().parents.is_empty());
+}
+
+#[tokio::test]
+async fn a_vlan_parent_rustvlan_did_not_make_is_kept() {
+    let dir = temp_dir();
+    let k = kernel();
+    k.add_nic("eth0.20", 1500);
+    let p = open(&dir, k);
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0.20"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    assert!(p.state().parents.is_empty());
+    p.delete_network(NetworkRequest {
+        network_id: NET_A.into(),
+    })
+    .await
+    .unwrap();
+    assert!(p.kernel.get("eth0.20").is_some());
+}
+
+#[tokio::test]
+async fn missing_parents_and_mtus_are_clear_errors_and_change_nothing() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    let names = p.kernel.names();
+    let err = p
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth9"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.message, "parent interface eth9 does not exist");
+    let err = p
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth9.10"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.message,
+        "parent interface eth9 does not exist, so VLAN 10 cannot be made on it"
+    );
+    let err = p
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0", "mtu": "9000"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.message, "mtu 9000 is above the MTU 1500 of parent eth0");
+    let err = p
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0.10", "mtu": "9000"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.message, "mtu 9000 is above the MTU 1500 of parent eth0");
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth1", "mtu": "9000"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(p.kernel.names(), names);
+}
+
+#[tokio::test]
+async fn internal_networks_get_a_dummy_parent_and_no_gateway() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(internal(network(
+        NET_A,
+        json!({"parent": "eth0"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    )))
+    .await
+    .unwrap();
+    let dummy = p.kernel.get("dm-aaaaaaaaaaaa").expect("dummy parent");
+    assert_eq!(dummy.kind.as_deref(), Some("dummy"));
+    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    let joined = p.join(join(NET_A, EP_1)).await.unwrap();
+    assert_eq!(joined.gateway, None);
+    assert!(joined.static_routes.is_empty());
+    p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
+    p.delete_network(NetworkRequest {
+        network_id: NET_A.into(),
+    })
+    .await
+    .unwrap();
+    assert!(p.kernel.get("dm-aaaaaaaaaaaa").is_none());
+}
+
+#[tokio::test]
+async fn a_kernel_without_dummy_support_gets_a_clear_error() {
+    let dir = temp_dir();
+    let k = kernel();
+    k.without_kind("dummy");
+    let p = open(&dir, k);
+    let err = p
+        .create_network(internal(network(NET_A, json!({}), "10.77.0.0/24", "10.77.0.1/24")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.message,
+        "creating dummy link dm-aaaaaaaaaaaa: Operation not supported: this kernel cannot make that kind of link (is the 8021q or dummy module available?)"
+    );
+    assert!(p.state().networks.is_empty());
+}
+
+#[tokio::test]
+async fn delete_network_cleans_stale_endpoints() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    p.join(join(NET_A, EP_1)).await.unwrap();
+    p.delete_network(NetworkRequest {
+        network_id: NET_A.into(),
+    })
+    .await
+    .unwrap();
+    assert!(p.kernel.get("rv111111111111").is_none());
+    assert!(p.state().endpoints.is_empty());
+}
+
+#[tokio::test]
+async fn reconcile_deletes_only_orphans_and_remakes_missing_parents() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0.10"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    p.join(join(NET_A, EP_1)).await.unwrap();
+    let eth0 = p.kernel.get("eth0").unwrap().index;
+    let child = |name: &str, group: u32| ChildLink {
+        name: name.into(),
+        parent_index: eth0,
+        mode: LinkMode::Macvlan {
+            mode: MacvlanMode::Bridge,
+        },
+        mac: None,
+        mtu: None,
+        group,
+    };
+    // An orphan of this store, one of another rustvlan store, and one of nobody.
+    p.kernel.add_child(&child("rvdeadbeef0001", p.group)).await.unwrap();
+    p.kernel.add_child(&child("rvdeadbeef0002", 0x8bad_c0de)).await.unwrap();
+    p.kernel.add_child(&child("rvdeadbeef0003", 0)).await.unwrap();
+    // A VLAN this store made whose record was never written (a crash), and one it did not make.
+    p.kernel
+        .add_vlan("eth1.99", p.kernel.get("eth1").unwrap().index, 99, p.group)
+        .await
+        .unwrap();
+    p.kernel
+        .add_vlan("eth1.98", p.kernel.get("eth1").unwrap().index, 98, 0)
+        .await
+        .unwrap();
+    let report = p.reconcile().await.unwrap();
+    assert_eq!(report.orphan_links_deleted, vec!["rvdeadbeef0001"]);
+    assert_eq!(report.orphan_parents_deleted, vec!["eth1.99"]);
+    assert!(p.kernel.get("eth1.98").is_some() && p.kernel.get("eth0.10").is_some());
+    assert!(p.kernel.get("rv111111111111").is_some(), "owned link kept");
+    assert!(p.kernel.get("rvdeadbeef0002").is_some() && p.kernel.get("rvdeadbeef0003").is_some());
+
+    // After a host reboot the VLAN rustvlan made is gone: it is made again.
+    p.kernel.vanish("eth0.10");
+    p.kernel.vanish("rv111111111111");
+    let report = p.reconcile().await.unwrap();
+    assert_eq!(report.parents_recreated, vec!["eth0.10"]);
+    assert_eq!(report.endpoints_without_host_link, 1);
+    assert!(p.kernel.get("eth0.10").is_some());
+}
+
+#[tokio::test]
+async fn state_survives_reopening_the_store() {
+    let dir = temp_dir();
+    {
+        let p = open(&dir, kernel());
+        p.create_network(network(
+            NET_A,
+            json!({"parent": "eth0.10"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+        p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+            .await
+            .unwrap();
+    }
+    let p = open(&dir, kernel());
+    let state = p.state();
+    assert_eq!(state.networks[NET_A].parent, "eth0.10");
+    assert_eq!(state.endpoints[EP_1].link_name, "rv111111111111");
+    assert!(state.parents.contains_key("eth0.10"));
+    assert_eq!(state.endpoint_by_link("rv111111111111").unwrap().id, EP_1);
+}

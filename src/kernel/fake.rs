@@ -1,0 +1,233 @@
+//! An in-memory [`Kernel`] for unit tests of the driver's decisions. It keeps the rules
+//! the driver relies on (unique names, parents must exist, one passthru child, macvlan
+//! and ipvlan never share a parent, deleting a parent deletes its children) and can be
+//! told to fail. Every behaviour tested here is also tested against the real kernel.
+
+use std::sync::Mutex;
+
+use super::{ChildLink, EBUSY, EEXIST, EINVAL, ENODEV, EOPNOTSUPP, IFNAME_MAX, KResult, Kernel, KernelError, LinkInfo};
+use crate::model::LinkMode;
+
+#[derive(Debug, Default)]
+pub struct FakeKernel {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    links: Vec<LinkInfo>,
+    children: Vec<(String, LinkMode)>,
+    next_index: u32,
+    /// Kinds the "kernel" has no module for, like this machine's ipvlan, vlan and dummy.
+    missing_kinds: Vec<&'static str>,
+    fail_next_add: Option<KernelError>,
+}
+
+fn err(errno: i32, message: String) -> KernelError {
+    KernelError {
+        errno: Some(errno),
+        message,
+    }
+}
+
+impl FakeKernel {
+    pub fn new() -> Self {
+        let kernel = FakeKernel::default();
+        kernel.inner.lock().unwrap().next_index = 100;
+        kernel
+    }
+
+    /// Adds a plain link (a NIC or a veth end) the test pretends exists.
+    pub fn add_nic(&self, name: &str, mtu: u32) {
+        let mut inner = self.inner.lock().unwrap();
+        let index = inner.next_index;
+        inner.next_index += 1;
+        inner.links.push(LinkInfo {
+            index,
+            name: name.to_string(),
+            kind: None,
+            mtu,
+            group: 0,
+            parent_index: None,
+            up: true,
+        });
+    }
+
+    pub fn without_kind(&self, kind: &'static str) {
+        self.inner.lock().unwrap().missing_kinds.push(kind);
+    }
+
+    pub fn fail_next_add(&self, errno: i32, message: &str) {
+        self.inner.lock().unwrap().fail_next_add = Some(err(errno, message.to_string()));
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .inner
+            .lock()
+            .unwrap()
+            .links
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn get(&self, name: &str) -> Option<LinkInfo> {
+        self.inner
+            .lock()
+            .unwrap()
+            .links
+            .iter()
+            .find(|l| l.name == name)
+            .cloned()
+    }
+
+    /// Removes a link behind rustvlan's back (a host reboot, dockerd moving it away).
+    pub fn vanish(&self, name: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.links.retain(|l| l.name != name);
+        inner.children.retain(|(n, _)| n != name);
+    }
+}
+
+impl Inner {
+    fn add(
+        &mut self,
+        name: &str,
+        kind: &'static str,
+        parent: Option<u32>,
+        mtu: u32,
+        group: u32,
+        up: bool,
+    ) -> KResult<()> {
+        if let Some(e) = self.fail_next_add.take() {
+            return Err(e);
+        }
+        if self.missing_kinds.contains(&kind) {
+            return Err(err(
+                EOPNOTSUPP,
+                format!("creating {kind} link {name}: Operation not supported"),
+            ));
+        }
+        if name.is_empty() || name.len() > IFNAME_MAX {
+            return Err(err(EINVAL, format!("creating {kind} link {name}: Invalid argument")));
+        }
+        if self.links.iter().any(|l| l.name == name) {
+            return Err(err(EEXIST, format!("creating {kind} link {name}: File exists")));
+        }
+        let index = self.next_index;
+        self.next_index += 1;
+        self.links.push(LinkInfo {
+            index,
+            name: name.to_string(),
+            kind: Some(kind.to_string()),
+            mtu,
+            group,
+            parent_index: parent,
+            up,
+        });
+        Ok(())
+    }
+
+    fn delete_tree(&mut self, index: u32) {
+        let children: Vec<u32> = self
+            .links
+            .iter()
+            .filter(|l| l.parent_index == Some(index))
+            .map(|l| l.index)
+            .collect();
+        for child in children {
+            self.delete_tree(child);
+        }
+        if let Some(pos) = self.links.iter().position(|l| l.index == index) {
+            let link = self.links.remove(pos);
+            self.children.retain(|(n, _)| *n != link.name);
+        }
+    }
+}
+
+impl Kernel for FakeKernel {
+    async fn link(&self, name: &str) -> KResult<Option<LinkInfo>> {
+        Ok(self.get(name))
+    }
+
+    async fn links(&self) -> KResult<Vec<LinkInfo>> {
+        Ok(self.inner.lock().unwrap().links.clone())
+    }
+
+    async fn add_child(&self, link: &ChildLink) -> KResult<()> {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(e) = inner.fail_next_add.take() {
+            return Err(e);
+        }
+        let kind = match link.mode {
+            LinkMode::Macvlan { .. } => "macvlan",
+            LinkMode::Ipvlan { .. } => "ipvlan",
+        };
+        let parent = inner
+            .links
+            .iter()
+            .find(|l| l.index == link.parent_index)
+            .cloned()
+            .ok_or_else(|| err(ENODEV, format!("creating {kind} link {}: No such device", link.name)))?;
+        let siblings: Vec<LinkMode> = inner
+            .children
+            .iter()
+            .filter(|(n, _)| {
+                inner
+                    .links
+                    .iter()
+                    .any(|l| l.name == *n && l.parent_index == Some(parent.index))
+            })
+            .map(|(_, m)| *m)
+            .collect();
+        let busy = siblings
+            .iter()
+            .any(|m| m.kind_name() != link.mode.kind_name() || m.is_passthru() || link.mode.is_passthru());
+        if busy {
+            return Err(err(
+                EBUSY,
+                format!("creating {kind} link {}: Device or resource busy", link.name),
+            ));
+        }
+        let mtu = link.mtu.unwrap_or(parent.mtu);
+        if mtu > parent.mtu {
+            return Err(err(
+                EINVAL,
+                format!("creating {kind} link {}: Invalid argument", link.name),
+            ));
+        }
+        inner.add(&link.name, kind, Some(parent.index), mtu, link.group, false)?;
+        inner.children.push((link.name.clone(), link.mode));
+        Ok(())
+    }
+
+    async fn add_vlan(&self, name: &str, base_index: u32, _id: u16, group: u32) -> KResult<()> {
+        let mut inner = self.inner.lock().unwrap();
+        let base = inner
+            .links
+            .iter()
+            .find(|l| l.index == base_index)
+            .cloned()
+            .ok_or_else(|| err(ENODEV, format!("creating 802.1Q link {name}: No such device")))?;
+        inner.add(name, "vlan", Some(base_index), base.mtu, group, true)
+    }
+
+    async fn add_dummy(&self, name: &str, mtu: Option<u32>, group: u32) -> KResult<()> {
+        self.inner
+            .lock()
+            .unwrap()
+            .add(name, "dummy", None, mtu.unwrap_or(1500), group, true)
+    }
+
+    async fn delete(&self, index: u32) -> KResult<bool> {
+        let mut inner = self.inner.lock().unwrap();
+        if !inner.links.iter().any(|l| l.index == index) {
+            return Ok(false);
+        }
+        inner.delete_tree(index);
+        Ok(true)
+    }
+}

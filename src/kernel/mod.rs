@@ -1,0 +1,94 @@
+//! The kernel side: the only code that speaks netlink.
+//!
+//! The driver decides *what* to do; a [`Kernel`] does it in the current network
+//! namespace. [`NetlinkKernel`] is the real one; [`fake::FakeKernel`] lets unit tests of
+//! the driver's decisions run without privileges.
+
+pub mod fake;
+mod netlink;
+
+use std::fmt;
+use std::future::Future;
+
+pub use netlink::NetlinkKernel;
+
+use crate::model::{LinkMode, MacAddr};
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+pub const ENODEV: i32 = 19;
+pub const EEXIST: i32 = 17;
+pub const EBUSY: i32 = 16;
+pub const EINVAL: i32 = 22;
+pub const EADDRINUSE: i32 = 98;
+pub const EOPNOTSUPP: i32 = 95;
+
+/// What the driver needs to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    /// `macvlan`, `ipvlan`, `vlan`, `dummy`, `veth`, ... (None for plain NICs).
+    pub kind: Option<String>,
+    pub mtu: u32,
+    /// IFLA_GROUP. rustvlan marks the links it makes with its store's group number: the
+    /// kernel takes it in the same message that creates the link (it ignores an alias
+    /// there), and keeps it when dockerd moves the link between namespaces.
+    pub group: u32,
+    /// IFLA_LINK: the lower device of a macvlan, ipvlan or VLAN link.
+    pub parent_index: Option<u32>,
+    pub up: bool,
+}
+
+/// A container's link, made in the host namespace at Join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildLink {
+    pub name: String,
+    pub parent_index: u32,
+    pub mode: LinkMode,
+    pub mac: Option<MacAddr>,
+    pub mtu: Option<u32>,
+    pub group: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelError {
+    /// The positive errno the kernel answered, if it answered one.
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+impl KernelError {
+    pub fn is(&self, errno: i32) -> bool {
+        self.errno == Some(errno)
+    }
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+pub type KResult<T> = Result<T, KernelError>;
+
+/// Link operations in the namespace rustvlan runs in. Every method is one netlink
+/// round trip (a dump for `links`), so callers can reason about what the kernel saw.
+pub trait Kernel: Send + Sync + 'static {
+    /// The link named `name`, or None.
+    fn link(&self, name: &str) -> impl Future<Output = KResult<Option<LinkInfo>>> + Send;
+    /// Every link of the namespace.
+    fn links(&self) -> impl Future<Output = KResult<Vec<LinkInfo>>> + Send;
+    /// A macvlan or ipvlan child, in one RTM_NEWLINK so that it exists fully set up or not
+    /// at all. Left down: dockerd brings it up inside the container.
+    fn add_child(&self, link: &ChildLink) -> impl Future<Output = KResult<()>> + Send;
+    /// An 802.1Q link `name` with VLAN `id` on `base_index`, set up.
+    fn add_vlan(&self, name: &str, base_index: u32, id: u16, group: u32) -> impl Future<Output = KResult<()>> + Send;
+    /// A dummy link, set up, with `mtu` if given.
+    fn add_dummy(&self, name: &str, mtu: Option<u32>, group: u32) -> impl Future<Output = KResult<()>> + Send;
+    /// Deletes a link; Ok(false) if it was already gone.
+    fn delete(&self, index: u32) -> impl Future<Output = KResult<bool>> + Send;
+}

@@ -1,0 +1,178 @@
+//! [`Kernel`] over rtnetlink.
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{
+    IpVlanFlags, IpVlanMode, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, MacVlanMode,
+};
+use rtnetlink::{Handle, LinkDummy, LinkIpVlan, LinkMacVlan, LinkMessageBuilder, LinkVlan};
+
+use super::{ChildLink, ENODEV, KResult, Kernel, KernelError, LinkInfo};
+use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode};
+
+pub struct NetlinkKernel {
+    handle: Handle,
+}
+
+impl NetlinkKernel {
+    /// Opens a NETLINK_ROUTE socket; its message loop runs as a task on the current runtime.
+    pub fn connect() -> anyhow::Result<Self> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|e| anyhow::anyhow!("cannot open a netlink socket: {e}"))?;
+        tokio::spawn(connection);
+        Ok(NetlinkKernel { handle })
+    }
+}
+
+fn kernel_error(what: &str, err: rtnetlink::Error) -> KernelError {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => {
+            let errno = msg.code.map(|c| c.get().abs());
+            KernelError {
+                errno,
+                message: format!("{what}: {}", msg.to_io()),
+            }
+        }
+        other => KernelError {
+            errno: None,
+            message: format!("{what}: {other}"),
+        },
+    }
+}
+
+fn link_info(msg: &LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: msg.header.index,
+        name: String::new(),
+        kind: None,
+        mtu: 0,
+        group: 0,
+        parent_index: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => info.name = n.clone(),
+            LinkAttribute::Mtu(m) => info.mtu = *m,
+            LinkAttribute::Group(g) => info.group = *g,
+            LinkAttribute::Link(l) => info.parent_index = Some(*l),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let NlLinkInfo::Kind(kind) = i {
+                        info.kind = Some(kind.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    info
+}
+
+fn finish<T>(builder: LinkMessageBuilder<T>, mtu: Option<u32>, group: u32) -> LinkMessage {
+    let builder = builder.link_group(group);
+    match mtu {
+        Some(mtu) => builder.mtu(mtu).build(),
+        None => builder.build(),
+    }
+}
+
+fn macvlan_mode(mode: MacvlanMode) -> MacVlanMode {
+    match mode {
+        MacvlanMode::Bridge => MacVlanMode::Bridge,
+        MacvlanMode::Private => MacVlanMode::Private,
+        MacvlanMode::Vepa => MacVlanMode::Vepa,
+        MacvlanMode::Passthru => MacVlanMode::Passthrough,
+    }
+}
+
+fn ipvlan_mode(mode: IpvlanMode) -> IpVlanMode {
+    match mode {
+        IpvlanMode::L2 => IpVlanMode::L2,
+        IpvlanMode::L3 => IpVlanMode::L3,
+        IpvlanMode::L3s => IpVlanMode::L3S,
+    }
+}
+
+fn ipvlan_flags(flag: IpvlanFlag) -> IpVlanFlags {
+    match flag {
+        IpvlanFlag::Bridge => IpVlanFlags::empty(),
+        IpvlanFlag::Private => IpVlanFlags::Private,
+        IpvlanFlag::Vepa => IpVlanFlags::Vepa,
+    }
+}
+
+impl Kernel for NetlinkKernel {
+    async fn link(&self, name: &str) -> KResult<Option<LinkInfo>> {
+        let mut stream = self.handle.link().get().match_name(name.to_string()).execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_info(&msg))),
+            Ok(None) => Ok(None),
+            Err(err) => {
+                let err = kernel_error(&format!("looking up {name}"), err);
+                if err.is(ENODEV) { Ok(None) } else { Err(err) }
+            }
+        }
+    }
+
+    async fn links(&self) -> KResult<Vec<LinkInfo>> {
+        let stream = self.handle.link().get().execute();
+        let messages: Vec<LinkMessage> = stream
+            .try_collect()
+            .await
+            .map_err(|e| kernel_error("listing links", e))?;
+        Ok(messages.iter().map(link_info).collect())
+    }
+
+    async fn add_child(&self, link: &ChildLink) -> KResult<()> {
+        let message = match link.mode {
+            LinkMode::Macvlan { mode } => {
+                let mut builder = LinkMacVlan::new(&link.name, link.parent_index, macvlan_mode(mode));
+                if let Some(mac) = link.mac {
+                    builder = builder.address(mac.0.to_vec());
+                }
+                finish(builder, link.mtu, link.group)
+            }
+            LinkMode::Ipvlan { mode, flag } => {
+                let builder =
+                    LinkIpVlan::new(&link.name, link.parent_index, ipvlan_mode(mode)).flag(ipvlan_flags(flag));
+                finish(builder, link.mtu, link.group)
+            }
+        };
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|e| kernel_error(&format!("creating {} link {}", link.mode.kind_name(), link.name), e))
+    }
+
+    async fn add_vlan(&self, name: &str, base_index: u32, id: u16, group: u32) -> KResult<()> {
+        let message = finish(LinkVlan::new(name, base_index, id).up(), None, group);
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|e| kernel_error(&format!("creating 802.1Q link {name} (VLAN {id})"), e))
+    }
+
+    async fn add_dummy(&self, name: &str, mtu: Option<u32>, group: u32) -> KResult<()> {
+        let message = finish(LinkDummy::new(name).up(), mtu, group);
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|e| kernel_error(&format!("creating dummy link {name}"), e))
+    }
+
+    async fn delete(&self, index: u32) -> KResult<bool> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(true),
+            Err(err) => {
+                let err = kernel_error(&format!("deleting link {index}"), err);
+                if err.is(ENODEV) { Ok(false) } else { Err(err) }
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The records rustvlan keeps: networks, endpoints, the parent links it made, IPAM pools.
+//! They are what the store persists and what `rustvlan state` shows.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MacvlanMode {
+    Bridge,
+    Private,
+    Vepa,
+    Passthru,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpvlanMode {
+    L2,
+    L3,
+    L3s,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpvlanFlag {
+    Bridge,
+    Private,
+    Vepa,
+}
+
+/// What kind of child link a network's endpoints get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum LinkMode {
+    Macvlan { mode: MacvlanMode },
+    Ipvlan { mode: IpvlanMode, flag: IpvlanFlag },
+}
+
+impl LinkMode {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            LinkMode::Macvlan { .. } => "macvlan",
+            LinkMode::Ipvlan { .. } => "ipvlan",
+        }
+    }
+
+    /// ipvlan in l3/l3s routes instead of bridging: no gateway, a connected default route.
+    pub fn is_routed(&self) -> bool {
+        matches!(
+            self,
+            LinkMode::Ipvlan {
+                mode: IpvlanMode::L3 | IpvlanMode::L3s,
+                ..
+            }
+        )
+    }
+
+    pub fn is_passthru(&self) -> bool {
+        matches!(
+            self,
+            LinkMode::Macvlan {
+                mode: MacvlanMode::Passthru
+            }
+        )
+    }
+}
+
+impl fmt::Display for LinkMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkMode::Macvlan { mode } => write!(f, "macvlan {}", enum_name(mode)),
+            LinkMode::Ipvlan { mode, flag } => {
+                write!(f, "ipvlan {} {}", enum_name(mode), enum_name(flag))
+            }
+        }
+    }
+}
+
+/// The serde name of a unit enum variant (`"bridge"`, `"l3s"`, ...).
+pub fn enum_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::from("?"),
+    }
+}
+
+/// One subnet of a network, as dockerd's IPAM (ours or another) handed it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subnet {
+    pub pool: IpNetwork,
+    /// CIDR, as dockerd sends it: the gateway address with the pool's prefix length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpNetwork>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, IpNetwork>,
+    #[serde(default)]
+    pub address_space: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub id: String,
+    pub link: LinkMode,
+    /// The interface the children hang off: an existing NIC, a VLAN or a dummy link.
+    pub parent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub enable_ipv6: bool,
+    #[serde(default)]
+    pub ipv4: Vec<Subnet>,
+    #[serde(default)]
+    pub ipv6: Vec<Subnet>,
+    /// The `-o` options exactly as given, for `rustvlan state` and for idempotency checks.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl NetworkRecord {
+    pub fn subnets(&self) -> impl Iterator<Item = &Subnet> {
+        self.ipv4.iter().chain(self.ipv6.iter())
+    }
+}
+
+/// A parent link rustvlan created, and therefore may delete and re-create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRecord {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: ParentKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ParentKind {
+    /// 802.1Q sub-interface `base.id`.
+    Vlan { base: String, id: u16 },
+    /// Isolated parent for `--internal` networks or networks without a parent.
+    Dummy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub id: String,
+    pub network_id: String,
+    /// Host-side name of the link made at Join; dockerd renames it inside the container.
+    pub link_name: String,
+    /// macvlan only: ipvlan children share the parent's MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// True when rustvlan chose the MAC (and so returns it from CreateEndpoint).
+    #[serde(default)]
+    pub mac_generated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<IpNetwork>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<IpNetwork>,
+}
+
+/// An IPAM pool. Immutable once made; its allocations and cursor are separate records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    /// Unique for the life of the store: pool ids are never reused, so a late release
+    /// for a pool that is gone can never free an address of a newer pool.
+    pub seq: u64,
+    pub address_space: String,
+    pub pool: IpNetwork,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_pool: Option<IpNetwork>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+/// An Ethernet address, shown and parsed as `02:42:0a:4d:00:02`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 0x01 != 0
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 6]
+    }
+
+    /// A random locally administered unicast address (first octet xxxxxx10).
+    pub fn random_local() -> MacAddr {
+        let mut bytes = [0u8; 6];
+        crate::util::random_bytes(&mut bytes);
+        bytes[0] = (bytes[0] & 0xfe) | 0x02;
+        MacAddr(bytes)
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a MAC address (expected six hex octets like 02:42:0a:00:00:02)");
+        let mut bytes = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for byte in bytes.iter_mut() {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(MacAddr(bytes))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trip_and_checks() {
+        let mac: MacAddr = "02:11:22:33:44:55".parse().unwrap();
+        assert_eq!(mac.to_string(), "02:11:22:33:44:55");
+        assert!(!mac.is_multicast());
+        assert!("01:00:5e:00:00:01".parse::<MacAddr>().unwrap().is_multicast());
+        assert!("ff:ff:ff:ff:ff:ff".parse::<MacAddr>().unwrap().is_multicast());
+        assert!("02:11:22:33:44".parse::<MacAddr>().is_err());
+        assert!("02:11:22:33:44:55:66".parse::<MacAddr>().is_err());
+        assert!("zz:11:22:33:44:55".parse::<MacAddr>().is_err());
+        for _ in 0..64 {
+            let m = MacAddr::random_local();
+            assert_eq!(m.0[0] & 0x03, 0x02, "{m} must be local unicast");
+        }
+    }
+
+    #[test]
+    fn link_mode_serializes_readably() {
+        let mode = LinkMode::Ipvlan {
+            mode: IpvlanMode::L3s,
+            flag: IpvlanFlag::Private,
+        };
+        assert_eq!(
+            serde_json::to_string(&mode).unwrap(),
+            r#"{"kind":"ipvlan","mode":"l3s","flag":"private"}"#
+        );
+        assert_eq!(mode.to_string(), "ipvlan l3s private");
+    }
+}

@@ -1,0 +1,130 @@
+//! `rustvlan serve`: open the store, reconcile with the kernel, listen on the socket,
+//! and stop cleanly on SIGTERM/SIGINT.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::api::router;
+use crate::kernel::NetlinkKernel;
+use crate::plugin::Plugin;
+use crate::store::{PoolDefaults, Store};
+
+pub struct ServeConfig {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub pool_defaults: PoolDefaults,
+}
+
+/// How long in-flight requests get to finish after SIGTERM. dockerd keeps idle
+/// connections open, so waiting for all connections to close could take forever.
+const DRAIN: Duration = Duration::from_millis(500);
+
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store = Arc::new(Store::open(&config.state_dir)?);
+    let (state, records) = store.load(&config.pool_defaults)?;
+    let addresses: usize = records.addresses.values().map(|a| a.len()).sum();
+    tracing::info!(
+        state_dir = %config.state_dir.display(),
+        networks = records.networks.len(),
+        endpoints = records.endpoints.len(),
+        pools = records.pools.len(),
+        addresses,
+        parents_made = records.parents.len(),
+        "state loaded"
+    );
+    let kernel = NetlinkKernel::connect()?;
+    let plugin = Arc::new(Plugin::new(state, Arc::clone(&store), kernel, records.link_group));
+    drop(records);
+    if let Err(e) = plugin.reconcile().await {
+        // Serving without a reconcile is better than not serving: dockerd's calls still
+        // work, and the next start retries.
+        tracing::warn!("reconcile with the kernel failed: {e}");
+    }
+
+    let listener = bind_socket(&config.socket)?;
+    tracing::info!(socket = %config.socket.display(), startup_ms = started.elapsed().as_millis() as u64, "listening");
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    };
+    let server = axum::serve(listener, router(plugin)).with_graceful_shutdown(shutdown);
+    let mut server = std::pin::pin!(server.into_future());
+    let signal_name = tokio::select! {
+        result = &mut server => {
+            result.context("serving")?;
+            "none"
+        }
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = signal_name, "stopping");
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN, &mut server).await.is_err() {
+        tracing::debug!("connections still open after the drain period; closing them");
+    }
+    let flushed = store.flush();
+    remove_socket(&config.socket);
+    flushed?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds the socket with mode 0600 from the first moment: it is bound inside a private
+/// directory, restricted, then renamed into place. A stale socket (nobody answering) is
+/// replaced; a live one means another rustvlan serves it, and is left alone.
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!(
+                "{} exists and is not a socket; remove it or choose another --socket",
+                path.display()
+            );
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another process is serving {}; stop it first or choose another --socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+        tracing::info!(socket = %path.display(), "replaced a stale socket");
+    }
+    let private = dir.join(format!(".rustvlan-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::create_dir(&private).with_context(|| format!("cannot create {}", private.display()))?;
+    let bound = (|| {
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+        let temp = private.join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&temp)?;
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&temp, path)?;
+        listener.set_nonblocking(true)?;
+        std::io::Result::Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    let listener = bound.with_context(|| format!("cannot listen on {}", path.display()))?;
+    UnixListener::from_std(listener).context("registering the socket with the runtime")
+}
+
+fn remove_socket(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(socket = %path.display(), "cannot remove the socket: {e}");
+    }
+}

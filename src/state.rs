@@ -1,0 +1,92 @@
+//! Everything rustvlan knows, in memory, and the changes that move it forward.
+//!
+//! `State` is a materialised view of the store: it only ever changes through
+//! [`State::apply`], with changes that were first written to the store. Start-up replays
+//! the stored records through the same function.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::ipam::{Ipam, IpamChange};
+use crate::model::{EndpointRecord, NetworkRecord, ParentRecord};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    PutNetwork(NetworkRecord),
+    DelNetwork(String),
+    PutEndpoint(EndpointRecord),
+    DelEndpoint(String),
+    PutParent(ParentRecord),
+    DelParent(String),
+    Ipam(IpamChange),
+}
+
+#[derive(Debug)]
+pub struct State {
+    pub networks: BTreeMap<String, NetworkRecord>,
+    pub endpoints: BTreeMap<String, EndpointRecord>,
+    /// Parent links rustvlan made, by name.
+    pub parents: BTreeMap<String, ParentRecord>,
+    pub ipam: Ipam,
+    /// Host link name -> endpoint id, so that names stay unique without a scan.
+    link_names: HashMap<String, String>,
+}
+
+impl State {
+    pub fn new(ipam: Ipam) -> Self {
+        State {
+            networks: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            parents: BTreeMap::new(),
+            ipam,
+            link_names: HashMap::new(),
+        }
+    }
+
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::PutNetwork(n) => {
+                self.networks.insert(n.id.clone(), n.clone());
+            }
+            Change::DelNetwork(id) => {
+                self.networks.remove(id);
+            }
+            Change::PutEndpoint(e) => {
+                if let Some(old) = self.endpoints.insert(e.id.clone(), e.clone()) {
+                    self.link_names.remove(&old.link_name);
+                }
+                self.link_names.insert(e.link_name.clone(), e.id.clone());
+            }
+            Change::DelEndpoint(id) => {
+                if let Some(old) = self.endpoints.remove(id) {
+                    self.link_names.remove(&old.link_name);
+                }
+            }
+            Change::PutParent(p) => {
+                self.parents.insert(p.name.clone(), p.clone());
+            }
+            Change::DelParent(name) => {
+                self.parents.remove(name);
+            }
+            Change::Ipam(c) => self.ipam.apply(c),
+        }
+    }
+
+    pub fn apply_all(&mut self, changes: &[Change]) {
+        for c in changes {
+            self.apply(c);
+        }
+    }
+
+    /// The endpoint whose host link is named `name`, if any.
+    pub fn endpoint_by_link(&self, name: &str) -> Option<&EndpointRecord> {
+        self.link_names.get(name).and_then(|id| self.endpoints.get(id))
+    }
+
+    pub fn networks_on_parent<'a>(&'a self, parent: &'a str) -> impl Iterator<Item = &'a NetworkRecord> + 'a {
+        self.networks.values().filter(move |n| n.parent == parent)
+    }
+
+    pub fn endpoints_of<'a>(&'a self, network_id: &'a str) -> impl Iterator<Item = &'a EndpointRecord> + 'a {
+        self.endpoints.values().filter(move |e| e.network_id == network_id)
+    }
+}

@@ -1,0 +1,434 @@
+//! Durable state in sled.
+//!
+//! One tree, typed JSON records under prefixed keys. Each request's changes go in as one
+//! sled batch (atomic, also across a crash) and the request is answered only after a
+//! flush covers it. Concurrent requests share flushes (group commit): whoever flushes
+//! first covers every write made before its flush started.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex as StdMutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, anyhow, bail};
+use ipnetwork::Ipv6Network;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::ipam::{Ipam, IpamChange, IpamConfig, pool_id};
+use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PoolRecord};
+use crate::state::{Change, State};
+
+const SCHEMA_VERSION: u64 = 1;
+
+const META_SCHEMA: &str = "meta/schema";
+const META_NEXT_POOL_SEQ: &str = "meta/next_pool_seq";
+const META_V6_RANGE: &str = "meta/default_v6_range";
+const META_LINK_GROUP: &str = "meta/link_group";
+const NETWORK: &str = "net/";
+const ENDPOINT: &str = "ep/";
+const PARENT: &str = "parent/";
+const POOL: &str = "pool/";
+const CURSOR: &str = "cursor/";
+const ADDRESS: &str = "addr/";
+
+/// Settings for pools without an explicit subnet; the v6 range is chosen once per store.
+#[derive(Debug, Clone)]
+pub struct PoolDefaults {
+    pub v4_range: ipnetwork::Ipv4Network,
+    pub v4_prefix: u8,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    db: sled::Db,
+    /// Number of batches written so far; a batch's ticket is the value after its write.
+    written: AtomicU64,
+    /// Highest ticket known to be on disk.
+    flushed: AtomicU64,
+    /// Held by whoever is flushing; others wait on it and usually find their write covered.
+    flush_lock: tokio::sync::Mutex<()>,
+    /// Set when a write or flush failed: what is on disk may then lag what was answered,
+    /// so no further change is accepted until a restart reloads the disk's truth.
+    failed: StdMutex<Option<String>>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct AddressValue {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    gateway: bool,
+}
+
+fn seq_key(prefix: &str, seq: u64) -> String {
+    format!("{prefix}{seq:016x}")
+}
+
+fn address_key(seq: u64, ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{ADDRESS}{seq:016x}/{:08x}", u32::from(a)),
+        IpAddr::V6(a) => format!("{ADDRESS}{seq:016x}/{:032x}", u128::from(a)),
+    }
+}
+
+fn parse_address_key(rest: &str) -> Option<(u64, IpAddr)> {
+    let (seq, hex) = rest.split_once('/')?;
+    let seq = u64::from_str_radix(seq, 16).ok()?;
+    let ip = match hex.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(hex, 16).ok()?)),
+        32 => IpAddr::V6(Ipv6Addr::from(u128::from_str_radix(hex, 16).ok()?)),
+        _ => return None,
+    };
+    Some((seq, ip))
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records always serialize")
+}
+
+/// Every record in the store, decoded. Loading and `rustvlan state` both start here, so
+/// what `state` shows is what a restart would load.
+#[derive(Debug, Default)]
+pub struct Records {
+    pub schema: u64,
+    pub next_pool_seq: u64,
+    pub default_v6_range: Option<Ipv6Network>,
+    /// The IFLA_GROUP number that marks the links this store owns: random, with the top
+    /// bit set to stay clear of the small group numbers people assign by hand.
+    pub link_group: u32,
+    pub networks: BTreeMap<String, NetworkRecord>,
+    pub endpoints: BTreeMap<String, EndpointRecord>,
+    pub parents: BTreeMap<String, ParentRecord>,
+    pub pools: BTreeMap<u64, PoolRecord>,
+    pub cursors: BTreeMap<u64, IpAddr>,
+    pub addresses: BTreeMap<u64, BTreeMap<IpAddr, bool>>,
+}
+
+impl Records {
+    /// The changes that rebuild this state from nothing, in dependency order.
+    fn changes(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        out.push(Change::Ipam(IpamChange::SetNextPoolSeq(self.next_pool_seq)));
+        for pool in self.pools.values() {
+            out.push(Change::Ipam(IpamChange::PutPool(pool.clone())));
+        }
+        for (&pool, &ip) in &self.cursors {
+            out.push(Change::Ipam(IpamChange::SetCursor { pool, ip }));
+        }
+        for (&pool, addrs) in &self.addresses {
+            for (&ip, &gateway) in addrs {
+                out.push(Change::Ipam(IpamChange::PutAddress { pool, ip, gateway }));
+            }
+        }
+        out.extend(self.parents.values().cloned().map(Change::PutParent));
+        out.extend(self.networks.values().cloned().map(Change::PutNetwork));
+        out.extend(self.endpoints.values().cloned().map(Change::PutEndpoint));
+        out
+    }
+
+    /// The state as `rustvlan state --json` prints it: deterministic, readable.
+    pub fn to_json(&self) -> Value {
+        let pools: BTreeMap<String, Value> = self
+            .pools
+            .values()
+            .map(|p| {
+                let addresses: BTreeMap<String, &str> = self
+                    .addresses
+                    .get(&p.seq)
+                    .into_iter()
+                    .flatten()
+                    .map(|(ip, &gw)| (ip.to_string(), if gw { "gateway" } else { "allocated" }))
+                    .collect();
+                let value = json!({
+                    "address_space": p.address_space,
+                    "pool": p.pool,
+                    "sub_pool": p.sub_pool,
+                    "options": p.options,
+                    "cursor": self.cursors.get(&p.seq),
+                    "addresses": addresses,
+                });
+                (pool_id(p), value)
+            })
+            .collect();
+        // Addresses recorded for a pool that no longer exists would be a store bug; show them.
+        let orphans: BTreeMap<String, Vec<String>> = self
+            .addresses
+            .iter()
+            .filter(|(seq, _)| !self.pools.contains_key(seq))
+            .map(|(seq, a)| (seq.to_string(), a.keys().map(|ip| ip.to_string()).collect()))
+            .collect();
+        let mut out = json!({
+            "schema": self.schema,
+            "next_pool_seq": self.next_pool_seq,
+            "default_v6_range": self.default_v6_range,
+            "link_group": self.link_group,
+            "networks": self.networks,
+            "endpoints": self.endpoints,
+            "parents": self.parents,
+            "pools": pools,
+        });
+        if !orphans.is_empty() {
+            out["orphan_addresses"] = json!(orphans);
+        }
+        out
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. Fails, never starts empty, when the store
+    /// exists but cannot be read.
+    pub fn open(dir: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        let db_path = dir.join("db");
+        let db = sled::Config::new()
+            .path(&db_path)
+            .cache_capacity(8 * 1024 * 1024)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| explain_open_error(&db_path, e))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            db,
+            written: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+            flush_lock: tokio::sync::Mutex::new(()),
+            failed: StdMutex::new(None),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Decodes every record. Any record that does not decode is an error: rustvlan must
+    /// not run on a store it only half understands.
+    pub fn records(&self) -> anyhow::Result<Records> {
+        let mut r = Records {
+            next_pool_seq: 1,
+            ..Records::default()
+        };
+        for item in self.db.iter() {
+            let (key, value) = item.context("reading the state store")?;
+            let key = std::str::from_utf8(&key).map_err(|_| anyhow!("a key is not UTF-8: {key:?}"))?;
+            decode_record(&mut r, key, &value).with_context(|| format!("record {key:?} is damaged"))?;
+        }
+        if r.schema == 0 && !r.networks.is_empty() {
+            bail!("the store has records but no schema version");
+        }
+        if r.schema > SCHEMA_VERSION {
+            bail!(
+                "the store was written by a newer rustvlan (schema {}, this one knows {SCHEMA_VERSION})",
+                r.schema
+            );
+        }
+        Ok(r)
+    }
+
+    /// Loads the state, initialising a new store on first use.
+    pub fn load(&self, defaults: &PoolDefaults) -> anyhow::Result<(State, Records)> {
+        let mut records = self.records()?;
+        if records.schema == 0 {
+            let v6 = random_ula_48();
+            let mut bytes = [0u8; 4];
+            crate::util::random_bytes(&mut bytes);
+            let link_group = u32::from_be_bytes(bytes) | 0x8000_0000;
+            let mut batch = sled::Batch::default();
+            batch.insert(META_SCHEMA, to_json(&SCHEMA_VERSION));
+            batch.insert(META_V6_RANGE, to_json(&v6));
+            batch.insert(META_LINK_GROUP, to_json(&link_group));
+            self.db.apply_batch(batch).context("initialising the state store")?;
+            self.db.flush().context("initialising the state store")?;
+            records.schema = SCHEMA_VERSION;
+            records.default_v6_range = Some(v6);
+            records.link_group = link_group;
+        }
+        if records.link_group == 0 {
+            bail!("the store has no link group record");
+        }
+        let default_v6_range = records
+            .default_v6_range
+            .ok_or_else(|| anyhow!("the store has no default IPv6 range record"))?;
+        let ipam = Ipam::new(IpamConfig {
+            default_v4_range: defaults.v4_range,
+            default_v4_prefix: defaults.v4_prefix,
+            default_v6_range,
+            default_v6_prefix: 64,
+        });
+        let mut state = State::new(ipam);
+        state.apply_all(&records.changes());
+        Ok((state, records))
+    }
+
+    /// Writes one request's changes as one atomic batch. Returns the ticket to pass to
+    /// [`Store::sync`]. Call it under the state lock, so that the store sees changes in
+    /// the order memory does.
+    pub fn write(&self, changes: &[Change]) -> anyhow::Result<u64> {
+        if let Some(reason) = self.failed.lock().expect("poisoned").clone() {
+            bail!("refusing changes after an earlier store failure ({reason}); fix the disk and restart rustvlan");
+        }
+        if changes.is_empty() {
+            return Ok(self.written.load(Ordering::SeqCst));
+        }
+        let mut batch = sled::Batch::default();
+        for change in changes {
+            self.add_to_batch(&mut batch, change)?;
+        }
+        if let Err(e) = self.db.apply_batch(batch) {
+            let err = anyhow!(e).context("writing to the state store");
+            self.fail(&err);
+            return Err(err);
+        }
+        Ok(self.written.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+
+    fn add_to_batch(&self, batch: &mut sled::Batch, change: &Change) -> anyhow::Result<()> {
+        match change {
+            Change::PutNetwork(n) => batch.insert(format!("{NETWORK}{}", n.id).as_str(), to_json(n)),
+            Change::DelNetwork(id) => batch.remove(format!("{NETWORK}{id}").as_str()),
+            Change::PutEndpoint(e) => batch.insert(format!("{ENDPOINT}{}", e.id).as_str(), to_json(e)),
+            Change::DelEndpoint(id) => batch.remove(format!("{ENDPOINT}{id}").as_str()),
+            Change::PutParent(p) => batch.insert(format!("{PARENT}{}", p.name).as_str(), to_json(p)),
+            Change::DelParent(name) => batch.remove(format!("{PARENT}{name}").as_str()),
+            Change::Ipam(c) => match c {
+                IpamChange::PutPool(p) => batch.insert(seq_key(POOL, p.seq).as_str(), to_json(p)),
+                IpamChange::DelPool(seq) => {
+                    batch.remove(seq_key(POOL, *seq).as_str());
+                    batch.remove(seq_key(CURSOR, *seq).as_str());
+                    let prefix = format!("{ADDRESS}{seq:016x}/");
+                    for item in self.db.scan_prefix(prefix.as_bytes()).keys() {
+                        batch.remove(item.context("reading the state store")?);
+                    }
+                }
+                IpamChange::PutAddress { pool, ip, gateway } => batch.insert(
+                    address_key(*pool, *ip).as_str(),
+                    to_json(&AddressValue { gateway: *gateway }),
+                ),
+                IpamChange::DelAddress { pool, ip } => batch.remove(address_key(*pool, *ip).as_str()),
+                IpamChange::SetCursor { pool, ip } => batch.insert(seq_key(CURSOR, *pool).as_str(), to_json(ip)),
+                IpamChange::SetNextPoolSeq(seq) => batch.insert(META_NEXT_POOL_SEQ, to_json(seq)),
+            },
+        }
+        Ok(())
+    }
+
+    fn fail(&self, err: &anyhow::Error) {
+        let mut failed = self.failed.lock().expect("poisoned");
+        if failed.is_none() {
+            tracing::error!("state store failed, refusing further changes: {err:#}");
+            *failed = Some(format!("{err:#}"));
+        }
+    }
+
+    /// Waits until the batch with `ticket` is on disk.
+    pub async fn sync(self: &Arc<Self>, ticket: u64) -> anyhow::Result<()> {
+        loop {
+            if self.flushed.load(Ordering::SeqCst) >= ticket {
+                return Ok(());
+            }
+            let _leader = self.flush_lock.lock().await;
+            if self.flushed.load(Ordering::SeqCst) >= ticket {
+                return Ok(());
+            }
+            if let Some(reason) = self.failed.lock().expect("poisoned").clone() {
+                bail!("the state store failed earlier: {reason}");
+            }
+            // Everything written before the flush starts is covered by it.
+            let target = self.written.load(Ordering::SeqCst);
+            let store = Arc::clone(self);
+            let flushed = tokio::task::spawn_blocking(move || store.db.flush())
+                .await
+                .map_err(|e| anyhow!("flush task failed: {e}"))
+                .and_then(|r| r.map_err(|e| anyhow!(e)))
+                .context("flushing the state store to disk");
+            match flushed {
+                Ok(_) => {
+                    self.flushed.fetch_max(target, Ordering::SeqCst);
+                }
+                Err(err) => {
+                    self.fail(&err);
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Flushes everything; for shutdown and tools.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.db.flush().context("flushing the state store to disk")?;
+        Ok(())
+    }
+}
+
+fn decode_record(r: &mut Records, key: &str, value: &[u8]) -> anyhow::Result<()> {
+    fn de<'a, T: Deserialize<'a>>(value: &'a [u8]) -> anyhow::Result<T> {
+        Ok(serde_json::from_slice(value)?)
+    }
+    let seq = |rest: &str| u64::from_str_radix(rest, 16).map_err(|_| anyhow!("bad sequence number"));
+    if key == META_SCHEMA {
+        r.schema = de(value)?;
+    } else if key == META_NEXT_POOL_SEQ {
+        r.next_pool_seq = de(value)?;
+    } else if key == META_V6_RANGE {
+        r.default_v6_range = Some(de(value)?);
+    } else if key == META_LINK_GROUP {
+        r.link_group = de(value)?;
+    } else if let Some(id) = key.strip_prefix(NETWORK) {
+        let n: NetworkRecord = de(value)?;
+        if n.id != id {
+            bail!("holds network {}", n.id);
+        }
+        r.networks.insert(n.id.clone(), n);
+    } else if let Some(id) = key.strip_prefix(ENDPOINT) {
+        let e: EndpointRecord = de(value)?;
+        if e.id != id {
+            bail!("holds endpoint {}", e.id);
+        }
+        r.endpoints.insert(e.id.clone(), e);
+    } else if let Some(name) = key.strip_prefix(PARENT) {
+        let p: ParentRecord = de(value)?;
+        if p.name != name {
+            bail!("holds parent {}", p.name);
+        }
+        r.parents.insert(p.name.clone(), p);
+    } else if let Some(rest) = key.strip_prefix(POOL) {
+        let p: PoolRecord = de(value)?;
+        if p.seq != seq(rest)? {
+            bail!("holds pool {}", p.seq);
+        }
+        r.pools.insert(p.seq, p);
+    } else if let Some(rest) = key.strip_prefix(CURSOR) {
+        r.cursors.insert(seq(rest)?, de(value)?);
+    } else if let Some(rest) = key.strip_prefix(ADDRESS) {
+        let (pool, ip) = parse_address_key(rest).ok_or_else(|| anyhow!("bad address key"))?;
+        let v: AddressValue = de(value)?;
+        r.addresses.entry(pool).or_default().insert(ip, v.gateway);
+    } else {
+        bail!("unknown kind of record (written by a newer rustvlan?)");
+    }
+    Ok(())
+}
+
+fn explain_open_error(path: &Path, err: sled::Error) -> anyhow::Error {
+    let text = err.to_string();
+    let hint = if text.contains("Read-only file system") || text.contains("Permission denied") {
+        "the state directory is not writable: make it writable, or point --state-dir elsewhere"
+    } else if text.contains("No space left") {
+        "the disk holding the state directory is full: free space and start rustvlan again"
+    } else if text.contains("lock") || text.contains("WouldBlock") || text.contains("Resource temporarily unavailable")
+    {
+        "another rustvlan process is using this state directory"
+    } else {
+        "the store looks damaged: restore it from a backup, or move it aside to start empty \
+         (addresses in use by running containers would then be handed out again)"
+    };
+    anyhow!("cannot open the state store {}: {text}; {hint}", path.display())
+}
+
+/// An RFC 4193 unique local /48: fd00::/8 plus 40 random bits.
+fn random_ula_48() -> Ipv6Network {
+    let mut bytes = [0u8; 16];
+    crate::util::random_bytes(&mut bytes[1..6]);
+    bytes[0] = 0xfd;
+    Ipv6Network::new(Ipv6Addr::from(bytes), 48).expect("48 is a valid prefix")
+}

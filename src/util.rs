@@ -1,0 +1,12 @@
+//! Small helpers with no better home.
+
+use std::io::Read;
+
+/// Fills `buf` from the kernel's random source. Without randomness rustvlan cannot
+/// make MAC addresses or a ULA prefix, and the kernel always has it, so a failure here
+/// is a broken host: panic with the reason.
+pub fn random_bytes(buf: &mut [u8]) {
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .expect("reading /dev/urandom");
+}
