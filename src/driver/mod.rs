@@ -650,6 +650,9 @@ fn plan_endpoint(
                 }
                 (Some(mac), false)
             }
+            // Passthru hands the parent itself to the container: it keeps the parent's
+            // MAC, since setting another would change the NIC's own address.
+            None if network.link.is_passthru() => (None, false),
             None => {
                 let mac = std::iter::repeat_with(MacAddr::random_local)
                     .find(|m| !siblings.iter().any(|e| e.mac == Some(*m)))

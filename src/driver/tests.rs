@@ -651,7 +651,7 @@ async fn reconcile_deletes_only_orphans_and_remakes_missing_parents() {
     };
     // An orphan of this store, one of another rustvlan store, and one of nobody.
     p.kernel.add_child(&child("rvdeadbeef0001", p.group)).await.unwrap();
-    p.kernel.add_child(&child("rvdeadbeef0002", 0x8bad_c0de)).await.unwrap();
+    p.kernel.add_child(&child("rvdeadbeef0002", 0x4bad_c0de)).await.unwrap();
     p.kernel.add_child(&child("rvdeadbeef0003", 0)).await.unwrap();
     // A VLAN this store made whose record was never written (a crash), and one it did not make.
     p.kernel

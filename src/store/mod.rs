@@ -94,8 +94,9 @@ pub struct Records {
     pub schema: u64,
     pub next_pool_seq: u64,
     pub default_v6_range: Option<Ipv6Network>,
-    /// The IFLA_GROUP number that marks the links this store owns: random, with the top
-    /// bit set to stay clear of the small group numbers people assign by hand.
+    /// The IFLA_GROUP number that marks the links this store owns: random in
+    /// 2^30..2^31, clear of the small numbers people assign by hand and still a
+    /// positive int for iproute2 (`ip link show group N`).
     pub link_group: u32,
     pub networks: BTreeMap<String, NetworkRecord>,
     pub endpoints: BTreeMap<String, EndpointRecord>,
@@ -232,7 +233,7 @@ impl Store {
             let v6 = random_ula_48();
             let mut bytes = [0u8; 4];
             crate::util::random_bytes(&mut bytes);
-            let link_group = u32::from_be_bytes(bytes) | 0x8000_0000;
+            let link_group = (u32::from_be_bytes(bytes) & 0x3fff_ffff) | 0x4000_0000;
             let mut batch = sled::Batch::default();
             batch.insert(META_SCHEMA, to_json(&SCHEMA_VERSION));
             batch.insert(META_V6_RANGE, to_json(&v6));
