@@ -38,7 +38,7 @@ rv_test_image "$RUSTVLAN_TEST_IMAGE"
 export RUSTVLAN_CI=1
 export RUSTVLAN_E2E_MARKER=$work/e2e-ran
 say "cargo test"
-cargo test --all-targets -- --test-threads "${RUSTVLAN_TEST_THREADS:-4}"
+cargo test --all-targets --no-fail-fast -- --test-threads "${RUSTVLAN_TEST_THREADS:-4}"
 
 # The Docker suite drops this marker when it really ran against dockerd.
 [[ -s $RUSTVLAN_E2E_MARKER ]] || { say "the Docker end-to-end suite did not run"; exit 1; }

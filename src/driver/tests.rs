@@ -45,7 +45,19 @@ fn defaults() -> PoolDefaults {
 }
 
 fn open(dir: &TempDir, kernel: FakeKernel) -> Plugin<FakeKernel> {
-    let store = Arc::new(Store::open(&dir.0).unwrap());
+    // sled's background threads let go of the previous handle's file lock a moment
+    // after it is dropped.
+    let mut tries = 0;
+    let store = loop {
+        match Store::open(&dir.0) {
+            Ok(s) => break Arc::new(s),
+            Err(e) if tries < 100 && format!("{e}").contains("could not acquire lock") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    };
     let (state, records) = store.load(&defaults()).unwrap();
     Plugin::new(state, store, kernel, records.link_group)
 }
