@@ -1,0 +1,422 @@
+//! Real-kernel tests for what this machine's kernel cannot do: ipvlan, 802.1Q and dummy
+//! links. They run inside the VM rig, which boots a stock Debian kernel:
+//!
+//!   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/vm-test.sh --" cargo test --test vm
+//!
+//! (`scripts/test.sh` does this.) Each test makes namespaces inside the guest: one where
+//! rustvlan runs (the "host" of the containers) and one per container, and moves each
+//! Join's link into its container namespace the way dockerd does.
+
+mod common;
+
+use common::{Netns, Server, TempDir, check};
+use serde_json::{Value, json};
+use std::process::Command;
+
+/// These tests only mean something on a kernel with ipvlan, 802.1Q and dummy; outside
+/// the rig they refuse to pretend.
+fn require_vm() -> bool {
+    if std::env::var_os("IN_VMTEST").is_some() {
+        return true;
+    }
+    panic!("tests/vm.rs runs inside the VM rig: scripts/vm-test.sh (see the file's header)");
+}
+
+fn mark_ran(test: &str) {
+    if let Some(path) = std::env::var_os("RUSTVLAN_VM_MARKER") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        writeln!(f, "{test}").unwrap();
+    }
+}
+
+/// A plugin in its own namespace, with helpers to play dockerd.
+struct Rig {
+    host: Netns,
+    _dir: TempDir,
+    server: Server,
+    containers: Vec<Netns>,
+}
+
+fn id(tag: &str, n: u32) -> String {
+    let mut s = format!("{tag}{n:04}");
+    while s.len() < 64 {
+        s.push('0');
+    }
+    s
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let host = Netns::new();
+        let dir = TempDir::new();
+        let server = Server::start(Some(&host), dir.path());
+        Rig {
+            host,
+            _dir: dir,
+            server,
+            containers: Vec::new(),
+        }
+    }
+
+    fn create_network(&self, net: &str, generic: Value, subnet: &str, gateway: &str, internal: bool) -> (u16, Value) {
+        let mut options = json!({"com.docker.network.generic": generic});
+        if internal {
+            options["com.docker.network.internal"] = json!(true);
+        }
+        self.server.post(
+            "/NetworkDriver.CreateNetwork",
+            json!({"NetworkID": net, "Options": options,
+                   "IPv4Data": [{"AddressSpace": "rustvlan-local", "Pool": subnet, "Gateway": gateway}]}),
+        )
+    }
+
+    fn network(&self, net: &str, generic: Value, subnet: &str, gateway: &str) {
+        let (status, answer) = self.create_network(net, generic, subnet, gateway, false);
+        assert_eq!(status, 200, "CreateNetwork: {answer}");
+    }
+
+    /// CreateEndpoint + Join, then what dockerd does: move the link into a fresh
+    /// namespace as eth0, address it, bring it up, add the gateway or routes Join gave.
+    /// Returns the container namespace's index in `self.containers` and Join's answer.
+    fn container(&mut self, net: &str, ep: &str, cidr: &str) -> (usize, Value) {
+        self.server.ok(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": net, "EndpointID": ep, "Interface": {"Address": cidr, "MacAddress": ""}}),
+        );
+        let joined = self.server.ok(
+            "/NetworkDriver.Join",
+            json!({"NetworkID": net, "EndpointID": ep, "SandboxKey": "/var/run/docker/netns/x"}),
+        );
+        let link = joined["InterfaceName"]["SrcName"].as_str().unwrap().to_string();
+        let ns = Netns::new();
+        self.host.ip(&["link", "set", &link, "netns", &ns.name]);
+        ns.ip(&["link", "set", &link, "name", "eth0"]);
+        ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        if let Some(gw) = joined["Gateway"].as_str() {
+            ns.ip(&["route", "add", "default", "via", gw, "dev", "eth0"]);
+        }
+        for route in joined["StaticRoutes"].as_array().into_iter().flatten() {
+            assert_eq!(route["RouteType"], 1, "connected routes only: {route}");
+            ns.ip(&["route", "add", route["Destination"].as_str().unwrap(), "dev", "eth0"]);
+        }
+        self.containers.push(ns);
+        (self.containers.len() - 1, joined)
+    }
+
+    /// What dockerd does on container stop: move eth0 back under its host name, then
+    /// Leave and DeleteEndpoint.
+    fn stop(&mut self, net: &str, ep: &str, index: usize) {
+        let link = format!("rv{}", &ep[..12]);
+        let ns = &self.containers[index];
+        ns.ip(&["link", "set", "eth0", "down"]);
+        ns.ip(&["link", "set", "eth0", "name", &link]);
+        ns.ip(&["link", "set", &link, "netns", &self.host.name]);
+        self.server
+            .ok("/NetworkDriver.Leave", json!({"NetworkID": net, "EndpointID": ep}));
+        self.server.ok(
+            "/NetworkDriver.DeleteEndpoint",
+            json!({"NetworkID": net, "EndpointID": ep}),
+        );
+        assert!(!self.host.has_link(&link), "DeleteEndpoint removed {link}");
+    }
+
+    fn pings(&self, from: usize, ip: &str) -> bool {
+        self.containers[from]
+            .exec(&["ping", "-c", "1", "-W", "2", ip])
+            .status
+            .success()
+    }
+}
+
+#[test]
+fn ipvlan_modes_and_flags() {
+    if !require_vm() {
+        return;
+    }
+    let mut rig = Rig::new();
+    let mut n = 0;
+    for mode in ["l2", "l3", "l3s"] {
+        for flag in ["bridge", "private", "vepa"] {
+            n += 1;
+            let parent = format!("ip{n}");
+            rig.host.veth(&parent, &format!("ip{n}p"));
+            let net = id("a", n);
+            let subnet = format!("10.30.{n}.0/24");
+            rig.network(
+                &net,
+                json!({"parent": parent, "ipvlan_mode": mode, "ipvlan_flag": flag}),
+                &subnet,
+                &format!("10.30.{n}.1/24"),
+            );
+            let (ep1, ep2) = (id("b", n), id("c", n));
+            let (c1, joined) = rig.container(&net, &ep1, &format!("10.30.{n}.2/24"));
+            // Check the link in the container namespace: kind, mode and flag.
+            let link = rig.containers[c1].link_json("eth0");
+            assert_eq!(link["linkinfo"]["info_kind"], "ipvlan", "{mode} {flag}");
+            assert_eq!(link["linkinfo"]["info_data"]["mode"], mode, "{mode} {flag}: {link}");
+            // iproute2 shows the flag as `"private": true` or `"vepa": true`, bridge as neither.
+            let data = &link["linkinfo"]["info_data"];
+            let shown = ["private", "vepa"]
+                .into_iter()
+                .find(|f| data[*f] == json!(true))
+                .unwrap_or("bridge");
+            assert_eq!(shown, flag, "{mode} {flag}: {link}");
+            if mode == "l2" {
+                assert_eq!(joined["Gateway"], format!("10.30.{n}.1"), "{mode}: gateway");
+                assert!(joined.get("StaticRoutes").is_none());
+            } else {
+                assert!(joined.get("Gateway").is_none(), "{mode}: no gateway");
+                assert_eq!(
+                    joined["StaticRoutes"],
+                    json!([{"Destination": "0.0.0.0/0", "RouteType": 1}]),
+                    "{mode}: a CONNECTED default route"
+                );
+            }
+            let (c2, _) = rig.container(&net, &ep2, &format!("10.30.{n}.3/24"));
+            let reached = rig.pings(c1, &format!("10.30.{n}.3"));
+            let expected = flag == "bridge";
+            assert_eq!(reached, expected, "ipvlan {mode} {flag}: ping between two children");
+            eprintln!(
+                "ipvlan {mode:3} {flag:7}: link ok, ping {}",
+                if reached { "passes" } else { "blocked as expected" }
+            );
+            rig.stop(&net, &ep1, c1);
+            rig.stop(&net, &ep2, c2);
+            rig.server.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
+            assert!(rig.host.has_link(&parent), "a parent rustvlan did not make stays");
+        }
+    }
+    mark_ran("ipvlan_modes_and_flags");
+}
+
+#[test]
+fn ipvlan_children_get_distinct_ipv6_link_local_addresses() {
+    if !require_vm() {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.host.veth("ip6", "ip6p");
+    let net = id("d", 1);
+    rig.network(
+        &net,
+        json!({"parent": "ip6", "ipvlan_mode": "l2"}),
+        "10.31.0.0/24",
+        "10.31.0.1/24",
+    );
+    let mut link_locals = Vec::new();
+    for n in 0..3 {
+        let (c, _) = rig.container(&net, &id("e", n), &format!("10.31.0.{}/24", n + 2));
+        let ns = &rig.containers[c];
+        // IPv6 on, as dockerd leaves it for an endpoint with an IPv6 address.
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=0"]);
+        let mut address = String::new();
+        for _ in 0..50 {
+            let out = ns.ip(&["-6", "-j", "addr", "show", "dev", "eth0", "scope", "link"]);
+            let v: Value = serde_json::from_str(&out).unwrap();
+            if let Some(a) = v[0]["addr_info"][0]["local"].as_str() {
+                address = a.to_string();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(!address.is_empty(), "no IPv6 link-local address on child {n}");
+        link_locals.push(address);
+    }
+    let parent_mac = rig.host.link_json("ip6")["address"].as_str().unwrap().to_string();
+    eprintln!("ipvlan children share MAC {parent_mac}; link-local addresses {link_locals:?}");
+    let mut unique = link_locals.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        link_locals.len(),
+        "duplicate link-local addresses: {link_locals:?}"
+    );
+    mark_ran("ipvlan_children_get_distinct_ipv6_link_local_addresses");
+}
+
+#[test]
+fn vlan_parents_tag_frames_and_come_and_go_with_their_networks() {
+    if !require_vm() {
+        return;
+    }
+    let mut rig = Rig::new();
+    // X in rustvlan's namespace, Y at the far end of the wire.
+    let far = Netns::new();
+    rig.host.ip(&[
+        "link", "add", "vx", "type", "veth", "peer", "name", "vy", "netns", &far.name,
+    ]);
+    rig.host.ip(&["link", "set", "vx", "up"]);
+    far.ip(&["link", "set", "vy", "up"]);
+    let net = id("f", 1);
+    rig.network(&net, json!({"parent": "vx.10"}), "10.32.0.0/24", "10.32.0.1/24");
+    let vlan = rig.host.link_json("vx.10");
+    assert_eq!(vlan["linkinfo"]["info_kind"], "vlan");
+    assert_eq!(vlan["linkinfo"]["info_data"]["id"], 10);
+    assert_eq!(vlan["link"], "vx");
+    assert!(
+        vlan["flags"].as_array().unwrap().contains(&json!("UP")),
+        "made up: {vlan}"
+    );
+
+    // A macvlan on vx.10 reaches a peer on vy.10...
+    let (c, _) = rig.container(&net, &id("g", 1), "10.32.0.2/24");
+    far.ip(&["link", "add", "link", "vy", "name", "vy.10", "type", "vlan", "id", "10"]);
+    far.ip(&["addr", "add", "10.32.0.3/24", "dev", "vy.10"]);
+    far.ip(&["link", "set", "vy.10", "up"]);
+    assert!(rig.pings(c, "10.32.0.3"), "VLAN 10 to VLAN 10");
+    // ...and not the same address on VLAN 20: the frames really carry id 10.
+    far.ip(&["link", "del", "vy.10"]);
+    far.ip(&["link", "add", "link", "vy", "name", "vy.20", "type", "vlan", "id", "20"]);
+    far.ip(&["addr", "add", "10.32.0.3/24", "dev", "vy.20"]);
+    far.ip(&["link", "set", "vy.20", "up"]);
+    assert!(!rig.pings(c, "10.32.0.3"), "VLAN 10 must not reach VLAN 20");
+
+    // -o vlan=10 on vx is the same parent; it stays while one network uses it.
+    let net2 = id("f", 2);
+    rig.network(
+        &net2,
+        json!({"parent": "vx", "vlan": "10"}),
+        "10.33.0.0/24",
+        "10.33.0.1/24",
+    );
+    rig.stop(&net, &id("g", 1), c);
+    rig.server.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
+    assert!(rig.host.has_link("vx.10"), "still used by the second network");
+
+    // Start-up re-makes a parent rustvlan made that went missing (a host reboot).
+    rig.server.kill9();
+    rig.host.ip(&["link", "del", "vx.10"]);
+    rig.server.restart();
+    let vlan = rig.host.link_json("vx.10");
+    assert_eq!(vlan["linkinfo"]["info_data"]["id"], 10, "re-made at start-up");
+    assert!(rig.server.log_text().contains("parents_recreated=[\"vx.10\"]"));
+
+    rig.server
+        .ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net2}));
+    assert!(
+        !rig.host.has_link("vx.10"),
+        "made by rustvlan, removed with its last network"
+    );
+    assert!(rig.host.has_link("vx"));
+
+    // A VLAN rustvlan did not make is used but never removed.
+    rig.host
+        .ip(&["link", "add", "link", "vx", "name", "vx.30", "type", "vlan", "id", "30"]);
+    let net3 = id("f", 3);
+    rig.network(&net3, json!({"parent": "vx.30"}), "10.34.0.0/24", "10.34.0.1/24");
+    rig.server
+        .ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net3}));
+    assert!(rig.host.has_link("vx.30"));
+    assert_eq!(rig.server.state()["parents"], json!({}));
+    mark_ran("vlan_parents_tag_frames_and_come_and_go_with_their_networks");
+}
+
+#[test]
+fn internal_networks_live_on_their_own_dummy_parent() {
+    if !require_vm() {
+        return;
+    }
+    let mut rig = Rig::new();
+    for (n, kind) in [(1, json!({})), (2, json!({"ipvlan_mode": "l2"}))] {
+        let net = id("h", n);
+        let (status, answer) = rig.create_network(
+            &net,
+            kind.clone(),
+            &format!("10.35.{n}.0/24"),
+            &format!("10.35.{n}.1/24"),
+            true,
+        );
+        assert_eq!(status, 200, "{answer}");
+        let prefix = if n == 1 { "dm-" } else { "di-" };
+        let dummy = format!("{prefix}{}", &net[..12]);
+        let link = rig.host.link_json(&dummy);
+        assert_eq!(link["linkinfo"]["info_kind"], "dummy");
+        let (c1, joined) = rig.container(&net, &id("i", n), &format!("10.35.{n}.2/24"));
+        assert!(joined.get("Gateway").is_none(), "internal: no gateway");
+        let (c2, _) = rig.container(&net, &id("j", n), &format!("10.35.{n}.3/24"));
+        assert!(
+            rig.pings(c1, &format!("10.35.{n}.3")),
+            "{kind}: containers of an internal network reach each other"
+        );
+        rig.stop(&net, &id("i", n), c1);
+        rig.stop(&net, &id("j", n), c2);
+        rig.server.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
+        assert!(!rig.host.has_link(&dummy), "dummy parent removed with its network");
+    }
+    mark_ran("internal_networks_live_on_their_own_dummy_parent");
+}
+
+#[test]
+fn parent_conflicts_on_a_real_kernel() {
+    if !require_vm() {
+        return;
+    }
+    let mut rig = Rig::new();
+    rig.host.veth("pm", "pmp");
+    rig.network(&id("k", 1), json!({"parent": "pm"}), "10.36.0.0/24", "10.36.0.1/24");
+    let (c, _) = rig.container(&id("k", 1), &id("l", 1), "10.36.0.2/24");
+    let _ = c;
+    let (status, err) = rig.create_network(
+        &id("k", 2),
+        json!({"parent": "pm", "ipvlan_mode": "l2"}),
+        "10.37.0.0/24",
+        "10.37.0.1/24",
+        false,
+    );
+    assert_eq!(status, 409);
+    assert_eq!(
+        err["Err"],
+        "parent pm already carries macvlan network k00010000000; macvlan and ipvlan networks cannot share a parent (the kernel refuses it)"
+    );
+    // And the kernel indeed refuses it, as rustvlan said.
+    let raw = rig
+        .host
+        .try_ip(&["link", "add", "link", "pm", "name", "probe", "type", "ipvlan"]);
+    assert!(!raw.status.success(), "the kernel accepted ipvlan beside macvlan");
+
+    // Two ipvlan networks on one parent with different subnets both work.
+    rig.host.veth("pi", "pip");
+    rig.network(
+        &id("m", 1),
+        json!({"parent": "pi", "ipvlan_mode": "l2"}),
+        "10.38.0.0/24",
+        "10.38.0.1/24",
+    );
+    rig.network(
+        &id("m", 2),
+        json!({"parent": "pi", "ipvlan_mode": "l3"}),
+        "10.39.0.0/24",
+        "10.39.0.1/24",
+    );
+    let (a1, _) = rig.container(&id("m", 1), &id("n", 1), "10.38.0.2/24");
+    rig.container(&id("m", 1), &id("n", 2), "10.38.0.3/24");
+    let (b1, _) = rig.container(&id("m", 2), &id("n", 3), "10.39.0.2/24");
+    rig.container(&id("m", 2), &id("n", 4), "10.39.0.3/24");
+    assert!(rig.pings(a1, "10.38.0.3"), "first ipvlan network");
+    assert!(rig.pings(b1, "10.39.0.3"), "second ipvlan network");
+    mark_ran("parent_conflicts_on_a_real_kernel");
+}
+
+#[test]
+fn the_rig_runs_a_stock_kernel() {
+    if !require_vm() {
+        return;
+    }
+    let release = check(Command::new("uname").arg("-r"));
+    eprintln!("guest kernel {}", release.trim());
+    let modules = std::fs::read_to_string("/proc/modules").unwrap();
+    for m in ["ipvlan", "8021q", "dummy", "macvlan"] {
+        assert!(
+            modules.lines().any(|l| l.starts_with(&format!("{m} "))),
+            "{m} not loaded"
+        );
+    }
+    mark_ran("the_rig_runs_a_stock_kernel");
+}
