@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
-use common::{Server, TempDir, check, require_root, run};
+use common::{Server, TempDir, check, mark_ran, require_root, run};
 use serde_json::{Value, json};
 
 const SOCKET: &str = "/run/docker/plugins/rustvlan.sock";
@@ -50,18 +50,6 @@ fn require_dockerd() -> bool {
     }
     eprintln!("SKIPPED: dockerd is not reachable ({reason}); scripts/test.sh starts one");
     false
-}
-
-fn mark_ran(test: &str) {
-    if let Some(path) = std::env::var_os("RUSTVLAN_E2E_MARKER") {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        writeln!(f, "{test}").unwrap();
-    }
 }
 
 fn host_links() -> BTreeSet<String> {
@@ -231,7 +219,7 @@ fn containers_get_addresses_and_ping_over_macvlan() {
     for key in ["networks", "endpoints", "pools", "parents"] {
         assert_eq!(state[key], json!({}), "docker network rm left {key}: {state}");
     }
-    mark_ran("containers_get_addresses_and_ping_over_macvlan");
+    mark_ran("RUSTVLAN_E2E_MARKER", "containers_get_addresses_and_ping_over_macvlan");
 }
 
 #[test]
@@ -273,7 +261,7 @@ fn running_containers_survive_a_plugin_restart() {
     for key in ["networks", "endpoints", "pools"] {
         assert_eq!(state[key], json!({}), "{key} left behind");
     }
-    mark_ran("running_containers_survive_a_plugin_restart");
+    mark_ran("RUSTVLAN_E2E_MARKER", "running_containers_survive_a_plugin_restart");
 }
 
 #[test]
@@ -313,5 +301,5 @@ fn docker_option_names_keep_the_built_in_behaviour() {
     let b1 = scene2.run("rv-e2e-d1", "rvnet-bridge", &[]);
     let b2 = scene2.run("rv-e2e-d2", "rvnet-bridge", &[]);
     assert!(pings(&b1, &ipv4_of(&b2)), "bridge mode is the control: it must ping");
-    mark_ran("docker_option_names_keep_the_built_in_behaviour");
+    mark_ran("RUSTVLAN_E2E_MARKER", "docker_option_names_keep_the_built_in_behaviour");
 }

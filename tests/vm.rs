@@ -9,29 +9,17 @@
 
 mod common;
 
-use common::{Netns, Server, TempDir, check};
+use common::{Netns, Server, TempDir, check, mark_ran};
 use serde_json::{Value, json};
 use std::process::Command;
 
 /// These tests only mean something on a kernel with ipvlan, 802.1Q and dummy; outside
 /// the rig they refuse to pretend.
-fn require_vm() -> bool {
-    if std::env::var_os("IN_VMTEST").is_some() {
-        return true;
-    }
-    panic!("tests/vm.rs runs inside the VM rig: scripts/vm-test.sh (see the file's header)");
-}
-
-fn mark_ran(test: &str) {
-    if let Some(path) = std::env::var_os("RUSTVLAN_VM_MARKER") {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        writeln!(f, "{test}").unwrap();
-    }
+fn require_vm() {
+    assert!(
+        std::env::var_os("IN_VMTEST").is_some(),
+        "tests/vm.rs runs inside the VM rig: scripts/vm-test.sh (see the file's header)"
+    );
 }
 
 /// A plugin in its own namespace, with helpers to play dockerd.
@@ -136,9 +124,7 @@ impl Rig {
 
 #[test]
 fn ipvlan_modes_and_flags() {
-    if !require_vm() {
-        return;
-    }
+    require_vm();
     let mut rig = Rig::new();
     let mut n = 0;
     for mode in ["l2", "l3", "l3s"] {
@@ -192,14 +178,12 @@ fn ipvlan_modes_and_flags() {
             assert!(rig.host.has_link(&parent), "a parent rustvlan did not make stays");
         }
     }
-    mark_ran("ipvlan_modes_and_flags");
+    mark_ran("RUSTVLAN_VM_MARKER", "ipvlan_modes_and_flags");
 }
 
 #[test]
 fn ipvlan_children_get_distinct_ipv6_link_local_addresses() {
-    if !require_vm() {
-        return;
-    }
+    require_vm();
     let mut rig = Rig::new();
     rig.host.veth("ip6", "ip6p");
     let net = id("d", 1);
@@ -238,14 +222,15 @@ fn ipvlan_children_get_distinct_ipv6_link_local_addresses() {
         link_locals.len(),
         "duplicate link-local addresses: {link_locals:?}"
     );
-    mark_ran("ipvlan_children_get_distinct_ipv6_link_local_addresses");
+    mark_ran(
+        "RUSTVLAN_VM_MARKER",
+        "ipvlan_children_get_distinct_ipv6_link_local_addresses",
+    );
 }
 
 #[test]
 fn vlan_parents_tag_frames_and_come_and_go_with_their_networks() {
-    if !require_vm() {
-        return;
-    }
+    require_vm();
     let mut rig = Rig::new();
     // X in rustvlan's namespace, Y at the far end of the wire.
     let far = Netns::new();
@@ -315,14 +300,15 @@ fn vlan_parents_tag_frames_and_come_and_go_with_their_networks() {
         .ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net3}));
     assert!(rig.host.has_link("vx.30"));
     assert_eq!(rig.server.state()["parents"], json!({}));
-    mark_ran("vlan_parents_tag_frames_and_come_and_go_with_their_networks");
+    mark_ran(
+        "RUSTVLAN_VM_MARKER",
+        "vlan_parents_tag_frames_and_come_and_go_with_their_networks",
+    );
 }
 
 #[test]
 fn internal_networks_live_on_their_own_dummy_parent() {
-    if !require_vm() {
-        return;
-    }
+    require_vm();
     let mut rig = Rig::new();
     for (n, kind) in [(1, json!({})), (2, json!({"ipvlan_mode": "l2"}))] {
         let net = id("h", n);
@@ -350,14 +336,12 @@ fn internal_networks_live_on_their_own_dummy_parent() {
         rig.server.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
         assert!(!rig.host.has_link(&dummy), "dummy parent removed with its network");
     }
-    mark_ran("internal_networks_live_on_their_own_dummy_parent");
+    mark_ran("RUSTVLAN_VM_MARKER", "internal_networks_live_on_their_own_dummy_parent");
 }
 
 #[test]
 fn parent_conflicts_on_a_real_kernel() {
-    if !require_vm() {
-        return;
-    }
+    require_vm();
     let mut rig = Rig::new();
     rig.host.veth("pm", "pmp");
     rig.network(&id("k", 1), json!({"parent": "pm"}), "10.36.0.0/24", "10.36.0.1/24");
@@ -401,14 +385,12 @@ fn parent_conflicts_on_a_real_kernel() {
     rig.container(&id("m", 2), &id("n", 4), "10.39.0.3/24");
     assert!(rig.pings(a1, "10.38.0.3"), "first ipvlan network");
     assert!(rig.pings(b1, "10.39.0.3"), "second ipvlan network");
-    mark_ran("parent_conflicts_on_a_real_kernel");
+    mark_ran("RUSTVLAN_VM_MARKER", "parent_conflicts_on_a_real_kernel");
 }
 
 #[test]
 fn the_rig_runs_a_stock_kernel() {
-    if !require_vm() {
-        return;
-    }
+    require_vm();
     let release = check(Command::new("uname").arg("-r"));
     eprintln!("guest kernel {}", release.trim());
     let modules = std::fs::read_to_string("/proc/modules").unwrap();
@@ -418,5 +400,5 @@ fn the_rig_runs_a_stock_kernel() {
             "{m} not loaded"
         );
     }
-    mark_ran("the_rig_runs_a_stock_kernel");
+    mark_ran("RUSTVLAN_VM_MARKER", "the_rig_runs_a_stock_kernel");
 }
