@@ -11,13 +11,14 @@ source scripts/lib/env.sh
 say() { printf '[test.sh] %s\n' "$*" >&2; }
 [[ $(id -u) == 0 ]] || { say "run me as root: the tests make namespaces, links and a dockerd"; exit 1; }
 
-rv_need_pkgs iproute2 docker.io busybox-static curl
+rv_need_pkgs iproute2 docker.io busybox-static curl docker-registry
 
 work=$(mktemp -d /tmp/rvtest.XXXXXX)
 cleanup() {
     local rc=$?
     set +e
     rv_dockerd_stop "$work/docker"
+    rv_registry_stop "$work/registry"
     rm -rf "$work"
     if ((rc == 0)); then say PASS; else say "FAIL (rc=$rc)"; fi
 }
@@ -35,6 +36,12 @@ rv_dockerd_start "$work/docker"
 export RUSTVLAN_TEST_IMAGE=rvbb:latest
 rv_test_image "$RUSTVLAN_TEST_IMAGE"
 
+# The managed plugin (tests/plugin.rs): its directory and a registry to publish it to.
+export RUSTVLAN_PLUGIN_DIR=$PWD/target/plugin/rustvlan
+scripts/build-plugin.sh "$RUSTVLAN_PLUGIN_DIR"
+rv_registry_start "$work/registry"
+export RUSTVLAN_REGISTRY=127.0.0.1:5000
+
 # RUSTVLAN_CI turns every "skipped: cannot run here" into a failure: this script made
 # sure root, namespaces and dockerd are there, so a skip would hide a broken test.
 export RUSTVLAN_CI=1
@@ -42,9 +49,12 @@ export RUSTVLAN_E2E_MARKER=$work/e2e-ran
 say "cargo test"
 cargo test --all-targets --no-fail-fast -- --test-threads "${RUSTVLAN_TEST_THREADS:-4}"
 
-# The Docker suite drops this marker when it really ran against dockerd.
-[[ -s $RUSTVLAN_E2E_MARKER ]] || { say "the Docker end-to-end suite did not run"; exit 1; }
-say "Docker end-to-end suite ran: $(paste -sd' ' "$RUSTVLAN_E2E_MARKER")"
+# The Docker suites mark each test that really ran against dockerd.
+# Every #[test] of these two files marks itself when it ran.
+expected=$(cat tests/docker.rs tests/plugin.rs | grep -c '^#\[test\]')
+ran=$(sort -u "$RUSTVLAN_E2E_MARKER" 2>/dev/null | wc -l)
+((ran == expected)) || { say "the Docker end-to-end suites reported $ran of $expected tests as run"; exit 1; }
+say "Docker end-to-end suites ran all $ran tests: $(paste -sd' ' "$RUSTVLAN_E2E_MARKER")"
 
 # ipvlan, 802.1Q and dummy: inside a VM booting a stock Debian kernel. The marker lives
 # in the work tree, which the guest shares; the guest's /tmp is its own.
@@ -52,7 +62,7 @@ export RUSTVLAN_VM_MARKER=$PWD/target/rustvlan-vm-ran
 rm -f "$RUSTVLAN_VM_MARKER"
 say "real-kernel rig: cargo test --test vm inside a Debian kernel VM (scripts/vm-test.sh)"
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/vm-test.sh --" cargo test --test vm
-expected=$(grep -c '^fn .*() {$' <(grep -A1 '^#\[test\]' tests/vm.rs))
+expected=$(grep -c '^#\[test\]' tests/vm.rs)
 ran=$(sort -u "$RUSTVLAN_VM_MARKER" 2>/dev/null | wc -l)
 ((ran == expected)) || { say "the VM suite reported $ran of $expected tests as run"; exit 1; }
 say "VM suite ran all $ran tests: $(paste -sd' ' "$RUSTVLAN_VM_MARKER")"

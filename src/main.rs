@@ -24,6 +24,11 @@ enum Command {
     Serve {
         #[arg(long, env = "RUSTVLAN_SOCKET", default_value = "/run/docker/plugins/rustvlan.sock")]
         socket: PathBuf,
+        /// Also answer on this socket. A managed plugin uses it to appear in the host's
+        /// /run/docker/plugins, so that `-d rustvlan` works besides `-d rustvlan:latest`.
+        /// Empty means none (a managed plugin's settings can only empty a variable).
+        #[arg(long, env = "RUSTVLAN_EXTRA_SOCKET", default_value = "")]
+        extra_socket: String,
         #[arg(long, env = "RUSTVLAN_STATE_DIR", default_value = "/var/lib/rustvlan")]
         state_dir: PathBuf,
         /// error, warn, info, debug or trace.
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve {
             socket,
+            extra_socket,
             state_dir,
             log_level,
             default_pool,
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
             }
             let config = ServeConfig {
                 socket,
+                extra_socket: Some(PathBuf::from(extra_socket)).filter(|p| !p.as_os_str().is_empty()),
                 state_dir,
                 pool_defaults: PoolDefaults {
                     v4_range: default_pool,

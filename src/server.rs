@@ -17,6 +17,9 @@ use crate::store::{PoolDefaults, Store};
 
 pub struct ServeConfig {
     pub socket: PathBuf,
+    /// A second socket answering the same API, e.g. a managed plugin's socket in the
+    /// host's /run/docker/plugins so that dockerd also finds it by its short name.
+    pub extra_socket: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub pool_defaults: PoolDefaults,
 }
@@ -48,20 +51,40 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::warn!("reconcile with the kernel failed: {e}");
     }
 
-    let listener = bind_socket(&config.socket)?;
-    tracing::info!(socket = %config.socket.display(), startup_ms = started.elapsed().as_millis() as u64, "listening");
+    let mut sockets = vec![config.socket.clone()];
+    let mut listeners = vec![bind_socket(&config.socket)?];
+    if let Some(extra) = &config.extra_socket {
+        // Only a convenience (the short plugin name): never a reason not to serve.
+        match bind_socket(extra) {
+            Ok(listener) => {
+                listeners.push(listener);
+                sockets.push(extra.clone());
+            }
+            Err(e) => tracing::warn!("not answering on the extra socket: {e:#}"),
+        }
+    }
+    let names: Vec<String> = sockets.iter().map(|s| s.display().to_string()).collect();
+    tracing::info!(sockets = ?names, startup_ms = started.elapsed().as_millis() as u64, "listening");
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let shutdown = async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    };
-    let server = axum::serve(listener, router(plugin)).with_graceful_shutdown(shutdown);
-    let mut server = std::pin::pin!(server.into_future());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = router(plugin);
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let mut stop = stop_rx.clone();
+        let shutdown = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        servers.spawn(
+            axum::serve(listener, app.clone())
+                .with_graceful_shutdown(shutdown)
+                .into_future(),
+        );
+    }
     let signal_name = tokio::select! {
-        result = &mut server => {
-            result.context("serving")?;
+        Some(result) = servers.join_next() => {
+            result.context("server task")?.context("serving")?;
             "none"
         }
         _ = term.recv() => "SIGTERM",
@@ -69,11 +92,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     tracing::info!(signal = signal_name, "stopping");
     let _ = stop_tx.send(true);
-    if tokio::time::timeout(DRAIN, &mut server).await.is_err() {
+    let drained = tokio::time::timeout(DRAIN, async { while servers.join_next().await.is_some() {} });
+    if drained.await.is_err() {
         tracing::debug!("connections still open after the drain period; closing them");
+        servers.abort_all();
     }
     let flushed = store.flush();
-    remove_socket(&config.socket);
+    for socket in &sockets {
+        remove_socket(socket);
+    }
     flushed?;
     tracing::info!("stopped");
     Ok(())
@@ -104,7 +131,15 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path).with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
         tracing::info!(socket = %path.display(), "replaced a stale socket");
     }
-    let private = dir.join(format!(".rustvlan-bind-{}", std::process::id()));
+    // The pid alone is not unique: as a managed plugin rustvlan is PID 1 in its own
+    // namespace, and the directory may be shared with the host.
+    let mut nonce = [0u8; 4];
+    crate::util::random_bytes(&mut nonce);
+    let private = dir.join(format!(
+        ".rustvlan-bind-{}-{:08x}",
+        std::process::id(),
+        u32::from_be_bytes(nonce)
+    ));
     let _ = std::fs::remove_dir_all(&private);
     std::fs::create_dir(&private).with_context(|| format!("cannot create {}", private.display()))?;
     let bound = (|| {

@@ -8,151 +8,15 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::Mutex;
 
-use common::{Server, TempDir, check, mark_ran, require_root, run};
-use serde_json::{Value, json};
+use common::docker::{Scene, docker_ok, host_links, ipv4_of, mac_of, pings, require_dockerd};
+use common::{Server, TempDir, mark_ran};
+use serde_json::json;
 
 const SOCKET: &str = "/run/docker/plugins/rustvlan.sock";
-const DOCKER: &str = "/usr/bin/docker";
-
 /// The tests share the host namespace and the plugin socket: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn image() -> String {
-    std::env::var("RUSTVLAN_TEST_IMAGE").unwrap_or_else(|_| "rvbb:latest".to_string())
-}
-
-fn docker(args: &[&str]) -> Output {
-    run(Command::new(DOCKER).args(args))
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    check(Command::new(DOCKER).args(args)).trim().to_string()
-}
-
-/// dockerd must answer; outside CI a missing one skips with the reason, in CI it fails.
-fn require_dockerd() -> bool {
-    if !require_root() {
-        return false;
-    }
-    let reason = match Command::new(DOCKER)
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-    {
-        Ok(out) if out.status.success() => return true,
-        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        Err(e) => format!("cannot run {DOCKER}: {e}"),
-    };
-    if std::env::var_os("RUSTVLAN_CI").is_some() {
-        panic!("dockerd is not reachable ({reason}), and RUSTVLAN_CI forbids skipping the end-to-end suite");
-    }
-    eprintln!("SKIPPED: dockerd is not reachable ({reason}); scripts/test.sh starts one");
-    false
-}
-
-fn host_links() -> BTreeSet<String> {
-    let out = check(Command::new("ip").args(["-j", "link", "show"]));
-    let v: Value = serde_json::from_str(&out).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["ifname"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// What a test made in the host namespace and in dockerd, removed on drop even when
-/// the test fails.
-struct Scene {
-    label: String,
-    veth: String,
-    networks: Vec<String>,
-}
-
-impl Scene {
-    fn new(tag: &str) -> Scene {
-        let veth = format!("e2e{tag}");
-        let _ = run(Command::new("ip").args(["link", "del", &veth]));
-        check(Command::new("ip").args([
-            "link",
-            "add",
-            &veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("{veth}p"),
-        ]));
-        check(Command::new("ip").args(["link", "set", &veth, "up"]));
-        check(Command::new("ip").args(["link", "set", &format!("{veth}p"), "up"]));
-        Scene {
-            label: format!("rustvlan-e2e={tag}"),
-            veth,
-            networks: Vec::new(),
-        }
-    }
-
-    fn network(&mut self, name: &str, args: &[&str]) {
-        let _ = docker(&["network", "rm", name]);
-        let mut all = vec!["network", "create", "-d", "rustvlan", "--ipam-driver", "rustvlan"];
-        all.extend_from_slice(args);
-        all.push(name);
-        docker_ok(&all);
-        self.networks.push(name.to_string());
-    }
-
-    /// `docker run -d` a sleeper; returns its name.
-    fn run(&self, name: &str, net: &str, extra: &[&str]) -> String {
-        let _ = docker(&["rm", "-f", name]);
-        let image = image();
-        let mut args = vec!["run", "-d", "--name", name, "--label", &self.label, "--net", net];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&[&image, "sleep", "100000"]);
-        docker_ok(&args);
-        name.to_string()
-    }
-
-    fn rm_containers(&self) {
-        let ids = docker_ok(&["ps", "-aq", "--filter", &format!("label={}", self.label)]);
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids);
-            docker_ok(&args);
-        }
-    }
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(|| self.rm_containers());
-        for n in &self.networks {
-            let _ = docker(&["network", "rm", n]);
-        }
-        let _ = run(Command::new("ip").args(["link", "del", &self.veth]));
-    }
-}
-
-fn ipv4_of(container: &str) -> String {
-    let out = docker_ok(&["exec", container, "ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no IPv4 on eth0 of {container}: {out}"))
-        .to_string()
-}
-
-fn mac_of(container: &str) -> String {
-    docker_ok(&["exec", container, "cat", "/sys/class/net/eth0/address"])
-}
-
-fn pings(from: &str, to_cidr: &str) -> bool {
-    let ip = to_cidr.split('/').next().unwrap();
-    docker(&["exec", from, "ping", "-c", "2", "-W", "2", ip])
-        .status
-        .success()
-}
 
 fn start_plugin(dir: &TempDir) -> Server {
     Server::start_at(None, dir.path(), Path::new(SOCKET))
