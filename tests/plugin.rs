@@ -203,7 +203,7 @@ fn dockerfile_builds_a_plugin_rootfs() {
     let built = common::TempDir::new();
     let rootfs = built.path().join("rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
-    let export = Command::new("/usr/bin/docker")
+    let mut export = Command::new("/usr/bin/docker")
         .args(["export", &container])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -212,10 +212,13 @@ fn dockerfile_builds_a_plugin_rootfs() {
         .arg("-x")
         .arg("-C")
         .arg(&rootfs)
-        .stdin(export.stdout.unwrap())
+        .stdin(export.stdout.take().unwrap())
         .status()
         .unwrap();
-    assert!(untar.success());
+    assert!(
+        export.wait().unwrap().success() && untar.success(),
+        "docker export | tar -x"
+    );
     docker_ok(&["rm", &container]);
     let _ = docker(&["rmi", image]);
     assert_eq!(
