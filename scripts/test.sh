@@ -14,9 +14,16 @@ say() { printf '[test.sh] %s\n' "$*" >&2; }
 rv_need_pkgs iproute2 docker.io busybox-static curl docker-registry
 
 work=$(mktemp -d /tmp/rvtest.XXXXXX)
+# Figures the suites report; in the work tree, which the VM rig's guest shares.
+export RUSTVLAN_REPORT=$PWD/target/rustvlan-report.txt
+mkdir -p target && rm -f "$RUSTVLAN_REPORT"
 cleanup() {
     local rc=$?
     set +e
+    if [[ -s $RUSTVLAN_REPORT ]]; then
+        say "figures reported by the suites:"
+        sed 's/^/    /' "$RUSTVLAN_REPORT" >&2
+    fi
     rv_dockerd_stop "$work/docker"
     rv_registry_stop "$work/registry"
     rm -rf "$work"

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Netns, Server, TempDir, require_root};
+use common::{Netns, Server, TempDir, report, require_root};
 use serde_json::{Value, json};
 
 const N1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -598,8 +598,8 @@ fn bad_input_gets_a_precise_error_and_changes_nothing() {
         cases.len(),
         failures.join("\n")
     );
-    eprintln!(
+    report(&format!(
         "bad input: {} cases, each with its precise answer, state and links unchanged",
         cases.len()
-    );
+    ));
 }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::docker::{Scene, docker, docker_ok, host_links, ipv4_of, pings, require_dockerd};
-use common::{BIN, check, mark_ran};
+use common::{BIN, check, mark_ran, report};
 use serde_json::{Value, json};
 
 /// Where the managed plugin also answers, so dockerd finds it as plain `rustvlan`.
@@ -171,10 +171,10 @@ fn created_plugin_serves_both_names_and_disables_at_once() {
     assert_eq!(state_records()["networks"], json!({}));
 
     let took = timed_disable(name);
-    eprintln!(
+    report(&format!(
         "managed plugin: docker plugin disable -f took {:.0} ms",
         took.as_secs_f64() * 1000.0
-    );
+    ));
     assert!(took < Duration::from_secs(1), "disable -f took {took:?}");
     assert!(
         !Path::new(SHORT_NAME_SOCKET).exists(),
@@ -294,10 +294,10 @@ fn registry_install_and_upgrade_keep_networks_endpoints_and_addresses() {
         .iter()
         .map(|l| l["size"].as_u64().unwrap())
         .sum();
-    eprintln!(
+    report(&format!(
         "managed plugin: compressed layer {layer} bytes ({:.2} MiB)",
         layer as f64 / 1048576.0
-    );
+    ));
 
     docker_ok(&["plugin", "install", "--grant-all-permissions", &name]);
     let plugin = InstalledPlugin(name.clone());
@@ -325,10 +325,10 @@ fn registry_install_and_upgrade_keep_networks_endpoints_and_addresses() {
     // Upgrade under running containers.
     let before = state_records();
     let took = timed_disable(&name);
-    eprintln!(
+    report(&format!(
         "managed plugin: disable -f before upgrade took {:.0} ms",
         took.as_secs_f64() * 1000.0
-    );
+    ));
     assert!(took < Duration::from_secs(1), "disable -f took {took:?}");
     docker_ok(&[
         "plugin",

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Netns, Server, TempDir, check, mark_ran};
+use common::{Netns, Server, TempDir, check, mark_ran, report};
 use serde_json::{Value, json};
 use std::process::Command;
 
@@ -168,10 +168,10 @@ fn ipvlan_modes_and_flags() {
             let reached = rig.pings(c1, &format!("10.30.{n}.3"));
             let expected = flag == "bridge";
             assert_eq!(reached, expected, "ipvlan {mode} {flag}: ping between two children");
-            eprintln!(
+            report(&format!(
                 "ipvlan {mode:3} {flag:7}: link ok, ping {}",
                 if reached { "passes" } else { "blocked as expected" }
-            );
+            ));
             rig.stop(&net, &ep1, c1);
             rig.stop(&net, &ep2, c2);
             rig.server.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
@@ -213,7 +213,9 @@ fn ipvlan_children_get_distinct_ipv6_link_local_addresses() {
         link_locals.push(address);
     }
     let parent_mac = rig.host.link_json("ip6")["address"].as_str().unwrap().to_string();
-    eprintln!("ipvlan children share MAC {parent_mac}; link-local addresses {link_locals:?}");
+    report(&format!(
+        "ipvlan children share MAC {parent_mac}; link-local addresses {link_locals:?}"
+    ));
     let mut unique = link_locals.clone();
     unique.sort();
     unique.dedup();
@@ -392,7 +394,7 @@ fn parent_conflicts_on_a_real_kernel() {
 fn the_rig_runs_a_stock_kernel() {
     require_vm();
     let release = check(Command::new("uname").arg("-r"));
-    eprintln!("guest kernel {}", release.trim());
+    report(&format!("guest kernel {}", release.trim()));
     let modules = std::fs::read_to_string("/proc/modules").unwrap();
     for m in ["ipvlan", "8021q", "dummy", "macvlan"] {
         assert!(

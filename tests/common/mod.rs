@@ -48,6 +48,22 @@ pub fn mark_ran(marker: &str, test: &str) {
     }
 }
 
+/// A line of figures for the end of the test run: printed now, and appended to the file
+/// named by RUSTVLAN_REPORT (scripts/test.sh prints that file last, so CI output ends
+/// with every suite's summary even though cargo captures passing tests' output).
+pub fn report(line: &str) {
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("RUSTVLAN_REPORT") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        writeln!(f, "{line}").unwrap();
+    }
+}
+
 fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
