@@ -27,6 +27,11 @@ const META_SCHEMA: &str = "meta/schema";
 const META_NEXT_POOL_SEQ: &str = "meta/next_pool_seq";
 const META_V6_RANGE: &str = "meta/default_v6_range";
 const META_LINK_GROUP: &str = "meta/link_group";
+/// The number of the last batch written, inside the store itself.
+const META_GENERATION: &str = "meta/generation";
+/// Beside the store: the number of the last batch known to be on disk. A store whose
+/// own generation is lower has lost changes that were acknowledged.
+const GENERATION_FILE: &str = "generation";
 const NETWORK: &str = "net/";
 const ENDPOINT: &str = "ep/";
 const PARENT: &str = "parent/";
@@ -44,7 +49,7 @@ pub struct PoolDefaults {
 pub struct Store {
     dir: PathBuf,
     db: sled::Db,
-    /// Number of batches written so far; a batch's ticket is the value after its write.
+    /// Generation of the last batch written; a batch's ticket is its generation.
     written: AtomicU64,
     /// Highest ticket known to be on disk.
     flushed: AtomicU64,
@@ -92,6 +97,8 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub struct Records {
     pub schema: u64,
+    /// Not part of the state (`to_json` leaves it out): it moves with every write.
+    pub generation: u64,
     pub next_pool_seq: u64,
     pub default_v6_range: Option<Ipv6Network>,
     /// The IFLA_GROUP number that marks the links this store owns: random in
@@ -247,6 +254,18 @@ impl Store {
         if records.link_group == 0 {
             bail!("the store has no link group record");
         }
+        self.check_generation(records.generation)?;
+        self.written.store(records.generation, Ordering::SeqCst);
+        self.flushed.store(records.generation, Ordering::SeqCst);
+        // A store that cannot take a write (read-only, full) must stop start-up, not the
+        // first container.
+        let probe = self.append(&[]).and_then(|generation| self.flush_to(generation));
+        probe.with_context(|| {
+            format!(
+                "the state store in {} cannot be written; make room or make it writable, then start rustvlan again",
+                self.dir.display()
+            )
+        })?;
         let default_v6_range = records
             .default_v6_range
             .ok_or_else(|| anyhow!("the store has no default IPv6 range record"))?;
@@ -261,26 +280,80 @@ impl Store {
         Ok((state, records))
     }
 
-    /// Writes one request's changes as one atomic batch. Returns the ticket to pass to
-    /// [`Store::sync`]. Call it under the state lock, so that the store sees changes in
-    /// the order memory does.
+    /// Refuses a store that is behind the generation recorded beside it: sled drops a
+    /// damaged tail of its log silently, and starting on it would hand out addresses
+    /// that running containers use.
+    fn check_generation(&self, in_store: u64) -> anyhow::Result<()> {
+        let path = self.dir.join(GENERATION_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(anyhow!(e).context(format!("reading {}", path.display()))),
+        };
+        let on_disk: u64 = text
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("{} does not hold a generation number", path.display()))?;
+        if in_store < on_disk {
+            bail!(
+                "the state store lost acknowledged changes: it ends at change {in_store}, but change {on_disk} was \
+                 written to disk (the store was damaged, or restored from an older copy); restore a current copy of \
+                 {dir}, or accept the loss by deleting {path} (addresses of running containers may then be handed \
+                 out twice)",
+                dir = self.dir.display(),
+                path = path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Records, after a flush, the generation known to be on disk.
+    fn write_generation_marker(&self) -> anyhow::Result<()> {
+        use std::io::Write;
+        let generation = self.flushed.load(Ordering::SeqCst);
+        let path = self.dir.join(GENERATION_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // Fixed width: a rewrite never leaves a longer old number's tail behind.
+        file.write_all(format!("{generation:020}\n").as_bytes())
+            .and_then(|_| file.sync_data())
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Writes one request's changes as one atomic batch, stamped with the next
+    /// generation. Returns the ticket to pass to [`Store::sync`]. Call it under the
+    /// state lock, so that the store sees changes in the order memory does. An empty
+    /// change list writes nothing and returns the current generation (its answer may
+    /// still depend on writes not yet flushed).
     pub fn write(&self, changes: &[Change]) -> anyhow::Result<u64> {
         if let Some(reason) = self.failed.lock().expect("poisoned").clone() {
             bail!("refusing changes after an earlier store failure ({reason}); fix the disk and restart rustvlan");
         }
+        let current = self.written.load(Ordering::SeqCst);
         if changes.is_empty() {
-            return Ok(self.written.load(Ordering::SeqCst));
+            return Ok(current);
         }
+        self.append(changes)
+    }
+
+    fn append(&self, changes: &[Change]) -> anyhow::Result<u64> {
+        let generation = self.written.load(Ordering::SeqCst) + 1;
         let mut batch = sled::Batch::default();
         for change in changes {
             self.add_to_batch(&mut batch, change)?;
         }
+        batch.insert(META_GENERATION, to_json(&generation));
         if let Err(e) = self.db.apply_batch(batch) {
             let err = anyhow!(e).context("writing to the state store");
             self.fail(&err);
             return Err(err);
         }
-        Ok(self.written.fetch_add(1, Ordering::SeqCst) + 1)
+        self.written.store(generation, Ordering::SeqCst);
+        Ok(generation)
     }
 
     fn add_to_batch(&self, batch: &mut sled::Batch, change: &Change) -> anyhow::Result<()> {
@@ -337,15 +410,12 @@ impl Store {
             // Everything written before the flush starts is covered by it.
             let target = self.written.load(Ordering::SeqCst);
             let store = Arc::clone(self);
-            let flushed = tokio::task::spawn_blocking(move || store.db.flush())
+            let flushed = tokio::task::spawn_blocking(move || store.flush_to(target))
                 .await
                 .map_err(|e| anyhow!("flush task failed: {e}"))
-                .and_then(|r| r.map_err(|e| anyhow!(e)))
-                .context("flushing the state store to disk");
+                .and_then(|r| r);
             match flushed {
-                Ok(_) => {
-                    self.flushed.fetch_max(target, Ordering::SeqCst);
-                }
+                Ok(()) => {}
                 Err(err) => {
                     self.fail(&err);
                     return Err(err);
@@ -354,10 +424,16 @@ impl Store {
         }
     }
 
+    /// Flushes everything written up to `target`, then records it beside the store.
+    fn flush_to(&self, target: u64) -> anyhow::Result<()> {
+        self.db.flush().context("flushing the state store to disk")?;
+        self.flushed.fetch_max(target, Ordering::SeqCst);
+        self.write_generation_marker()
+    }
+
     /// Flushes everything; for shutdown and tools.
     pub fn flush(&self) -> anyhow::Result<()> {
-        self.db.flush().context("flushing the state store to disk")?;
-        Ok(())
+        self.flush_to(self.written.load(Ordering::SeqCst))
     }
 }
 
@@ -372,6 +448,8 @@ fn decode_record(r: &mut Records, key: &str, value: &[u8]) -> anyhow::Result<()>
         r.next_pool_seq = de(value)?;
     } else if key == META_V6_RANGE {
         r.default_v6_range = Some(de(value)?);
+    } else if key == META_GENERATION {
+        r.generation = de(value)?;
     } else if key == META_LINK_GROUP {
         r.link_group = de(value)?;
     } else if let Some(id) = key.strip_prefix(NETWORK) {
