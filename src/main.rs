@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ipnetwork::Ipv4Network;
@@ -37,6 +38,11 @@ enum Command {
         /// Range that subnets are picked from when a network is created without --subnet.
         #[arg(long, env = "RUSTVLAN_DEFAULT_POOL", default_value = "10.123.0.0/16")]
         default_pool: Ipv4Network,
+        /// How long an address in a rustvlan network's pool may stay unused by any
+        /// endpoint, gateway or aux address before it is released (dockerd skips
+        /// releases it cannot deliver). `0` releases them once, at start-up.
+        #[arg(long, env = "RUSTVLAN_RECLAIM_AFTER", default_value = "10m", value_parser = parse_duration)]
+        reclaim_after: Duration,
         /// Prefix length of the subnets picked from --default-pool.
         #[arg(long, env = "RUSTVLAN_DEFAULT_POOL_SIZE", default_value_t = 24, value_parser = clap::value_parser!(u8).range(1..=30))]
         default_pool_size: u8,
@@ -64,6 +70,7 @@ fn main() -> ExitCode {
             log_level,
             default_pool,
             default_pool_size,
+            reclaim_after,
         } => {
             tracing_subscriber::fmt()
                 .with_max_level(log_level)
@@ -80,6 +87,7 @@ fn main() -> ExitCode {
             let config = ServeConfig {
                 socket,
                 extra_socket: Some(PathBuf::from(extra_socket)).filter(|p| !p.as_os_str().is_empty()),
+                reclaim_after,
                 state_dir,
                 pool_defaults: PoolDefaults {
                     v4_range: default_pool,
@@ -101,6 +109,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `90`, `90s`, `10m`, `1h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 10m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?} is not a duration like 90s, 10m or 1h")),
+    };
+    Ok(Duration::from_secs(seconds))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

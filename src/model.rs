@@ -176,6 +176,11 @@ pub struct PoolRecord {
     pub sub_pool: Option<IpNetwork>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
+    /// The rustvlan network using this pool, once its CreateNetwork came. Only then does
+    /// rustvlan see every endpoint using the pool's addresses, and may reclaim the ones
+    /// nothing uses. Pools used by another driver are never claimed nor swept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
 }
 
 /// An Ethernet address, shown and parsed as `02:42:0a:4d:00:02`.

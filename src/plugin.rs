@@ -25,6 +25,7 @@ pub struct Plugin<K> {
     pub(crate) topology: tokio::sync::RwLock<()>,
     /// The group number that marks this store's links (see [`crate::kernel::LinkInfo::group`]).
     pub(crate) group: u32,
+    pub(crate) sweep_marks: Mutex<crate::driver::reclaim::SweepMarks>,
 }
 
 impl<K: Kernel> Plugin<K> {
@@ -35,6 +36,7 @@ impl<K: Kernel> Plugin<K> {
             kernel,
             topology: tokio::sync::RwLock::new(()),
             group,
+            sweep_marks: Mutex::new(Default::default()),
         }
     }
 
@@ -65,8 +67,16 @@ impl<K: Kernel> Plugin<K> {
     /// shows of them now. Read under the state lock so that no request is half in.
     pub async fn dump(&self) -> Result<serde_json::Value> {
         let mut value = {
-            let _state = self.state();
-            self.store.records().map_err(|e| Error::store(&e))?.to_json()
+            let state = self.state();
+            let mut value = self.store.records().map_err(|e| Error::store(&e))?.to_json();
+            let mut unbound: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (seq, ip) in crate::driver::reclaim::unbound_addresses(&state) {
+                if let Some(pool) = state.ipam.pool(seq) {
+                    unbound.entry(pool.id()).or_default().push(ip.to_string());
+                }
+            }
+            value["unbound_addresses"] = serde_json::json!(unbound);
+            value
         };
         value["kernel"] = self.kernel_view().await;
         Ok(value)

@@ -20,6 +20,8 @@ pub struct ServeConfig {
     /// A second socket answering the same API, e.g. a managed plugin's socket in the
     /// host's /run/docker/plugins so that dockerd also finds it by its short name.
     pub extra_socket: Option<PathBuf>,
+    /// Grace period before unused addresses are released (see `driver::reclaim`).
+    pub reclaim_after: Duration,
     pub state_dir: PathBuf,
     pub pool_defaults: PoolDefaults,
 }
@@ -50,6 +52,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         // work, and the next start retries.
         tracing::warn!("reconcile with the kernel failed: {e}");
     }
+    spawn_sweeper(Arc::clone(&plugin), config.reclaim_after).await;
 
     let mut sockets = vec![config.socket.clone()];
     let mut listeners = vec![bind_socket(&config.socket)?];
@@ -104,6 +107,28 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     flushed?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sweeps unused addresses: once now (marking, or with a zero grace releasing), then
+/// every grace period.
+async fn spawn_sweeper(plugin: Arc<Plugin<NetlinkKernel>>, grace: Duration) {
+    let now = grace.is_zero();
+    if let Err(e) = plugin.sweep(now).await {
+        tracing::warn!("sweep of unused addresses failed: {e}");
+    }
+    if now {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(grace);
+        ticks.tick().await; // the first tick is immediate: the start-up sweep above
+        loop {
+            ticks.tick().await;
+            if let Err(e) = plugin.sweep(false).await {
+                tracing::warn!("sweep of unused addresses failed: {e}");
+            }
+        }
+    });
 }
 
 /// Binds the socket with mode 0600 from the first moment: it is bound inside a private

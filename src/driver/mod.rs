@@ -6,6 +6,7 @@
 //! missing carries rustvlan's mark (its group number) and is swept by [`Plugin::reconcile`].
 
 pub mod options;
+pub mod reclaim;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -97,10 +98,19 @@ impl<K: Kernel> Plugin<K> {
         }
         let made = self.ensure_parent(&config, &record).await?;
         let committed = self
-            .commit(|_| {
+            .commit(|state| {
                 let mut changes = vec![Change::PutNetwork(record.clone())];
                 if let Some((parent, _)) = &made {
                     changes.push(Change::PutParent(parent.clone()));
+                }
+                for subnet in record.subnets() {
+                    let gateway = subnet.gateway.map(|g| g.ip());
+                    if let Some(claim) = state
+                        .ipam
+                        .plan_claim(&subnet.address_space, subnet.pool, gateway, &record.id)
+                    {
+                        changes.push(Change::Ipam(claim));
+                    }
                 }
                 Ok(((), changes))
             })
@@ -494,6 +504,33 @@ impl<K: Kernel> Plugin<K> {
             endpoints_without_host_link = report.endpoints_without_host_link,
             "reconciled with the kernel"
         );
+        Ok(report)
+    }
+
+    /// Releases addresses and pools dockerd stopped using without telling (see
+    /// [`reclaim`]): what the previous sweep marked and is still unused, or, with `now`,
+    /// everything unused at once.
+    pub async fn sweep(&self, now: bool) -> Result<reclaim::SweepReport> {
+        let report = self
+            .commit(|state| {
+                let mut marks = self.sweep_marks.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(reclaim::plan_sweep(state, &mut marks, now))
+            })
+            .await?;
+        if report.is_empty() {
+            tracing::debug!(
+                addresses_marked = report.addresses_marked,
+                pools_marked = report.pools_marked,
+                "sweep: nothing to reclaim"
+            );
+        } else {
+            tracing::info!(
+                addresses = ?report.addresses_reclaimed,
+                pools = ?report.pools_reclaimed,
+                "sweep: reclaimed what no endpoint, gateway or aux address used since the last sweep \
+                 (releases dockerd never sent, or requests it retried after a plugin crash)"
+            );
+        }
         Ok(report)
     }
 

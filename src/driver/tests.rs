@@ -714,3 +714,152 @@ async fn state_survives_reopening_the_store() {
     assert!(state.parents.contains_key("eth0.10"));
     assert_eq!(state.endpoint_by_link("rv111111111111").unwrap().id, EP_1);
 }
+
+mod sweeping {
+    use super::*;
+    use crate::api::wire::{ReleasePoolRequest, RequestAddressRequest, RequestPoolRequest};
+
+    async fn pool(p: &Plugin<FakeKernel>, cidr: &str) -> String {
+        p.request_pool(RequestPoolRequest {
+            address_space: "rustvlan-local".into(),
+            pool: Some(cidr.into()),
+            sub_pool: None,
+            options: None,
+            v6: Some(false),
+        })
+        .await
+        .unwrap()
+        .pool_id
+    }
+
+    async fn address(p: &Plugin<FakeKernel>, pool_id: &str, ip: &str, gateway: bool) {
+        let options = gateway.then(|| {
+            [(
+                "RequestAddressType".to_string(),
+                "com.docker.network.gateway".to_string(),
+            )]
+            .into()
+        });
+        p.request_address(RequestAddressRequest {
+            pool_id: pool_id.into(),
+            address: Some(ip.into()),
+            options,
+        })
+        .await
+        .unwrap();
+    }
+
+    fn allocated(p: &Plugin<FakeKernel>) -> Vec<String> {
+        let state = p.state();
+        state
+            .ipam
+            .pools()
+            .flat_map(|pool| pool.allocated().map(|(ip, _)| ip.to_string()).collect::<Vec<_>>())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn unused_addresses_of_claimed_pools_go_after_two_sweeps() {
+        let dir = temp_dir();
+        let p = open(&dir, kernel());
+        let id = pool(&p, "10.77.0.0/24").await;
+        address(&p, &id, "10.77.0.1", true).await;
+        p.create_network(network(
+            NET_A,
+            json!({"parent": "eth0"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            p.state().ipam.pools().next().unwrap().record.claimed_by.as_deref(),
+            Some(NET_A),
+            "CreateNetwork claims the pool"
+        );
+        for ip in ["10.77.0.2", "10.77.0.3"] {
+            address(&p, &id, ip, false).await;
+        }
+        p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+            .await
+            .unwrap();
+
+        let first = p.sweep(false).await.unwrap();
+        assert!(first.is_empty(), "the first sweep only marks");
+        assert_eq!(first.addresses_marked, 1);
+        // In flight at the first sweep, bound before the second: kept.
+        address(&p, &id, "10.77.0.4", false).await;
+        let second = p.sweep(false).await.unwrap();
+        assert_eq!(
+            second.addresses_reclaimed,
+            [(id.clone(), vec!["10.77.0.3".to_string()])].into(),
+            "unused across a whole grace period: released"
+        );
+        p.create_endpoint(endpoint(NET_A, EP_2, "10.77.0.4/24", ""))
+            .await
+            .unwrap();
+        let third = p.sweep(false).await.unwrap();
+        assert!(third.is_empty() && third.addresses_marked == 0);
+        assert_eq!(allocated(&p), vec!["10.77.0.1", "10.77.0.2", "10.77.0.4"]);
+    }
+
+    #[tokio::test]
+    async fn orphan_pools_go_and_other_drivers_pools_stay() {
+        let dir = temp_dir();
+        let p = open(&dir, kernel());
+        let claimed = pool(&p, "10.77.0.0/24").await;
+        address(&p, &claimed, "10.77.0.1", true).await;
+        p.create_network(network(
+            NET_A,
+            json!({"parent": "eth0"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+        // Another driver's network using rustvlan's IPAM: never claimed.
+        let foreign = pool(&p, "10.88.0.0/24").await;
+        address(&p, &foreign, "10.88.0.1", true).await;
+        address(&p, &foreign, "10.88.0.7", false).await;
+        // The network goes but dockerd never released its pool.
+        p.delete_network(NetworkRequest {
+            network_id: NET_A.into(),
+        })
+        .await
+        .unwrap();
+        let now = p.sweep(true).await.unwrap();
+        assert_eq!(now.pools_reclaimed, vec![claimed.clone()]);
+        assert!(now.addresses_reclaimed.is_empty());
+        assert_eq!(allocated(&p), vec!["10.88.0.1", "10.88.0.7"]);
+        p.release_pool(ReleasePoolRequest { pool_id: foreign }).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_same_subnet_on_two_parents_claims_two_pools() {
+        let dir = temp_dir();
+        let p = open(&dir, kernel());
+        let a = pool(&p, "10.77.0.0/24").await;
+        address(&p, &a, "10.77.0.1", true).await;
+        p.create_network(network(
+            NET_A,
+            json!({"parent": "eth0"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+        let b = pool(&p, "10.77.0.0/24").await;
+        address(&p, &b, "10.77.0.1", true).await;
+        p.create_network(network(
+            NET_B,
+            json!({"parent": "eth1"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+        let state = p.state();
+        let claims: Vec<Option<&str>> = state.ipam.pools().map(|p| p.record.claimed_by.as_deref()).collect();
+        assert_eq!(claims, vec![Some(NET_A), Some(NET_B)]);
+    }
+}

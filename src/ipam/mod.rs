@@ -41,6 +41,7 @@ pub struct IpamConfig {
 /// One change to IPAM state, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IpamChange {
+    /// Makes a pool, or updates its record (a claim) keeping its allocations.
     PutPool(PoolRecord),
     /// Removes the pool and every address allocated in it.
     DelPool(u64),
@@ -264,6 +265,10 @@ impl Pool {
             .or_else(|| self.allocated.first_free(lo, start.saturating_sub(1)))
     }
 
+    pub fn is_gateway(&self, ip: IpAddr) -> bool {
+        self.offset(ip).is_some_and(|o| self.gateways.contains(&o))
+    }
+
     pub fn allocated(&self) -> impl Iterator<Item = (IpAddr, bool)> + '_ {
         self.allocated
             .iter()
@@ -358,6 +363,7 @@ impl Ipam {
             pool,
             sub_pool,
             options: req.options.clone(),
+            claimed_by: None,
         };
         let probe = Pool::new(record.clone());
         let (lo, hi) = probe.dynamic_range();
@@ -423,6 +429,29 @@ impl Ipam {
         }
         let start = addr_from_bits(v6, range_start + (index << shift));
         Ok(IpNetwork::new(start, prefix).expect("default prefix is valid"))
+    }
+
+    /// The pool a new network with this subnet uses: the newest unclaimed pool of that
+    /// address space and subnet whose gateway (if the network has one) is allocated.
+    /// dockerd asks for the pool and its gateway right before CreateNetwork, so that is
+    /// this network's; the same subnet on another parent is another, older or claimed,
+    /// pool.
+    pub fn plan_claim(
+        &self,
+        address_space: &str,
+        subnet: IpNetwork,
+        gateway: Option<IpAddr>,
+        network: &str,
+    ) -> Option<IpamChange> {
+        let pool = self.pools.values().rev().find(|p| {
+            p.record.claimed_by.is_none()
+                && p.record.address_space == address_space
+                && p.record.pool == subnet
+                && gateway.is_none_or(|g| p.offset(g).is_some_and(|o| p.allocated.contains(o)))
+        })?;
+        let mut record = pool.record.clone();
+        record.claimed_by = Some(network.to_string());
+        Some(IpamChange::PutPool(record))
     }
 
     pub fn plan_release_pool(&self, pool_id: &str) -> Result<Vec<IpamChange>> {
@@ -501,7 +530,12 @@ impl Ipam {
         match change {
             IpamChange::PutPool(record) => {
                 self.next_seq = self.next_seq.max(record.seq + 1);
-                self.pools.insert(record.seq, Pool::new(record.clone()));
+                match self.pools.get_mut(&record.seq) {
+                    Some(pool) => pool.record = record.clone(),
+                    None => {
+                        self.pools.insert(record.seq, Pool::new(record.clone()));
+                    }
+                }
             }
             IpamChange::DelPool(seq) => {
                 self.pools.remove(seq);

@@ -1,0 +1,136 @@
+//! Reclaiming addresses and pools that dockerd stopped using without telling rustvlan.
+//!
+//! dockerd ignores teardown errors, skips releases while the plugin is unreachable, and
+//! retries a request whose connection broke (so a RequestAddress that the plugin answered
+//! just before it crashed is made twice, and the first address is never used). In a pool
+//! claimed by a rustvlan network, every address in use is the network's gateway, one of
+//! its aux addresses, or an endpoint's address. Anything else is either between dockerd's
+//! RequestAddress and CreateEndpoint (a second at most), or forgotten. A sweep marks such
+//! addresses; the next sweep, a grace period later, releases the ones still unused.
+//! Pools claimed by a network that no longer exists (a ReleasePool never sent) go the
+//! same way. Pools no rustvlan network claimed (another driver's) are never touched.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::ipam::{IpamChange, pool_id};
+use crate::state::{Change, State};
+
+/// What one sweep left marked, for the next one.
+#[derive(Debug, Default)]
+pub struct SweepMarks {
+    addresses: BTreeSet<(u64, IpAddr)>,
+    pools: BTreeSet<u64>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SweepReport {
+    /// pool id -> addresses released
+    pub addresses_reclaimed: BTreeMap<String, Vec<String>>,
+    pub pools_reclaimed: Vec<String>,
+    /// Unused now; released by the next sweep if still unused then.
+    pub addresses_marked: usize,
+    pub pools_marked: usize,
+}
+
+impl SweepReport {
+    pub fn is_empty(&self) -> bool {
+        self.addresses_reclaimed.is_empty() && self.pools_reclaimed.is_empty()
+    }
+}
+
+/// Allocated addresses of claimed pools that nothing of the claiming network uses.
+pub fn unbound_addresses(state: &State) -> Vec<(u64, IpAddr)> {
+    let mut out = Vec::new();
+    for pool in state.ipam.pools() {
+        let Some(network) = pool.record.claimed_by.as_ref().and_then(|n| state.networks.get(n)) else {
+            continue;
+        };
+        let mut used: HashSet<IpAddr> = network
+            .subnets()
+            .filter(|s| s.pool == pool.record.pool)
+            .flat_map(|s| s.gateway.iter().chain(s.aux_addresses.values()).map(|a| a.ip()))
+            .collect();
+        used.extend(
+            state
+                .endpoints_of(&network.id)
+                .flat_map(|e| e.ipv4.iter().chain(e.ipv6.iter()).map(|a| a.ip())),
+        );
+        out.extend(
+            pool.allocated()
+                .filter(|(ip, gateway)| !gateway && !used.contains(ip))
+                .map(|(ip, _)| (pool.record.seq, ip)),
+        );
+    }
+    out
+}
+
+/// Pools claimed by a network that no longer exists.
+pub fn orphan_pools(state: &State) -> Vec<u64> {
+    state
+        .ipam
+        .pools()
+        .filter(|p| {
+            p.record
+                .claimed_by
+                .as_ref()
+                .is_some_and(|n| !state.networks.contains_key(n))
+        })
+        .map(|p| p.record.seq)
+        .collect()
+}
+
+/// Plans one sweep. `now`: release everything unused at once (for a quiescent moment
+/// such as a test's end, never while dockerd may be mid-way through a container start).
+pub fn plan_sweep(state: &State, marks: &mut SweepMarks, now: bool) -> (SweepReport, Vec<Change>) {
+    let unbound: BTreeSet<(u64, IpAddr)> = unbound_addresses(state).into_iter().collect();
+    let orphans: BTreeSet<u64> = orphan_pools(state).into_iter().collect();
+    let mut report = SweepReport::default();
+    let mut changes = Vec::new();
+    for &seq in orphans.iter().filter(|s| now || marks.pools.contains(s)) {
+        if let Some(pool) = state.ipam.pool(seq) {
+            report.pools_reclaimed.push(pool_id(&pool.record));
+            changes.push(Change::Ipam(IpamChange::DelPool(seq)));
+        }
+    }
+    for &(seq, ip) in unbound.iter().filter(|a| now || marks.addresses.contains(a)) {
+        if orphans.contains(&seq) && (now || marks.pools.contains(&seq)) {
+            continue; // goes with its pool
+        }
+        if let Some(pool) = state.ipam.pool(seq) {
+            report
+                .addresses_reclaimed
+                .entry(pool_id(&pool.record))
+                .or_default()
+                .push(ip.to_string());
+            changes.push(Change::Ipam(IpamChange::DelAddress { pool: seq, ip }));
+        }
+    }
+    if now {
+        *marks = SweepMarks::default();
+    } else {
+        let mut released_pools = HashSet::new();
+        let mut released = HashSet::new();
+        for change in &changes {
+            match change {
+                Change::Ipam(IpamChange::DelPool(seq)) => {
+                    released_pools.insert(*seq);
+                }
+                Change::Ipam(IpamChange::DelAddress { pool, ip }) => {
+                    released.insert((*pool, *ip));
+                }
+                _ => {}
+            }
+        }
+        marks.pools = orphans.into_iter().filter(|s| !released_pools.contains(s)).collect();
+        marks.addresses = unbound
+            .into_iter()
+            .filter(|a| !released.contains(a) && !released_pools.contains(&a.0))
+            .collect();
+        report.addresses_marked = marks.addresses.len();
+        report.pools_marked = marks.pools.len();
+    }
+    (report, changes)
+}
