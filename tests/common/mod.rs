@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -94,6 +95,11 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// Where `ip netns` keeps it, for setns.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
     pub fn new() -> Netns {
         let name = unique("rvt");
         check(Command::new("ip").args(["netns", "add", &name]));
@@ -180,6 +186,8 @@ pub struct Server {
     pub log: PathBuf,
     netns: Option<String>,
     runtime: tokio::runtime::Runtime,
+    /// More `serve` arguments for the next (re)start.
+    pub extra_args: Vec<String>,
 }
 
 impl Server {
@@ -200,6 +208,7 @@ impl Server {
                 .enable_all()
                 .build()
                 .unwrap(),
+            extra_args: Vec::new(),
         };
         server.restart();
         server
@@ -234,6 +243,7 @@ impl Server {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(["--log-level", "debug"])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
