@@ -1,0 +1,129 @@
+//! Reliability suite 1: 200 containers on one rustvlan network, started 20 at a time
+//! with a real dockerd, then removed 20 at a time. Every address and MAC is unique, and
+//! nothing is left behind: no link on the host, no endpoint or allocation in the state.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use common::docker::{Scene, docker, docker_ok, host_links, require_dockerd};
+use common::{Server, TempDir, mark_ran, report};
+use serde_json::{Value, json};
+
+const CONTAINERS: usize = 200;
+const PARALLEL: usize = 20;
+
+/// Runs `job(i)` for i in 0..n on PARALLEL threads; returns the failures.
+fn parallel(n: usize, job: impl Fn(usize) -> Result<(), String> + Sync) -> Vec<String> {
+    let next = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= n {
+                        break;
+                    }
+                    if let Err(e) = job(i) {
+                        failures.lock().unwrap().push(e);
+                    }
+                }
+            });
+        }
+    });
+    failures.into_inner().unwrap()
+}
+
+fn duplicates<'a>(values: impl Iterator<Item = &'a str>) -> usize {
+    let mut seen = BTreeSet::new();
+    values.filter(|v| !seen.insert(*v)).count()
+}
+
+#[test]
+fn two_hundred_containers_twenty_at_a_time() {
+    if !require_dockerd() {
+        return;
+    }
+    let dir = TempDir::new();
+    let plugin = Server::start_at(None, dir.path(), Path::new("/run/docker/plugins/rustvlan.sock"));
+    let links_before = host_links();
+    let mut scene = Scene::new("load");
+    scene.network("rvnet-load", &["--subnet", "10.86.0.0/22", "-o", &format!("parent={}", scene.veth)]);
+    let image = std::env::var("RUSTVLAN_TEST_IMAGE").unwrap_or_else(|_| "rvbb:latest".to_string());
+    let name = |i: usize| format!("rv-load-{i:03}");
+
+    let started = Instant::now();
+    let start_failures = parallel(CONTAINERS, |i| {
+        let out = docker(&[
+            "run", "-d", "--name", &name(i), "--label", &scene.label, "--net", "rvnet-load", &image, "sleep", "100000",
+        ]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("run {}: {}", name(i), String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    });
+    let start_time = started.elapsed();
+
+    // Addresses and MACs as dockerd and the containers see them.
+    let inspect = docker_ok(&["network", "inspect", "rvnet-load"]);
+    let network: Value = serde_json::from_str(&inspect).unwrap();
+    let attached: BTreeMap<String, Value> = serde_json::from_value(network[0]["Containers"].clone()).unwrap();
+    let addresses: Vec<&str> = attached.values().map(|c| c["IPv4Address"].as_str().unwrap()).collect();
+    let macs: Vec<&str> = attached.values().map(|c| c["MacAddress"].as_str().unwrap()).collect();
+    let state = plugin.state();
+    let endpoints = state["endpoints"].as_object().unwrap().len();
+    let duplicate_addresses = duplicates(addresses.iter().copied());
+    let duplicate_macs = duplicates(macs.iter().copied());
+
+    let removed = Instant::now();
+    let rm_failures = parallel(CONTAINERS, |i| {
+        let out = docker(&["rm", "-f", &name(i)]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("rm {}: {}", name(i), String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    });
+    let rm_time = removed.elapsed();
+
+    let expected_links: BTreeSet<String> =
+        links_before.iter().cloned().chain([scene.veth.clone(), format!("{}p", scene.veth)]).collect();
+    let links_left = host_links().difference(&expected_links).count();
+    let state = plugin.state();
+    let allocations_left = state["pools"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p["addresses"].as_object().unwrap().values())
+        .filter(|kind| *kind != "gateway")
+        .count();
+    let endpoints_left = state["endpoints"].as_object().unwrap().len();
+    report(&format!(
+        "load: containers={CONTAINERS} parallel={PARALLEL} failures={} duplicate_addresses={duplicate_addresses} \
+         duplicate_macs={duplicate_macs} links_left={links_left} allocations_left={allocations_left} \
+         endpoints_left={endpoints_left} endpoints_while_running={endpoints} start={:.1}s ({:.0} ms/container) rm={:.1}s",
+        start_failures.len() + rm_failures.len(),
+        start_time.as_secs_f64(),
+        start_time.as_secs_f64() * 1000.0 / CONTAINERS as f64,
+        rm_time.as_secs_f64(),
+    ));
+    assert!(start_failures.is_empty(), "{}", start_failures.join("\n"));
+    assert!(rm_failures.is_empty(), "{}", rm_failures.join("\n"));
+    assert_eq!(attached.len(), CONTAINERS);
+    assert_eq!(endpoints, CONTAINERS);
+    assert_eq!(duplicate_addresses, 0);
+    assert_eq!(duplicate_macs, 0);
+    assert_eq!(links_left, 0, "links left: {:?}", host_links().difference(&expected_links).collect::<Vec<_>>());
+    assert_eq!(allocations_left, 0);
+    assert_eq!(endpoints_left, 0);
+    docker_ok(&["network", "rm", "rvnet-load"]);
+    scene.networks.clear();
+    assert_eq!(plugin.state()["pools"], json!({}));
+    mark_ran("RUSTVLAN_E2E_MARKER", "two_hundred_containers_twenty_at_a_time");
+}
