@@ -40,6 +40,8 @@ cargo clippy --all-targets -- -D warnings
 cargo clippy --test vm -- -D warnings
 
 rv_dockerd_start "$work/docker"
+# tests/dockerd_restart.rs restarts this dockerd (SIGTERM, SIGKILL, --live-restore).
+export RUSTVLAN_DOCKERD_DIR=$work/docker
 export RUSTVLAN_TEST_IMAGE=rvbb:latest
 rv_test_image "$RUSTVLAN_TEST_IMAGE"
 

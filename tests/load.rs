@@ -6,8 +6,8 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use common::docker::{Scene, docker, docker_ok, host_links, require_dockerd};
@@ -53,19 +53,36 @@ fn two_hundred_containers_twenty_at_a_time() {
     let plugin = Server::start_at(None, dir.path(), Path::new("/run/docker/plugins/rustvlan.sock"));
     let links_before = host_links();
     let mut scene = Scene::new("load");
-    scene.network("rvnet-load", &["--subnet", "10.86.0.0/22", "-o", &format!("parent={}", scene.veth)]);
+    scene.network(
+        "rvnet-load",
+        &["--subnet", "10.86.0.0/22", "-o", &format!("parent={}", scene.veth)],
+    );
     let image = std::env::var("RUSTVLAN_TEST_IMAGE").unwrap_or_else(|_| "rvbb:latest".to_string());
     let name = |i: usize| format!("rv-load-{i:03}");
 
     let started = Instant::now();
     let start_failures = parallel(CONTAINERS, |i| {
         let out = docker(&[
-            "run", "-d", "--name", &name(i), "--label", &scene.label, "--net", "rvnet-load", &image, "sleep", "100000",
+            "run",
+            "-d",
+            "--name",
+            &name(i),
+            "--label",
+            &scene.label,
+            "--net",
+            "rvnet-load",
+            &image,
+            "sleep",
+            "100000",
         ]);
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!("run {}: {}", name(i), String::from_utf8_lossy(&out.stderr).trim()))
+            Err(format!(
+                "run {}: {}",
+                name(i),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     });
     let start_time = started.elapsed();
@@ -87,13 +104,20 @@ fn two_hundred_containers_twenty_at_a_time() {
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!("rm {}: {}", name(i), String::from_utf8_lossy(&out.stderr).trim()))
+            Err(format!(
+                "rm {}: {}",
+                name(i),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     });
     let rm_time = removed.elapsed();
 
-    let expected_links: BTreeSet<String> =
-        links_before.iter().cloned().chain([scene.veth.clone(), format!("{}p", scene.veth)]).collect();
+    let expected_links: BTreeSet<String> = links_before
+        .iter()
+        .cloned()
+        .chain([scene.veth.clone(), format!("{}p", scene.veth)])
+        .collect();
     let links_left = host_links().difference(&expected_links).count();
     let state = plugin.state();
     let allocations_left = state["pools"]
@@ -119,7 +143,12 @@ fn two_hundred_containers_twenty_at_a_time() {
     assert_eq!(endpoints, CONTAINERS);
     assert_eq!(duplicate_addresses, 0);
     assert_eq!(duplicate_macs, 0);
-    assert_eq!(links_left, 0, "links left: {:?}", host_links().difference(&expected_links).collect::<Vec<_>>());
+    assert_eq!(
+        links_left,
+        0,
+        "links left: {:?}",
+        host_links().difference(&expected_links).collect::<Vec<_>>()
+    );
     assert_eq!(allocations_left, 0);
     assert_eq!(endpoints_left, 0);
     docker_ok(&["network", "rm", "rvnet-load"]);

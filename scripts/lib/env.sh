@@ -67,6 +67,19 @@ rv_dockerd_start() {
         rv_log "dockerd already running in $dir"
         return 0
     fi
+    # A dockerd that was SIGKILLed leaves its pid file, and dockerd refuses to start
+    # while that pid is alive: a zombie nobody reaped yet counts.
+    # Its containerd dies with it (parent-death signal) and leaves a pid file too, which
+    # makes the next dockerd wait for a containerd that is not there.
+    local old pidfile
+    for pidfile in "$dir/dockerd.pid" "$dir/exec/containerd/containerd.pid"; do
+        [[ -s $pidfile ]] || continue
+        old=$(cat "$pidfile")
+        if ! kill -0 "$old" 2>/dev/null || [[ $(awk '{print $3}' "/proc/$old/stat" 2>/dev/null) == Z ]]; then
+            rv_log "removing the stale pid file $pidfile"
+            rm -f "$pidfile"
+        fi
+    done
     mkdir -p "$dir/data" "$dir/exec"
     # Our own config file so /etc/docker/daemon.json cannot leak in; the key path keeps
     # dockerd from writing /etc/docker/key.json.
@@ -81,6 +94,9 @@ rv_dockerd_start() {
         # Relative: container cgroups nest under dockerd's own cgroup instead of /docker.
         --cgroup-parent "$(rv__cgroup "$dir")"
     )
+    # More flags for tests that restart dockerd differently (e.g. --live-restore).
+    # shellcheck disable=SC2206
+    args+=(${RV_DOCKERD_EXTRA_ARGS:-})
     rv_log "starting dockerd in $dir (log $dir/dockerd.log)"
     # No --containerd: dockerd supervises its own containerd under the exec-root, so the
     # host's /run/containerd/containerd.sock is neither needed nor touched.

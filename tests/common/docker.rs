@@ -149,3 +149,70 @@ pub fn pings(from: &str, to_cidr: &str) -> bool {
         .status
         .success()
 }
+
+/// The dockerd scripts/test.sh started (RUSTVLAN_DOCKERD_DIR), for tests that stop and
+/// start it. Started again through scripts/lib/env.sh, so it keeps its socket.
+pub struct DockerdControl {
+    pub dir: std::path::PathBuf,
+}
+
+impl DockerdControl {
+    pub fn from_env() -> Option<DockerdControl> {
+        match std::env::var("RUSTVLAN_DOCKERD_DIR") {
+            Ok(dir) if !dir.is_empty() => Some(DockerdControl { dir: dir.into() }),
+            _ if std::env::var_os("RUSTVLAN_CI").is_some() => {
+                panic!("RUSTVLAN_DOCKERD_DIR is not set, and RUSTVLAN_CI forbids skipping the dockerd restart suite")
+            }
+            _ => {
+                eprintln!("SKIPPED: RUSTVLAN_DOCKERD_DIR (the dockerd scripts/test.sh starts) is not set");
+                None
+            }
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("dockerd.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Sends `signal` (TERM or KILL) and waits until dockerd is gone.
+    pub fn stop(&self, signal: &str) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        let pid = self.pid().expect("dockerd pid file");
+        check(Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]));
+        let proc = format!("/proc/{pid}/stat");
+        while std::fs::read_to_string(&proc).is_ok_and(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z")) {
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "dockerd {pid} did not stop within 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        started.elapsed()
+    }
+
+    /// Starts it again with `extra` flags; returns how long until it answered.
+    pub fn start(&self, extra: &str) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        let lib = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/env.sh");
+        let script = format!("source {lib} && rv_dockerd_start \"$1\"");
+        let out = run(Command::new("bash")
+            .args(["-c", &script, "bash", self.dir.to_str().unwrap()])
+            .env("RV_DOCKERD_EXTRA_ARGS", extra)
+            .env("RV_DOCKERD_TIMEOUT", "240"));
+        assert!(
+            out.status.success(),
+            "starting dockerd failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        started.elapsed()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+    }
+}
