@@ -184,7 +184,7 @@ impl DockerdControl {
         let pid = self.pid().expect("dockerd pid file");
         check(Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]));
         let proc = format!("/proc/{pid}/stat");
-        while std::fs::read_to_string(&proc).is_ok_and(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z")) {
+        while std::fs::read_to_string(&proc).is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z")) {
             assert!(
                 started.elapsed().as_secs() < 60,
                 "dockerd {pid} did not stop within 60 s"
