@@ -17,4 +17,4 @@ pub mod plugin;
 pub mod server;
 pub mod state;
 pub mod store;
-mod util;
+pub mod util;

@@ -10,3 +10,9 @@ pub fn random_bytes(buf: &mut [u8]) {
         .and_then(|mut f| f.read_exact(buf))
         .expect("reading /dev/urandom");
 }
+
+/// The first `n` characters of `s` (ids are ASCII once checked, but logs and errors
+/// name ids before and without checks).
+pub fn prefix(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
+}

@@ -179,10 +179,10 @@ where
         };
         let span = tracing::Span::current();
         if let Some(id) = request.network() {
-            span.record("network", &id[..id.len().min(12)]);
+            span.record("network", crate::util::prefix(id, 12));
         }
         if let Some(id) = request.endpoint() {
-            span.record("endpoint", &id[..id.len().min(12)]);
+            span.record("endpoint", crate::util::prefix(id, 12));
         }
         if let Some(id) = request.pool() {
             span.record("pool", id);

@@ -32,7 +32,7 @@ pub const LINK_PREFIX: &str = "rv";
 
 /// Twelve hex digits, like Docker's short ids.
 fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    crate::util::prefix(id, 12)
 }
 
 fn kernel_err(e: KernelError) -> Error {
@@ -714,7 +714,7 @@ fn plan_endpoint(
 fn link_name_for(state: &State, endpoint_id: &str) -> String {
     let room = IFNAME_MAX - LINK_PREFIX.len();
     (12..=room)
-        .map(|n| format!("{LINK_PREFIX}{}", &endpoint_id[..endpoint_id.len().min(n)]))
+        .map(|n| format!("{LINK_PREFIX}{}", crate::util::prefix(endpoint_id, n)))
         .chain(std::iter::repeat_with(|| {
             let mut bytes = [0u8; 6];
             crate::util::random_bytes(&mut bytes);
