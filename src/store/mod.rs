@@ -246,7 +246,7 @@ impl Store {
             batch.insert(META_V6_RANGE, to_json(&v6));
             batch.insert(META_LINK_GROUP, to_json(&link_group));
             self.db.apply_batch(batch).context("initialising the state store")?;
-            self.db.flush().context("initialising the state store")?;
+            self.db.flush().map_err(plain).context("initialising the state store")?;
             records.schema = SCHEMA_VERSION;
             records.default_v6_range = Some(v6);
             records.link_group = link_group;
@@ -348,7 +348,7 @@ impl Store {
         }
         batch.insert(META_GENERATION, to_json(&generation));
         if let Err(e) = self.db.apply_batch(batch) {
-            let err = anyhow!(e).context("writing to the state store");
+            let err = plain(e).context("writing to the state store");
             self.fail(&err);
             return Err(err);
         }
@@ -426,7 +426,10 @@ impl Store {
 
     /// Flushes everything written up to `target`, then records it beside the store.
     fn flush_to(&self, target: u64) -> anyhow::Result<()> {
-        self.db.flush().context("flushing the state store to disk")?;
+        self.db
+            .flush()
+            .map_err(plain)
+            .context("flushing the state store to disk")?;
         self.flushed.fetch_max(target, Ordering::SeqCst);
         self.write_generation_marker()
     }
@@ -488,8 +491,24 @@ fn decode_record(r: &mut Records, key: &str, value: &[u8]) -> anyhow::Result<()>
     Ok(())
 }
 
+/// sled shows I/O errors with their Debug form (and its flush wraps them once more);
+/// people want "No space left on device".
+fn plain(err: sled::Error) -> anyhow::Error {
+    use std::io::ErrorKind;
+    match err {
+        sled::Error::Io(io) if io.raw_os_error().is_some() => anyhow!(io),
+        sled::Error::Io(io) => match io.kind() {
+            ErrorKind::StorageFull => anyhow!("No space left on device"),
+            ErrorKind::ReadOnlyFilesystem => anyhow!("Read-only file system"),
+            ErrorKind::PermissionDenied => anyhow!("Permission denied"),
+            _ => anyhow!(io),
+        },
+        other => anyhow!(other),
+    }
+}
+
 fn explain_open_error(path: &Path, err: sled::Error) -> anyhow::Error {
-    let text = err.to_string();
+    let text = plain(err).to_string();
     let hint = if text.contains("Read-only file system") || text.contains("Permission denied") {
         "the state directory is not writable: make it writable, or point --state-dir elsewhere"
     } else if text.contains("No space left") {
