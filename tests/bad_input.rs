@@ -104,6 +104,12 @@ fn cases() -> Vec<Case> {
             400,
             "NetworkDriver.CreateNetwork needs a JSON object in the request body, got nothing",
         ),
+        Case {
+            path: "/IpamDriver.RequestPool",
+            body: format!(r#"{{"AddressSpace": "{}"}}"#, "x".repeat(2 << 20)),
+            status: 413,
+            error: "request body is larger than 1024 KiB",
+        },
         raw(
             "/NetworkDriver.CreateNetwork",
             "[]",
