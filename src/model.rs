@@ -164,6 +164,22 @@ pub struct EndpointRecord {
     pub ipv6: Option<IpNetwork>,
 }
 
+/// A link whose endpoint is gone and that is being deleted off the request path (the
+/// kernel takes an RCU grace period, ~16 ms, per delete; deletes are batched). While it is
+/// pending, its name is not given to another endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingDelete {
+    pub link_name: String,
+    pub endpoint_id: String,
+    pub network_id: String,
+    /// The link's MAC (macvlan), so that a new endpoint asking for the same MAC on the
+    /// same parent waits for this link to be gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// Seconds since the epoch when DeleteEndpoint (or DeleteNetwork) queued it.
+    pub since: u64,
+}
+
 /// An IPAM pool. Immutable once made; its allocations and cursor are separate records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolRecord {

@@ -26,6 +26,10 @@ pub struct Plugin<K> {
     /// The group number that marks this store's links (see [`crate::kernel::LinkInfo::group`]).
     pub(crate) group: u32,
     pub(crate) sweep_marks: Mutex<crate::driver::reclaim::SweepMarks>,
+    /// Wakes the background deleter (see [`Plugin::process_pending`]).
+    pub(crate) pending_wake: tokio::sync::Notify,
+    /// One batch of link deletes at a time.
+    pub(crate) deleting: tokio::sync::Mutex<()>,
 }
 
 impl<K: Kernel> Plugin<K> {
@@ -37,6 +41,8 @@ impl<K: Kernel> Plugin<K> {
             topology: tokio::sync::RwLock::new(()),
             group,
             sweep_marks: Mutex::new(Default::default()),
+            pending_wake: tokio::sync::Notify::new(),
+            deleting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -80,6 +86,16 @@ impl<K: Kernel> Plugin<K> {
         };
         value["kernel"] = self.kernel_view().await;
         Ok(value)
+    }
+
+    /// Deletes queued links as they come, in batches, until the process ends.
+    pub async fn run_deleter(self: Arc<Self>) {
+        loop {
+            self.pending_wake.notified().await;
+            if let Err(e) = self.process_pending().await {
+                tracing::warn!("deleting queued links failed: {e}; retrying at the next delete or start-up");
+            }
+        }
     }
 
     // ------------------------------------------------------------- IpamDriver

@@ -53,6 +53,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::warn!("reconcile with the kernel failed: {e}");
     }
     spawn_sweeper(Arc::clone(&plugin), config.reclaim_after).await;
+    tokio::spawn(Arc::clone(&plugin).run_deleter());
 
     let mut sockets = vec![config.socket.clone()];
     let mut listeners = vec![bind_socket(&config.socket)?];

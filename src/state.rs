@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::ipam::{Ipam, IpamChange};
-use crate::model::{EndpointRecord, NetworkRecord, ParentRecord};
+use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PendingDelete};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -17,6 +17,8 @@ pub enum Change {
     DelEndpoint(String),
     PutParent(ParentRecord),
     DelParent(String),
+    PutPending(PendingDelete),
+    DelPending(String),
     Ipam(IpamChange),
 }
 
@@ -26,6 +28,8 @@ pub struct State {
     pub endpoints: BTreeMap<String, EndpointRecord>,
     /// Parent links rustvlan made, by name.
     pub parents: BTreeMap<String, ParentRecord>,
+    /// Links being deleted in the background, by name.
+    pub pending: BTreeMap<String, PendingDelete>,
     pub ipam: Ipam,
     /// Host link name -> endpoint id, so that names stay unique without a scan.
     link_names: HashMap<String, String>,
@@ -37,6 +41,7 @@ impl State {
             networks: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             parents: BTreeMap::new(),
+            pending: BTreeMap::new(),
             ipam,
             link_names: HashMap::new(),
         }
@@ -67,6 +72,12 @@ impl State {
             Change::DelParent(name) => {
                 self.parents.remove(name);
             }
+            Change::PutPending(p) => {
+                self.pending.insert(p.link_name.clone(), p.clone());
+            }
+            Change::DelPending(name) => {
+                self.pending.remove(name);
+            }
             Change::Ipam(c) => self.ipam.apply(c),
         }
     }
@@ -75,6 +86,12 @@ impl State {
         for c in changes {
             self.apply(c);
         }
+    }
+
+    /// Whether a new endpoint may take this host link name: no endpoint has it, and no
+    /// link of that name is still being deleted.
+    pub fn link_name_free(&self, name: &str) -> bool {
+        !self.link_names.contains_key(name) && !self.pending.contains_key(name)
     }
 
     /// The endpoint whose host link is named `name`, if any.

@@ -66,6 +66,7 @@ fn containers_get_addresses_and_ping_over_macvlan() {
     let state = plugin.state();
     assert_eq!(state["endpoints"].as_object().unwrap().len(), 3);
     scene.rm_containers();
+    plugin.settle();
     assert_eq!(
         host_links(),
         links_before
@@ -113,6 +114,7 @@ fn running_containers_survive_a_plugin_restart() {
     assert!(pings(&c3, &ip1));
 
     scene.rm_containers();
+    plugin.settle();
     let expected: BTreeSet<String> = links_before
         .iter()
         .cloned()

@@ -63,6 +63,7 @@ struct Audit {
 }
 
 fn audit(plugin: &Server, network: &str, links_before: &BTreeSet<String>, scene: &Scene) -> Audit {
+    plugin.settle();
     let inspect: Value = serde_json::from_str(&docker_ok(&["network", "inspect", network])).unwrap();
     let running = inspect[0]["Containers"].as_object().map_or(0, |c| c.len());
     let state = plugin.state();

@@ -84,6 +84,7 @@ fn macvlan_in_each_mode_has_its_mode_and_mac_and_is_deleted() {
             "/NetworkDriver.DeleteEndpoint",
             json!({"NetworkID": net, "EndpointID": ep}),
         );
+        s.settle();
         assert!(!ns.has_link(&link_name(&ep)), "{mode}: deleted with its endpoint");
     }
 }

@@ -112,6 +112,7 @@ fn two_hundred_containers_twenty_at_a_time() {
         }
     });
     let rm_time = removed.elapsed();
+    plugin.settle();
 
     let expected_links: BTreeSet<String> = links_before
         .iter()

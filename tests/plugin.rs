@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::docker::{Scene, docker, docker_ok, host_links, ipv4_of, pings, require_dockerd};
-use common::{BIN, check, mark_ran, report};
+use common::{BIN, check, mark_ran, report, settle};
 use serde_json::{Value, json};
 
 /// Where the managed plugin also answers, so dockerd finds it as plain `rustvlan`.
@@ -168,6 +168,7 @@ fn created_plugin_serves_both_names_and_disables_at_once() {
             format!("{}p", short.veth),
         ])
         .collect();
+    settle(state_records);
     assert_eq!(host_links(), expected, "no link left behind");
     assert_eq!(state_records()["networks"], json!({}));
 
@@ -356,6 +357,7 @@ fn registry_install_and_upgrade_keep_networks_endpoints_and_addresses() {
     // A container from before the upgrade is removed cleanly; a new one gets a fresh address.
     let links_before_rm = host_links();
     docker_ok(&["rm", "-f", &c1]);
+    settle(state_records);
     assert_eq!(host_links(), links_before_rm, "no link leaked by the removal");
     let after_rm = state_records();
     assert_eq!(

@@ -207,6 +207,7 @@ fn network_create_run_and_rm_as_dockerd_sends_them() {
         assert_eq!(s.ok("/NetworkDriver.Leave", ids.clone()), json!({}));
         assert_eq!(s.ok("/NetworkDriver.DeleteEndpoint", ids), json!({}));
     }
+    s.settle();
     assert!(!ns.has_link("rv1dc6aa7b0e5f") && !ns.has_link("rv2ee7bb8c1f60"));
     for (pool, address) in [
         (pool_id, "10.77.1.128"),

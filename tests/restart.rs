@@ -113,6 +113,7 @@ fn sigkill_and_restart_keep_everything() {
         "/NetworkDriver.DeleteEndpoint",
         json!({"NetworkID": NET, "EndpointID": endpoint_id(2)}),
     );
+    s.settle();
     assert!(!ns.has_link(&link));
     for n in [3, 4] {
         s.ok(

@@ -111,6 +111,7 @@ impl Rig {
             "/NetworkDriver.DeleteEndpoint",
             json!({"NetworkID": net, "EndpointID": ep}),
         );
+        self.server.settle();
         assert!(!self.host.has_link(&link), "DeleteEndpoint removed {link}");
     }
 

@@ -8,7 +8,7 @@
 pub mod options;
 pub mod reclaim;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{
     ChildLink, EADDRINUSE, EBUSY, EEXIST, EINVAL, EOPNOTSUPP, IFNAME_MAX, Kernel, KernelError, LinkInfo,
 };
-use crate::model::{EndpointRecord, LinkMode, MacAddr, NetworkRecord, ParentKind, ParentRecord};
+use crate::model::{EndpointRecord, LinkMode, MacAddr, NetworkRecord, ParentKind, ParentRecord, PendingDelete};
 use crate::plugin::Plugin;
 use crate::state::{Change, State};
 use options::{NetworkConfig, ParentChoice, check_id, overlaps, parse_network_options, parse_subnets};
@@ -47,6 +47,7 @@ pub struct ReconcileReport {
     pub parents_recreated: Vec<String>,
     pub parents_missing: Vec<String>,
     pub endpoints_without_host_link: usize,
+    pub pending_deletes_finished: usize,
 }
 
 impl<K: Kernel> Plugin<K> {
@@ -193,7 +194,10 @@ impl<K: Kernel> Plugin<K> {
                 let stale: Vec<EndpointRecord> = state.endpoints_of(&id).cloned().collect();
                 let shared = state.networks_on_parent(&network.parent).any(|n| n.id != id);
                 let parent = state.parents.get(&network.parent).filter(|_| !shared).cloned();
-                let mut changes: Vec<Change> = stale.iter().map(|e| Change::DelEndpoint(e.id.clone())).collect();
+                let mut changes: Vec<Change> = stale
+                    .iter()
+                    .flat_map(|e| [Change::DelEndpoint(e.id.clone()), Change::PutPending(pending_delete(e))])
+                    .collect();
                 changes.push(Change::DelNetwork(id.clone()));
                 if let Some(p) = &parent {
                     changes.push(Change::DelParent(p.name.clone()));
@@ -205,8 +209,9 @@ impl<K: Kernel> Plugin<K> {
             tracing::debug!(network = short(&id), "delete of an unknown network: nothing to do");
             return Ok(Empty {});
         };
-        for endpoint in &stale {
-            self.delete_endpoint_link(endpoint).await;
+        // The parent goes only once no link being deleted hangs off it.
+        if let Err(e) = self.process_pending().await {
+            tracing::warn!("deleting queued links failed: {e}; start-up reconcile will retry");
         }
         if let Some(parent) = parent {
             match self.kernel.link(&parent.name).await {
@@ -291,8 +296,9 @@ impl<K: Kernel> Plugin<K> {
         Ok(answer)
     }
 
+    /// Forgets the endpoint and queues its link for deletion off the request path:
+    /// `docker run --rm` does not wait for the kernel's RCU grace period.
     pub async fn delete_endpoint(&self, req: EndpointRequest) -> Result<Empty> {
-        let _topology = self.topology.read().await;
         let removed = self
             .commit(|state| match state.endpoints.get(&req.endpoint_id) {
                 Some(e) if e.network_id != req.network_id => Err(Error::invalid(format!(
@@ -301,14 +307,17 @@ impl<K: Kernel> Plugin<K> {
                     short(&e.network_id),
                     short(&req.network_id)
                 ))),
-                Some(e) => Ok((Some(e.clone()), vec![Change::DelEndpoint(e.id.clone())])),
+                Some(e) => Ok((
+                    Some(e.clone()),
+                    vec![Change::DelEndpoint(e.id.clone()), Change::PutPending(pending_delete(e))],
+                )),
                 None => Ok((None, Vec::new())),
             })
             .await?;
         match removed {
             Some(endpoint) => {
-                self.delete_endpoint_link(&endpoint).await;
-                tracing::debug!(endpoint = short(&endpoint.id), "endpoint deleted");
+                self.pending_wake.notify_one();
+                tracing::debug!(endpoint = short(&endpoint.id), link = %endpoint.link_name, "endpoint deleted; link delete queued");
             }
             None => tracing::debug!(
                 endpoint = short(&req.endpoint_id),
@@ -336,7 +345,7 @@ impl<K: Kernel> Plugin<K> {
 
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
         let _topology = self.topology.read().await;
-        let (endpoint, network) = {
+        let (endpoint, network, wait_for_deletes) = {
             let state = self.state();
             let endpoint = state
                 .endpoints
@@ -354,8 +363,17 @@ impl<K: Kernel> Plugin<K> {
                 .networks
                 .get(&endpoint.network_id)
                 .ok_or_else(|| Error::not_found(format!("network {} not found", short(&endpoint.network_id))))?;
-            (endpoint.clone(), network.clone())
+            // A link still being deleted can stand in the new one's way: passthru takes
+            // its parent alone, and macvlan refuses a MAC twice on one parent.
+            let in_the_way = state.pending.values().any(|p| {
+                (network.link.is_passthru() && p.network_id == network.id)
+                    || (endpoint.mac.is_some() && p.mac == endpoint.mac)
+            });
+            (endpoint.clone(), network.clone(), in_the_way)
         };
+        if wait_for_deletes {
+            self.process_pending().await?;
+        }
         let parent = self
             .kernel
             .link(&network.parent)
@@ -403,21 +421,61 @@ impl<K: Kernel> Plugin<K> {
 
     // ------------------------------------------------------------- kernel upkeep
 
-    /// Deletes an endpoint's link if it is in this namespace and carries the endpoint's
-    /// mark. A link inside a container, or gone with a killed container, is not an error.
-    async fn delete_endpoint_link(&self, endpoint: &EndpointRecord) {
-        match self.kernel.link(&endpoint.link_name).await {
-            Ok(Some(link)) if self.is_ours(&link) => {
-                self.delete_quietly(link.index, &endpoint.link_name).await;
-            }
-            Ok(Some(_)) => {
-                tracing::warn!(link = %endpoint.link_name, "a link with this endpoint's name is not rustvlan's; left in place")
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(link = %endpoint.link_name, "cannot look up the endpoint's link: {e}; start-up reconcile will retry")
+    /// The group links are moved to just before a batched delete: this store's own.
+    fn trash_group(&self) -> u32 {
+        self.group ^ 1
+    }
+
+    /// Deletes the links queued by DeleteEndpoint and DeleteNetwork, all at once, and
+    /// forgets them. A queued link that is not in this namespace (it died with its
+    /// container) needs nothing. One batch runs at a time; links queued meanwhile wait
+    /// for the next, which is how concurrent deletes share one RCU grace period.
+    pub async fn process_pending(&self) -> Result<usize> {
+        let _one_batch = self.deleting.lock().await;
+        let queued: Vec<String> = self.state().pending.keys().cloned().collect();
+        if queued.is_empty() {
+            return Ok(0);
+        }
+        let names: HashSet<&str> = queued.iter().map(String::as_str).collect();
+        let trash = self.trash_group();
+        let links = self.kernel.links().await.map_err(kernel_err)?;
+        let doomed: Vec<&LinkInfo> = links
+            .iter()
+            .filter(|l| names.contains(l.name.as_str()) && (self.is_ours(l) || l.group == trash))
+            .collect();
+        for l in links
+            .iter()
+            .filter(|l| names.contains(l.name.as_str()) && !doomed.iter().any(|d| d.index == l.index))
+        {
+            tracing::warn!(link = %l.name, "a link with a deleted endpoint's name is not rustvlan's; left in place");
+        }
+        // Group delete only if the trash group holds nothing else (another store whose
+        // group number happens to be ours ^ 1).
+        let intruders = links
+            .iter()
+            .any(|l| l.group == trash && !names.contains(l.name.as_str()));
+        if !doomed.is_empty() {
+            let indices: Vec<u32> = doomed.iter().map(|l| l.index).collect();
+            let batched = if intruders {
+                Err(Error::kernel("the trash group holds other links"))
+            } else {
+                self.kernel.delete_links(&indices, trash).await.map_err(kernel_err)
+            };
+            if let Err(e) = batched {
+                tracing::debug!("batched delete not possible ({e}); deleting one by one");
+                for l in &doomed {
+                    self.delete_quietly(l.index, &l.name).await;
+                }
             }
         }
+        self.commit(|_| Ok(((), queued.iter().cloned().map(Change::DelPending).collect())))
+            .await?;
+        tracing::debug!(
+            deleted = doomed.len(),
+            queued = queued.len(),
+            "queued link deletes done"
+        );
+        Ok(doomed.len())
     }
 
     async fn delete_quietly(&self, index: u32, name: &str) {
@@ -460,6 +518,8 @@ impl<K: Kernel> Plugin<K> {
                 .count();
             (orphans, orphan_parents, missing, without)
         };
+        // Deletes queued before a crash.
+        report.pending_deletes_finished = self.process_pending().await?;
         for link in orphans {
             self.delete_quietly(link.index, &link.name).await;
             report.orphan_links_deleted.push(link.name);
@@ -502,6 +562,7 @@ impl<K: Kernel> Plugin<K> {
             parents_recreated = ?report.parents_recreated,
             parents_missing = ?report.parents_missing,
             endpoints_without_host_link = report.endpoints_without_host_link,
+            pending_deletes_finished = report.pending_deletes_finished,
             "reconciled with the kernel"
         );
         Ok(report)
@@ -721,8 +782,20 @@ fn link_name_for(state: &State, endpoint_id: &str) -> String {
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             format!("{LINK_PREFIX}{}", &hex[..room])
         }))
-        .find(|name| state.endpoint_by_link(name).is_none())
+        .find(|name| state.link_name_free(name))
         .expect("an endless supply of names")
+}
+
+fn pending_delete(endpoint: &EndpointRecord) -> PendingDelete {
+    PendingDelete {
+        link_name: endpoint.link_name.clone(),
+        endpoint_id: endpoint.id.clone(),
+        network_id: endpoint.network_id.clone(),
+        mac: endpoint.mac,
+        since: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    }
 }
 
 fn endpoint_answer(record: &EndpointRecord) -> CreateEndpointResponse {

@@ -172,7 +172,12 @@ async fn macvlan_endpoint_lifecycle() {
     assert_eq!(link.parent_index, Some(p.kernel.get("eth0").unwrap().index));
 
     p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
+    // The link goes off the request path: queued, then deleted by the deleter.
+    assert!(p.kernel.get("rv111111111111").is_some());
+    assert!(p.state().pending.contains_key("rv111111111111"));
+    assert_eq!(p.process_pending().await.unwrap(), 1);
     assert!(p.kernel.get("rv111111111111").is_none());
+    assert!(p.state().pending.is_empty());
     // Idempotent.
     p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
     p.delete_network(NetworkRequest {
@@ -861,5 +866,106 @@ mod sweeping {
         let state = p.state();
         let claims: Vec<Option<&str>> = state.ipam.pools().map(|p| p.record.claimed_by.as_deref()).collect();
         assert_eq!(claims, vec![Some(NET_A), Some(NET_B)]);
+    }
+}
+
+mod queued_deletes {
+    use super::*;
+
+    async fn joined(p: &Plugin<FakeKernel>, ep: &str, address: &str, mac: &str) {
+        p.create_endpoint(endpoint(NET_A, ep, address, mac)).await.unwrap();
+        p.join(join(NET_A, ep)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn deletes_are_batched_and_names_are_not_reused_meanwhile() {
+        let dir = temp_dir();
+        let p = open(&dir, kernel());
+        p.create_network(network(
+            NET_A,
+            json!({"parent": "eth0"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+        let ids: Vec<String> = (0..5).map(|n| format!("{n:012}{}", "a".repeat(52))).collect();
+        for (n, id) in ids.iter().enumerate() {
+            joined(&p, id, &format!("10.77.0.{}/24", n + 2), "").await;
+        }
+        for id in &ids {
+            p.delete_endpoint(ep_req(NET_A, id)).await.unwrap();
+        }
+        assert_eq!(p.state().pending.len(), 5);
+        // A new endpoint whose id starts like a queued link's name gets another name.
+        let again = format!("{:012}{}", 0, "b".repeat(52));
+        p.create_endpoint(endpoint(NET_A, &again, "10.77.0.9/24", ""))
+            .await
+            .unwrap();
+        assert_eq!(p.state().endpoints[&again].link_name, "rv000000000000b");
+        assert_eq!(p.process_pending().await.unwrap(), 5);
+        assert_eq!(p.kernel.group_deletes(), 1, "five deletes, one batch");
+        assert_eq!(p.kernel.names(), vec!["eth0", "eth1"]);
+    }
+
+    #[tokio::test]
+    async fn a_join_that_a_queued_delete_would_block_waits_for_it() {
+        let dir = temp_dir();
+        let p = open(&dir, kernel());
+        p.create_network(network(
+            NET_A,
+            json!({"parent": "eth0", "macvlan_mode": "passthru"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+        joined(&p, EP_1, "10.77.0.2/24", "").await;
+        p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
+        // The passthru parent is free again only once the old link is gone.
+        joined(&p, EP_2, "10.77.0.3/24", "").await;
+        assert!(p.state().pending.is_empty());
+        assert!(p.kernel.get("rv111111111111").is_none() && p.kernel.get("rv222222222222").is_some());
+    }
+
+    #[tokio::test]
+    async fn deletes_queued_before_a_crash_finish_at_start_up() {
+        let dir = temp_dir();
+        {
+            let p = open(&dir, kernel());
+            p.create_network(network(
+                NET_A,
+                json!({"parent": "eth0"}),
+                "10.77.0.0/24",
+                "10.77.0.1/24",
+            ))
+            .await
+            .unwrap();
+            joined(&p, EP_1, "10.77.0.2/24", "").await;
+            p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
+            // The process dies before the deleter ran.
+        }
+        let k = kernel();
+        let p = open(&dir, k);
+        // The link survived the crash (same kernel, new process): re-create it as it was.
+        let eth0 = p.kernel.get("eth0").unwrap().index;
+        p.kernel
+            .add_child(&ChildLink {
+                name: "rv111111111111".into(),
+                parent_index: eth0,
+                mode: LinkMode::Macvlan {
+                    mode: MacvlanMode::Bridge,
+                },
+                mac: None,
+                mtu: None,
+                group: p.group,
+            })
+            .await
+            .unwrap();
+        assert_eq!(p.state().pending.len(), 1, "the queue is on disk");
+        let report = p.reconcile().await.unwrap();
+        assert_eq!(report.pending_deletes_finished, 1);
+        assert!(p.kernel.get("rv111111111111").is_none());
+        assert!(p.state().pending.is_empty());
     }
 }

@@ -21,6 +21,7 @@ struct Inner {
     /// Kinds the "kernel" has no module for, like this machine's ipvlan, vlan and dummy.
     missing_kinds: Vec<&'static str>,
     fail_next_add: Option<KernelError>,
+    group_deletes: usize,
 }
 
 fn err(errno: i32, message: String) -> KernelError {
@@ -59,6 +60,11 @@ impl FakeKernel {
 
     pub fn fail_next_add(&self, errno: i32, message: &str) {
         self.inner.lock().unwrap().fail_next_add = Some(err(errno, message.to_string()));
+    }
+
+    /// How many batched deletes (`delete_links`) ran.
+    pub fn group_deletes(&self) -> usize {
+        self.inner.lock().unwrap().group_deletes
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -220,6 +226,15 @@ impl Kernel for FakeKernel {
             .lock()
             .unwrap()
             .add(name, "dummy", None, mtu.unwrap_or(1500), group, true)
+    }
+
+    async fn delete_links(&self, indices: &[u32], _trash_group: u32) -> KResult<()> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.group_deletes += 1;
+        for &index in indices {
+            inner.delete_tree(index);
+        }
+        Ok(())
     }
 
     async fn delete(&self, index: u32) -> KResult<bool> {

@@ -91,4 +91,9 @@ pub trait Kernel: Send + Sync + 'static {
     fn add_dummy(&self, name: &str, mtu: Option<u32>, group: u32) -> impl Future<Output = KResult<()>> + Send;
     /// Deletes a link; Ok(false) if it was already gone.
     fn delete(&self, index: u32) -> impl Future<Output = KResult<bool>> + Send;
+    /// Deletes several links at the cost of one: each is moved into `trash_group`
+    /// (cheap), then the group is deleted in one RTM_DELLINK, which the kernel tears down
+    /// with one RCU grace period instead of one per link. Links already gone are skipped.
+    /// The caller makes sure nothing else is in `trash_group`.
+    fn delete_links(&self, indices: &[u32], trash_group: u32) -> impl Future<Output = KResult<()>> + Send;
 }

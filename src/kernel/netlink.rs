@@ -4,7 +4,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{
     IpVlanFlags, IpVlanMode, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, MacVlanMode,
 };
-use rtnetlink::{Handle, LinkDummy, LinkIpVlan, LinkMacVlan, LinkMessageBuilder, LinkVlan};
+use rtnetlink::{Handle, LinkDummy, LinkIpVlan, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVlan};
 
 use super::{ChildLink, ENODEV, KResult, Kernel, KernelError, LinkInfo};
 use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode};
@@ -164,6 +164,28 @@ impl Kernel for NetlinkKernel {
             .execute()
             .await
             .map_err(|e| kernel_error(&format!("creating dummy link {name}"), e))
+    }
+
+    async fn delete_links(&self, indices: &[u32], trash_group: u32) -> KResult<()> {
+        for &index in indices {
+            let message = LinkUnspec::new_with_index(index).link_group(trash_group).build();
+            if let Err(e) = self.handle.link().change(message).execute().await {
+                let err = kernel_error(&format!("moving link {index} to the group being deleted"), e);
+                if !err.is(ENODEV) {
+                    return Err(err);
+                }
+            }
+        }
+        let mut message = LinkMessage::default();
+        message.attributes.push(LinkAttribute::Group(trash_group));
+        match self.handle.link().del_with_message(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = kernel_error(&format!("deleting link group {trash_group}"), e);
+                // ENODEV: none of them was left.
+                if err.is(ENODEV) { Ok(()) } else { Err(err) }
+            }
+        }
     }
 
     async fn delete(&self, index: u32) -> KResult<bool> {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::ipam::{Ipam, IpamChange, IpamConfig, pool_id};
-use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PoolRecord};
+use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PendingDelete, PoolRecord};
 use crate::state::{Change, State};
 
 const SCHEMA_VERSION: u64 = 1;
@@ -38,6 +38,7 @@ const PARENT: &str = "parent/";
 const POOL: &str = "pool/";
 const CURSOR: &str = "cursor/";
 const ADDRESS: &str = "addr/";
+const PENDING: &str = "pending/";
 
 /// Settings for pools without an explicit subnet; the v6 range is chosen once per store.
 #[derive(Debug, Clone)]
@@ -108,6 +109,7 @@ pub struct Records {
     pub networks: BTreeMap<String, NetworkRecord>,
     pub endpoints: BTreeMap<String, EndpointRecord>,
     pub parents: BTreeMap<String, ParentRecord>,
+    pub pending: BTreeMap<String, PendingDelete>,
     pub pools: BTreeMap<u64, PoolRecord>,
     pub cursors: BTreeMap<u64, IpAddr>,
     pub addresses: BTreeMap<u64, BTreeMap<IpAddr, bool>>,
@@ -132,6 +134,7 @@ impl Records {
         out.extend(self.parents.values().cloned().map(Change::PutParent));
         out.extend(self.networks.values().cloned().map(Change::PutNetwork));
         out.extend(self.endpoints.values().cloned().map(Change::PutEndpoint));
+        out.extend(self.pending.values().cloned().map(Change::PutPending));
         out
     }
 
@@ -174,6 +177,7 @@ impl Records {
             "networks": self.networks,
             "endpoints": self.endpoints,
             "parents": self.parents,
+            "pending_deletes": self.pending,
             "pools": pools,
         });
         if !orphans.is_empty() {
@@ -364,6 +368,8 @@ impl Store {
             Change::DelEndpoint(id) => batch.remove(format!("{ENDPOINT}{id}").as_str()),
             Change::PutParent(p) => batch.insert(format!("{PARENT}{}", p.name).as_str(), to_json(p)),
             Change::DelParent(name) => batch.remove(format!("{PARENT}{name}").as_str()),
+            Change::PutPending(p) => batch.insert(format!("{PENDING}{}", p.link_name).as_str(), to_json(p)),
+            Change::DelPending(name) => batch.remove(format!("{PENDING}{name}").as_str()),
             Change::Ipam(c) => match c {
                 IpamChange::PutPool(p) => batch.insert(seq_key(POOL, p.seq).as_str(), to_json(p)),
                 IpamChange::DelPool(seq) => {
@@ -473,6 +479,12 @@ fn decode_record(r: &mut Records, key: &str, value: &[u8]) -> anyhow::Result<()>
             bail!("holds parent {}", p.name);
         }
         r.parents.insert(p.name.clone(), p);
+    } else if let Some(name) = key.strip_prefix(PENDING) {
+        let p: PendingDelete = de(value)?;
+        if p.link_name != name {
+            bail!("holds pending delete {}", p.link_name);
+        }
+        r.pending.insert(p.link_name.clone(), p);
     } else if let Some(rest) = key.strip_prefix(POOL) {
         let p: PoolRecord = de(value)?;
         if p.seq != seq(rest)? {

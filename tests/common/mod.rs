@@ -49,6 +49,23 @@ pub fn mark_ran(marker: &str, test: &str) {
     }
 }
 
+/// Polls a state dump until it has no queued link deletes (5 s at most).
+pub fn settle(state: impl Fn() -> Value) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = state();
+        if s["pending_deletes"].as_object().is_none_or(|p| p.is_empty()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queued link deletes did not finish: {}",
+            s["pending_deletes"]
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A line of figures for the end of the test run: printed now, and appended to the file
 /// named by RUSTVLAN_REPORT (scripts/test.sh prints that file last, so CI output ends
 /// with every suite's summary even though cargo captures passing tests' output).
@@ -339,6 +356,12 @@ impl Server {
                 .arg(&self.state_dir),
         );
         serde_json::from_str(&out).expect("state --json prints JSON")
+    }
+
+    /// Waits until the links queued for deletion (DeleteEndpoint answers before the
+    /// kernel has deleted them) are gone.
+    pub fn settle(&self) {
+        settle(|| self.state());
     }
 
     /// The state as raw text, for byte-for-byte comparisons.
