@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::api::wire::{
     AddressSpacesResponse, Empty, IpamCapabilities, REQUEST_ADDRESS_TYPE, REQUEST_ADDRESS_TYPE_GATEWAY,
@@ -88,10 +89,27 @@ impl<K: Kernel> Plugin<K> {
         Ok(value)
     }
 
-    /// Deletes queued links as they come, in batches, until the process ends.
+    /// Deletes queued links in batches until the process ends. A batch starts once
+    /// deletes stop coming for a moment (QUIET), or has waited long enough (MAX_DELAY),
+    /// or is big enough (MAX_BATCH): each batch costs the kernel one RCU grace period
+    /// under its RTNL lock, however many links it holds, and holds up every other link
+    /// operation on the host meanwhile.
     pub async fn run_deleter(self: Arc<Self>) {
+        const QUIET: Duration = Duration::from_millis(20);
+        const MAX_DELAY: Duration = Duration::from_millis(250);
+        const MAX_BATCH: usize = 64;
         loop {
             self.pending_wake.notified().await;
+            let first = Instant::now();
+            while self.state().pending.len() < MAX_BATCH && first.elapsed() < MAX_DELAY {
+                let left = MAX_DELAY.saturating_sub(first.elapsed());
+                if tokio::time::timeout(QUIET.min(left), self.pending_wake.notified())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
             if let Err(e) = self.process_pending().await {
                 tracing::warn!("deleting queued links failed: {e}; retrying at the next delete or start-up");
             }

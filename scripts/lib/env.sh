@@ -89,11 +89,13 @@ rv_dockerd_start() {
         --data-root "$dir/data" --exec-root "$dir/exec"
         --pidfile "$dir/dockerd.pid" -H "unix://$dir/docker.sock"
         # Leave the host's firewall, sysctls and bridges alone (and allow several dockerds).
-        --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false --bridge=none
+        --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false
         --storage-driver "${RV_STORAGE_DRIVER:-overlay2}"
         # Relative: container cgroups nest under dockerd's own cgroup instead of /docker.
         --cgroup-parent "$(rv__cgroup "$dir")"
     )
+    # No docker0 unless asked for (RV_DOCKERD_BRIDGE=1, the benchmark's bridge comparison).
+    [[ ${RV_DOCKERD_BRIDGE:-} == 1 ]] || args+=(--bridge=none)
     # More flags for tests that restart dockerd differently (e.g. --live-restore).
     # shellcheck disable=SC2206
     args+=(${RV_DOCKERD_EXTRA_ARGS:-})
@@ -199,8 +201,10 @@ rv_dockerd_stop() {
     rv_log "dockerd in $dir stopped"
 }
 
+# rv_test_image NAME [BINARY...]: busybox, plus host binaries with their libraries.
 rv_test_image() {
-    local name=${1:?usage: rv_test_image NAME} t0 root
+    local name=${1:?usage: rv_test_image NAME [BINARY...]} t0 root b lib
+    shift
     t0=$(rv__now)
     if "$RV_DOCKER" image inspect "$name" >/dev/null 2>&1; then
         rv_log "image $name already present"
@@ -231,6 +235,12 @@ esac
 exit 0
 EOF
     chmod 755 "$root/usr/share/udhcpc/default.script"
+    for b in "$@"; do
+        cp -L "$b" "$root/bin/" || { rm -rf "$root"; rv_fail "cannot copy $b"; return 1; }
+        for lib in $(ldd "$b" | awk '/=> \//{print $3} /^\t\/lib/{print $1}'); do
+            cp -L --parents "$lib" "$root/"
+        done
+    done
     echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
     echo 'root:x:0:' >"$root/etc/group"
     if ! tar -C "$root" --numeric-owner --owner=0 --group=0 -c . |

@@ -339,6 +339,16 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
                 .release_address(r)
                 .await),
         )
+        // rustvlan's own: finish the queued link deletes now (benchmarks, tools).
+        .route(
+            "/Rustvlan.Settle",
+            rpc(post(|State(plugin): State<Arc<Plugin<K>>>| async move {
+                match plugin.process_pending().await {
+                    Ok(n) => json_response(StatusCode::OK, &json!({ "Deleted": n })),
+                    Err(e) => error_response(Api::Driver, &e),
+                }
+            })),
+        )
         // rustvlan's own: the state as `rustvlan state` prints it.
         .route(
             "/Rustvlan.State",

@@ -9,17 +9,49 @@ use rtnetlink::{Handle, LinkDummy, LinkIpVlan, LinkMacVlan, LinkMessageBuilder, 
 use super::{ChildLink, ENODEV, KResult, Kernel, KernelError, LinkInfo};
 use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode};
 
+/// The kernel handles a NETLINK_ROUTE request inside the sender's `sendmsg`, and a link
+/// move or delete holds it there for an RCU grace period (~16 ms) under the RTNL lock.
+/// So the sockets' message loops run on threads of their own, never on the runtime's
+/// workers, and deletes have their own socket so that lookups and creations do not queue
+/// behind them.
 pub struct NetlinkKernel {
     handle: Handle,
+    deletes: Handle,
+}
+
+/// Opens a NETLINK_ROUTE socket whose message loop runs on its own thread.
+pub(crate) fn connection_thread(name: &str) -> anyhow::Result<Handle> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name(name.to_string()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(anyhow::anyhow!("cannot start the netlink thread: {e}")));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match rtnetlink::new_connection() {
+                Ok((connection, handle, _)) => {
+                    let _ = tx.send(Ok(handle));
+                    // Ends when every handle is dropped.
+                    connection.await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("cannot open a netlink socket: {e}")));
+                }
+            }
+        });
+    })?;
+    rx.recv()?
 }
 
 impl NetlinkKernel {
-    /// Opens a NETLINK_ROUTE socket; its message loop runs as a task on the current runtime.
     pub fn connect() -> anyhow::Result<Self> {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(|e| anyhow::anyhow!("cannot open a netlink socket: {e}"))?;
-        tokio::spawn(connection);
-        Ok(NetlinkKernel { handle })
+        Ok(NetlinkKernel {
+            handle: connection_thread("netlink")?,
+            deletes: connection_thread("netlink-delete")?,
+        })
     }
 }
 
@@ -169,7 +201,7 @@ impl Kernel for NetlinkKernel {
     async fn delete_links(&self, indices: &[u32], trash_group: u32) -> KResult<()> {
         for &index in indices {
             let message = LinkUnspec::new_with_index(index).link_group(trash_group).build();
-            if let Err(e) = self.handle.link().change(message).execute().await {
+            if let Err(e) = self.deletes.link().change(message).execute().await {
                 let err = kernel_error(&format!("moving link {index} to the group being deleted"), e);
                 if !err.is(ENODEV) {
                     return Err(err);
@@ -178,7 +210,7 @@ impl Kernel for NetlinkKernel {
         }
         let mut message = LinkMessage::default();
         message.attributes.push(LinkAttribute::Group(trash_group));
-        match self.handle.link().del_with_message(message).execute().await {
+        match self.deletes.link().del_with_message(message).execute().await {
             Ok(()) => Ok(()),
             Err(e) => {
                 let err = kernel_error(&format!("deleting link group {trash_group}"), e);
@@ -189,7 +221,7 @@ impl Kernel for NetlinkKernel {
     }
 
     async fn delete(&self, index: u32) -> KResult<bool> {
-        match self.handle.link().del(index).execute().await {
+        match self.deletes.link().del(index).execute().await {
             Ok(()) => Ok(true),
             Err(err) => {
                 let err = kernel_error(&format!("deleting link {index}"), err);

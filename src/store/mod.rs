@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex as StdMutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{Context, anyhow, bail};
 use ipnetwork::Ipv6Network;
@@ -52,10 +52,16 @@ pub struct Store {
     db: sled::Db,
     /// Generation of the last batch written; a batch's ticket is its generation.
     written: AtomicU64,
-    /// Highest ticket known to be on disk.
-    flushed: AtomicU64,
-    /// Held by whoever is flushing; others wait on it and usually find their write covered.
-    flush_lock: tokio::sync::Mutex<()>,
+    /// Highest ticket known to be on disk; waiters watch it.
+    flushed: tokio::sync::watch::Sender<u64>,
+    /// Set by the request whose flush is running (the leader). The others wait for the
+    /// next value of `flushed` and usually find their write covered (group commit).
+    flushing: AtomicBool,
+    /// The generation marker beside the store: rewritten after flushes, off the
+    /// request path (it only has to trail what is on disk, never lead it).
+    marker: StdMutex<Option<std::fs::File>>,
+    marker_wanted: AtomicBool,
+    marker_running: AtomicBool,
     /// Set when a write or flush failed: what is on disk may then lag what was answered,
     /// so no further change is accepted until a restart reloads the disk's truth.
     failed: StdMutex<Option<String>>,
@@ -203,8 +209,11 @@ impl Store {
             dir: dir.to_path_buf(),
             db,
             written: AtomicU64::new(0),
-            flushed: AtomicU64::new(0),
-            flush_lock: tokio::sync::Mutex::new(()),
+            flushed: tokio::sync::watch::Sender::new(0),
+            flushing: AtomicBool::new(false),
+            marker: StdMutex::new(None),
+            marker_wanted: AtomicBool::new(false),
+            marker_running: AtomicBool::new(false),
             failed: StdMutex::new(None),
         })
     }
@@ -260,7 +269,7 @@ impl Store {
         }
         self.check_generation(records.generation)?;
         self.written.store(records.generation, Ordering::SeqCst);
-        self.flushed.store(records.generation, Ordering::SeqCst);
+        self.flushed.send_replace(records.generation);
         // A store that cannot take a write (read-only, full) must stop start-up, not the
         // first container.
         let probe = self.append(&[]).and_then(|generation| self.flush_to(generation));
@@ -311,21 +320,48 @@ impl Store {
         Ok(())
     }
 
-    /// Records, after a flush, the generation known to be on disk.
+    /// Records the generation known to be on disk beside the store.
     fn write_generation_marker(&self) -> anyhow::Result<()> {
-        use std::io::Write;
-        let generation = self.flushed.load(Ordering::SeqCst);
+        use std::os::unix::fs::FileExt;
+        let generation = *self.flushed.borrow();
         let path = self.dir.join(GENERATION_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let mut file = self.marker.lock().expect("poisoned");
+        if file.is_none() {
+            *file = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?,
+            );
+        }
+        let file = file.as_ref().expect("just opened");
         // Fixed width: a rewrite never leaves a longer old number's tail behind.
-        file.write_all(format!("{generation:020}\n").as_bytes())
+        file.write_all_at(format!("{generation:020}\n").as_bytes(), 0)
             .and_then(|_| file.sync_data())
             .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Has the marker rewritten soon, by one writer at a time; requests do not wait.
+    fn schedule_marker(self: &Arc<Self>) {
+        self.marker_wanted.store(true, Ordering::SeqCst);
+        if self.marker_running.swap(true, Ordering::SeqCst) {
+            return; // the running writer sees `marker_wanted` and goes round again
+        }
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            loop {
+                store.marker_wanted.store(false, Ordering::SeqCst);
+                if let Err(e) = store.write_generation_marker() {
+                    tracing::warn!("{e:#}");
+                }
+                store.marker_running.store(false, Ordering::SeqCst);
+                if !store.marker_wanted.load(Ordering::SeqCst) || store.marker_running.swap(true, Ordering::SeqCst) {
+                    break;
+                }
+            }
+        });
     }
 
     /// Writes one request's changes as one atomic batch, stamped with the next
@@ -400,30 +436,40 @@ impl Store {
         }
     }
 
-    /// Waits until the batch with `ticket` is on disk.
+    /// Waits until the batch with `ticket` is on disk. The first waiter to find no flush
+    /// running starts one, which covers every batch written before it began; the others
+    /// wait for it and go again only if their batch came too late for it.
     pub async fn sync(self: &Arc<Self>, ticket: u64) -> anyhow::Result<()> {
+        let mut flushed = self.flushed.subscribe();
         loop {
-            if self.flushed.load(Ordering::SeqCst) >= ticket {
-                return Ok(());
-            }
-            let _leader = self.flush_lock.lock().await;
-            if self.flushed.load(Ordering::SeqCst) >= ticket {
+            if *flushed.borrow_and_update() >= ticket {
                 return Ok(());
             }
             if let Some(reason) = self.failed.lock().expect("poisoned").clone() {
                 bail!("the state store failed earlier: {reason}");
             }
-            // Everything written before the flush starts is covered by it.
+            if self.flushing.swap(true, Ordering::SeqCst) {
+                // Someone else's flush is running: wait for its result.
+                flushed.changed().await.map_err(|_| anyhow!("the state store closed"))?;
+                continue;
+            }
             let target = self.written.load(Ordering::SeqCst);
             let store = Arc::clone(self);
-            let flushed = tokio::task::spawn_blocking(move || store.flush_to(target))
+            let result = tokio::task::spawn_blocking(move || store.db.flush().map_err(plain))
                 .await
                 .map_err(|e| anyhow!("flush task failed: {e}"))
-                .and_then(|r| r);
-            match flushed {
-                Ok(()) => {}
+                .and_then(|r| r)
+                .context("flushing the state store to disk");
+            // Clear before publishing, so that a waiter woken by the news can lead next.
+            self.flushing.store(false, Ordering::SeqCst);
+            match result {
+                Ok(_) => {
+                    self.flushed.send_modify(|f| *f = (*f).max(target));
+                    self.schedule_marker();
+                }
                 Err(err) => {
                     self.fail(&err);
+                    self.flushed.send_modify(|_| {});
                     return Err(err);
                 }
             }
@@ -436,7 +482,7 @@ impl Store {
             .flush()
             .map_err(plain)
             .context("flushing the state store to disk")?;
-        self.flushed.fetch_max(target, Ordering::SeqCst);
+        self.flushed.send_modify(|f| *f = (*f).max(target));
         self.write_generation_marker()
     }
 

@@ -17,23 +17,27 @@ use serde_json::{Value, json};
 #[derive(Clone)]
 pub struct Netlink(pub rtnetlink::Handle);
 
-/// Opens a netlink socket inside the namespace at `ns` (like /run/netns/NAME). A helper
-/// thread enters the namespace just long enough to create the socket, which stays bound
-/// to it. Call it inside a tokio runtime.
+/// Opens a netlink socket inside the namespace at `ns` (like /run/netns/NAME). A thread
+/// of its own enters the namespace, makes the socket (which stays bound to it) and runs
+/// its message loop: the kernel answers link moves inside `sendmsg`, after an RCU grace
+/// period, and that must not block the caller's runtime.
 pub fn netlink_in(ns: &Path) -> Netlink {
-    let runtime = tokio::runtime::Handle::current();
     let ns = ns.to_path_buf();
-    let (connection, handle) = std::thread::spawn(move || {
-        let _enter = runtime.enter();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let file = File::open(&ns).unwrap_or_else(|e| panic!("open {}: {e}", ns.display()));
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let (connection, handle, _) = rtnetlink::new_connection().expect("netlink socket");
-        (connection, handle)
-    })
-    .join()
-    .expect("netlink helper thread");
-    tokio::spawn(connection);
-    Netlink(handle)
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (connection, handle, _) = rtnetlink::new_connection().expect("netlink socket");
+            tx.send(handle).unwrap();
+            connection.await;
+        });
+    });
+    Netlink(rx.recv().expect("netlink thread"))
 }
 
 /// A container's network namespace, with a netlink socket inside it.
@@ -44,6 +48,10 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    pub fn netlink(&self) -> &Netlink {
+        &self.netlink
+    }
+
     pub fn open(path: &Path) -> Sandbox {
         Sandbox {
             path: path.to_path_buf(),
@@ -74,6 +82,8 @@ pub struct Attached {
     pub address: String,
     pub link: String,
     pub index: u32,
+    /// The address came from RequestAddress, so detach releases it.
+    pub from_ipam: bool,
 }
 
 /// The dockerd stand-in.
@@ -153,27 +163,46 @@ impl Dockerd {
     /// A container start: address, endpoint, Join, link into the sandbox as eth0, up.
     /// Failures are rolled back as dockerd does.
     pub async fn attach(&self, endpoint: &str, sandbox: &Sandbox, t: &mut Timings) -> Result<Attached, String> {
-        let answer = t
-            .time(
-                "RequestAddress",
-                self.call(
-                    "IpamDriver.RequestAddress",
-                    json!({"PoolID": self.pool_id, "Address": "", "Options": null}),
-                ),
-            )
-            .await?;
-        let address = answer["Address"]
-            .as_str()
-            .ok_or("RequestAddress: no Address")?
-            .to_string();
+        self.attach_with(endpoint, sandbox, None, t).await
+    }
+
+    /// Like [`Dockerd::attach`]; with `address` given (CIDR), IPAM is not asked.
+    pub async fn attach_with(
+        &self,
+        endpoint: &str,
+        sandbox: &Sandbox,
+        address: Option<&str>,
+        t: &mut Timings,
+    ) -> Result<Attached, String> {
+        let from_ipam = address.is_none();
+        let address = match address {
+            Some(a) => a.to_string(),
+            None => {
+                let answer = t
+                    .time(
+                        "RequestAddress",
+                        self.call(
+                            "IpamDriver.RequestAddress",
+                            json!({"PoolID": self.pool_id, "Address": "", "Options": null}),
+                        ),
+                    )
+                    .await?;
+                answer["Address"]
+                    .as_str()
+                    .ok_or("RequestAddress: no Address")?
+                    .to_string()
+            }
+        };
         let release = || async {
-            let ip = address.split('/').next().unwrap();
-            let _ = self
-                .call(
-                    "IpamDriver.ReleaseAddress",
-                    json!({"PoolID": self.pool_id, "Address": ip}),
-                )
-                .await;
+            if from_ipam {
+                let ip = address.split('/').next().unwrap();
+                let _ = self
+                    .call(
+                        "IpamDriver.ReleaseAddress",
+                        json!({"PoolID": self.pool_id, "Address": ip}),
+                    )
+                    .await;
+            }
         };
         let ids = json!({"NetworkID": self.network, "EndpointID": endpoint});
         let created = t
@@ -220,6 +249,7 @@ impl Dockerd {
                 address,
                 link,
                 index,
+                from_ipam,
             }),
             Err(e) => {
                 let _ = self.call("NetworkDriver.Leave", ids.clone()).await;
@@ -276,15 +306,17 @@ impl Dockerd {
         t.time("move back to host", self.move_out(attached, sandbox)).await?;
         t.time("DeleteEndpoint", self.call("NetworkDriver.DeleteEndpoint", ids))
             .await?;
-        let ip = attached.address.split('/').next().unwrap();
-        t.time(
-            "ReleaseAddress",
-            self.call(
-                "IpamDriver.ReleaseAddress",
-                json!({"PoolID": self.pool_id, "Address": ip}),
-            ),
-        )
-        .await?;
+        if attached.from_ipam {
+            let ip = attached.address.split('/').next().unwrap();
+            t.time(
+                "ReleaseAddress",
+                self.call(
+                    "IpamDriver.ReleaseAddress",
+                    json!({"PoolID": self.pool_id, "Address": ip}),
+                ),
+            )
+            .await?;
+        }
         Ok(())
     }
 
