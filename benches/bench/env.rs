@@ -1,0 +1,222 @@
+//! What the comparisons share: commands, the plugin process, a keep-alive client.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn check(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn ip(args: &[&str]) -> String {
+    check(Command::new("ip").args(args))
+}
+
+pub fn docker(args: &[&str]) -> Output {
+    run(Command::new("/usr/bin/docker").args(args))
+}
+
+pub fn docker_ok(args: &[&str]) -> String {
+    check(Command::new("/usr/bin/docker").args(args))
+}
+
+/// A veth pair in the root namespace, both ends up; removed on drop.
+pub struct Veth(pub String);
+
+impl Veth {
+    pub fn new(name: &str) -> Veth {
+        let _ = run(Command::new("ip").args(["link", "del", name]));
+        ip(&["link", "add", name, "type", "veth", "peer", "name", &format!("{name}p")]);
+        ip(&["link", "set", name, "up"]);
+        ip(&["link", "set", &format!("{name}p"), "up"]);
+        Veth(name.to_string())
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = run(Command::new("ip").args(["link", "del", &self.0]));
+    }
+}
+
+/// A named network namespace; removed on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        let _ = run(Command::new("ip").args(["netns", "del", name]));
+        ip(&["netns", "add", name]);
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        Netns(name.to_string())
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(Command::new("ip").args(["netns", "del", &self.0]));
+    }
+}
+
+/// A rustvlan process.
+pub struct Plugin {
+    child: Option<Child>,
+    pub bin: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Plugin {
+    pub fn new(bin: &Path, socket: &Path, dir: &Path) -> Plugin {
+        Plugin {
+            child: None,
+            bin: bin.to_path_buf(),
+            socket: socket.to_path_buf(),
+            state_dir: dir.join("state"),
+            log: dir.join("rustvlan.log"),
+        }
+    }
+
+    /// Starts it; returns the time from spawn to the first answer on its socket.
+    pub fn start(&mut self) -> Duration {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let started = Instant::now();
+        let child = Command::new(&self.bin)
+            .arg("serve")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(["--log-level", "info"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        loop {
+            if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.socket) {
+                use std::io::{Read, Write};
+                let req = "POST /Plugin.Activate HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                let mut answer = String::new();
+                if s.write_all(req.as_bytes()).is_ok()
+                    && s.read_to_string(&mut answer).is_ok()
+                    && answer.starts_with("HTTP/1.1 200")
+                {
+                    return started.elapsed();
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "rustvlan exited with {status}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "rustvlan did not answer");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// VmRSS and VmHWM (peak), in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Finishes the links queued for deletion now (DeleteEndpoint answers before the
+    /// kernel has deleted its link, and deletes are batched), so that one variant's
+    /// background work does not fall into the next variant's measurement.
+    pub async fn settle(&self) {
+        let (status, body) = rustvlan::client::post(&self.socket, "/Rustvlan.Settle", "")
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection to the plugin, as dockerd's client keeps one.
+pub struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    pub async fn connect(socket: &Path) -> Conn {
+        let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        Conn { sender }
+    }
+
+    pub async fn call(&mut self, path: &str, body: String) -> (u16, Value) {
+        self.sender.ready().await.unwrap();
+        let request = hyper::Request::post(path)
+            .header(hyper::header::HOST, "rustvlan")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = self.sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub async fn ok(&mut self, path: &str, body: Value) -> Value {
+        let (status, answer) = self.call(path, body.to_string()).await;
+        assert_eq!(status, 200, "{path} {body}: {answer}");
+        answer
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
