@@ -72,8 +72,16 @@ fn main() -> ExitCode {
             default_pool_size,
             reclaim_after,
         } => {
+            // At debug and below, every request's span also logs how long it was busy and
+            // how long it waited when it closes.
+            let span_events = if log_level >= tracing::Level::DEBUG {
+                tracing_subscriber::fmt::format::FmtSpan::CLOSE
+            } else {
+                tracing_subscriber::fmt::format::FmtSpan::NONE
+            };
             tracing_subscriber::fmt()
                 .with_max_level(log_level)
+                .with_span_events(span_events)
                 .with_writer(std::io::stderr)
                 .with_ansi(false)
                 .with_target(false)

@@ -31,6 +31,8 @@ pub struct Plugin<K> {
     pub(crate) pending_wake: tokio::sync::Notify,
     /// One batch of link deletes at a time.
     pub(crate) deleting: tokio::sync::Mutex<()>,
+    /// Parent name -> interface index, so that Join costs one netlink round trip.
+    pub(crate) parent_indexes: Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl<K: Kernel> Plugin<K> {
@@ -44,6 +46,7 @@ impl<K: Kernel> Plugin<K> {
             sweep_marks: Mutex::new(Default::default()),
             pending_wake: tokio::sync::Notify::new(),
             deleting: tokio::sync::Mutex::new(()),
+            parent_indexes: Mutex::new(Default::default()),
         }
     }
 

@@ -4,9 +4,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 pub fn run(cmd: &mut Command) -> Output {
@@ -112,7 +109,10 @@ impl Plugin {
             .arg(&self.socket)
             .arg("--state-dir")
             .arg(&self.state_dir)
-            .args(["--log-level", "info"])
+            .args([
+                "--log-level",
+                &std::env::var("RUSTVLAN_BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -183,30 +183,16 @@ impl Drop for Plugin {
     }
 }
 
-/// One keep-alive HTTP/1.1 connection to the plugin, as dockerd's client keeps one.
-pub struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
+/// One keep-alive connection to the plugin, as dockerd keeps one.
+pub struct Conn(rustvlan::client::Client);
 
 impl Conn {
     pub async fn connect(socket: &Path) -> Conn {
-        let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        Conn { sender }
+        Conn(rustvlan::client::Client::new(socket))
     }
 
     pub async fn call(&mut self, path: &str, body: String) -> (u16, Value) {
-        self.sender.ready().await.unwrap();
-        let request = hyper::Request::post(path)
-            .header(hyper::header::HOST, "rustvlan")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-        let response = self.sender.send_request(request).await.unwrap();
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let (status, bytes) = self.0.post(path, body).await.unwrap();
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 

@@ -233,7 +233,11 @@ fn main() {
             sections.push(p6::run(&bench).await);
         }
     });
-    let _ = std::fs::remove_dir_all(&scratch);
+    if std::env::var_os("RUSTVLAN_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    } else {
+        eprintln!("[bench] kept {}", scratch.display());
+    }
     write_report(&out, smoke, &machine, &sections);
     for s in &sections {
         for sentence in &s.sentences {

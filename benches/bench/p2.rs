@@ -156,8 +156,8 @@ impl Variant {
 
 struct Setup {
     plugin: Plugin,
-    dockerd: Dockerd,
-    raw: Raw,
+    dockerds: Vec<Dockerd>,
+    raws: Vec<Raw>,
     cni: Arc<Cni>,
     sandboxes: Vec<(Netns, Sandbox, File)>,
     _parents: (Veth, Veth, Veth),
@@ -182,12 +182,18 @@ async fn block(s: &Setup, v: Variant, clients: usize, cycles: usize, seq: &mut u
                     match v {
                         Variant::Rustvlan => {
                             let mut t = Timings::default();
-                            let ep = format!("{n:016x}{}", "c".repeat(48));
-                            let a = s.dockerd.attach_with(&ep, sandbox, Some(&cidr), &mut t).await.unwrap();
-                            s.dockerd.detach(&a, sandbox, &mut t).await.unwrap();
+                            // dockerd's ids are random hex: spread them the same way.
+                            let ep = format!(
+                                "{:016x}{}",
+                                (n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                                "c".repeat(48)
+                            );
+                            let dockerd = &s.dockerds[c];
+                            let a = dockerd.attach_with(&ep, sandbox, Some(&cidr), &mut t).await.unwrap();
+                            dockerd.detach(&a, sandbox, &mut t).await.unwrap();
                             all.push(t);
                         }
-                        Variant::Raw => s.raw.cycle(&format!("bf{n:08x}"), &cidr, sandbox, fd).await,
+                        Variant::Raw => s.raws[c].cycle(&format!("bf{n:08x}"), &cidr, sandbox, fd).await,
                         Variant::Cni => s.cni.cycle(format!("bench{n}"), ns.path()).await,
                     }
                 }
@@ -226,13 +232,21 @@ pub async fn run(b: &Bench) -> Section {
     )
     .await;
     let host = Path::new("/proc/self/ns/net");
-    let dockerd = Dockerd::new(&plugin.socket, host, NET, &pool_id);
-    let raw_host = netlink_in(host);
-    let raw = Raw {
-        parent: index(&raw_host, &raw_parent.0).await,
-        host: raw_host,
-        host_fd: File::open("/proc/self/ns/net").unwrap(),
-    };
+    // Each client is its own dockerd-like actor, with its own connection to the plugin
+    // and its own netlink socket: one shared socket would serialise the clients' link
+    // moves in this process, before the kernel even sees them.
+    let dockerds: Vec<Dockerd> = (0..CLIENTS)
+        .map(|_| Dockerd::new(&plugin.socket, host, NET, &pool_id))
+        .collect();
+    let mut raws = Vec::new();
+    for _ in 0..CLIENTS {
+        let raw_host = netlink_in(host);
+        raws.push(Raw {
+            parent: index(&raw_host, &raw_parent.0).await,
+            host: raw_host,
+            host_fd: File::open("/proc/self/ns/net").unwrap(),
+        });
+    }
     let cni_dir = dir.join("host-local");
     let cni = Arc::new(Cni {
         config:
@@ -250,8 +264,8 @@ pub async fn run(b: &Bench) -> Section {
         .collect();
     let setup = Setup {
         plugin,
-        dockerd,
-        raw,
+        dockerds,
+        raws,
         cni,
         sandboxes,
         _parents: (rv_parent, raw_parent, cni_parent),
@@ -276,13 +290,17 @@ pub async fn run(b: &Bench) -> Section {
         }
     }
     let mut concurrent: BTreeMap<Variant, Vec<f64>> = BTreeMap::new();
+    let mut concurrent_calls: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for _ in 0..concurrent_rounds {
         for v in variants {
-            let (t, _) = block(&setup, v, CLIENTS, concurrent_cycles, &mut seq).await;
+            let (t, timings) = block(&setup, v, CLIENTS, concurrent_cycles, &mut seq).await;
             concurrent
                 .entry(v)
                 .or_default()
                 .push(concurrent_cycles as f64 / (t / 1000.0));
+            for step in timings.iter().flat_map(|t| t.0.iter()) {
+                concurrent_calls.entry(step.0).or_default().push(ms(step.1));
+            }
         }
     }
     drop(setup);
@@ -294,13 +312,15 @@ pub async fn run(b: &Bench) -> Section {
     let speedup = c(Variant::Rustvlan).median / sequential_rate;
     let (met1, how1) = verdict(floor_ratio, 1.05, true);
     let (met2, how2) = verdict(speedup, 3.0, false);
-    let per_call: BTreeMap<&str, Value> = calls
-        .iter()
-        .map(|(k, v)| {
-            let s = summary(v);
-            (*k, json!({"p50_ms": round(s.median), "p99_ms": round(s.p99), "n": s.n}))
-        })
-        .collect();
+    let per_call = |calls: &BTreeMap<&'static str, Vec<f64>>| -> BTreeMap<&'static str, Value> {
+        calls
+            .iter()
+            .map(|(k, v)| {
+                let s = summary(v);
+                (*k, json!({"p50_ms": round(s.median), "p99_ms": round(s.p99), "n": s.n}))
+            })
+            .collect()
+    };
     let mut table = Vec::new();
     for v in variants {
         table.push((
@@ -354,7 +374,8 @@ pub async fn run(b: &Bench) -> Section {
             "ratio_to_floor": round(floor_ratio),
             "concurrent_speedup": round(speedup),
             "goals": {"ratio_to_floor <= 1.05": met1, "concurrent_speedup >= 3": met2},
-            "rustvlan_per_call": per_call,
+            "rustvlan_per_call": per_call(&calls),
+            "rustvlan_per_call_concurrent": per_call(&concurrent_calls),
         }),
         table,
         plots: vec![

@@ -20,7 +20,7 @@ use crate::api::wire::{
 };
 use crate::error::{Error, Result};
 use crate::kernel::{
-    ChildLink, EADDRINUSE, EBUSY, EEXIST, EINVAL, EOPNOTSUPP, IFNAME_MAX, Kernel, KernelError, LinkInfo,
+    ChildLink, EADDRINUSE, EBUSY, EEXIST, EINVAL, ENODEV, EOPNOTSUPP, IFNAME_MAX, Kernel, KernelError, LinkInfo,
 };
 use crate::model::{EndpointRecord, LinkMode, MacAddr, NetworkRecord, ParentKind, ParentRecord, PendingDelete};
 use crate::plugin::Plugin;
@@ -217,6 +217,10 @@ impl<K: Kernel> Plugin<K> {
             match self.kernel.link(&parent.name).await {
                 Ok(Some(link)) if self.is_ours(&link) => {
                     self.delete_quietly(link.index, &parent.name).await;
+                    self.parent_indexes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&parent.name);
                 }
                 Ok(Some(_)) => {
                     tracing::warn!(parent = %parent.name, "parent no longer carries rustvlan's mark; left in place")
@@ -374,6 +378,47 @@ impl<K: Kernel> Plugin<K> {
         if wait_for_deletes {
             self.process_pending().await?;
         }
+        // One netlink round trip in the common case: the parent's index is cached, and a
+        // leftover of the same name is only looked at if the kernel reports one.
+        let mut child = ChildLink {
+            name: endpoint.link_name.clone(),
+            parent_index: self.parent_index(&network, false).await?,
+            mode: network.link,
+            mac: endpoint.mac,
+            mtu: network.mtu,
+            group: self.group,
+        };
+        let (mut refreshed_parent, mut removed_leftover) = (false, false);
+        loop {
+            match self.kernel.add_child(&child).await {
+                Ok(()) => break,
+                // The parent was re-made (a reboot, a reconcile) and has a new index.
+                Err(e) if e.is(ENODEV) && !refreshed_parent => {
+                    refreshed_parent = true;
+                    child.parent_index = self.parent_index(&network, true).await?;
+                }
+                Err(e) if e.is(EEXIST) && !removed_leftover => {
+                    removed_leftover = true;
+                    self.remove_leftover(&endpoint.link_name).await?;
+                }
+                Err(e) => return Err(explain_child_error(e, &network, &endpoint)),
+            }
+        }
+        tracing::debug!(endpoint = short(&endpoint.id), link = %endpoint.link_name, "joined");
+        Ok(join_answer(&network, &endpoint))
+    }
+
+    /// The parent's interface index, from the cache unless `refresh`.
+    async fn parent_index(&self, network: &NetworkRecord, refresh: bool) -> Result<u32> {
+        if !refresh
+            && let Some(&index) = self
+                .parent_indexes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&network.parent)
+        {
+            return Ok(index);
+        }
         let parent = self
             .kernel
             .link(&network.parent)
@@ -386,31 +431,28 @@ impl<K: Kernel> Plugin<K> {
                     short(&network.id)
                 ))
             })?;
-        if let Some(leftover) = self.kernel.link(&endpoint.link_name).await.map_err(kernel_err)? {
-            // Names are unique per store, so a marked link of this name is this endpoint's.
-            if !self.is_ours(&leftover) {
-                return Err(Error::conflict(format!(
-                    "interface name {} is taken by a link rustvlan did not make; remove that link",
-                    endpoint.link_name
-                )));
-            }
-            tracing::info!(link = %endpoint.link_name, "removing this endpoint's leftover link before Join");
-            self.kernel.delete(leftover.index).await.map_err(kernel_err)?;
-        }
-        let child = ChildLink {
-            name: endpoint.link_name.clone(),
-            parent_index: parent.index,
-            mode: network.link,
-            mac: endpoint.mac,
-            mtu: network.mtu,
-            group: self.group,
+        self.parent_indexes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(network.parent.clone(), parent.index);
+        Ok(parent.index)
+    }
+
+    /// A link with this endpoint's name exists: a leftover of an earlier Join of the same
+    /// endpoint (names are unique per store, so a marked link of this name is this
+    /// endpoint's), which goes; or someone else's, which stays and fails the Join.
+    async fn remove_leftover(&self, name: &str) -> Result<()> {
+        let Some(leftover) = self.kernel.link(name).await.map_err(kernel_err)? else {
+            return Ok(()); // gone meanwhile
         };
-        self.kernel
-            .add_child(&child)
-            .await
-            .map_err(|e| explain_child_error(e, &network, &endpoint))?;
-        tracing::debug!(endpoint = short(&endpoint.id), link = %endpoint.link_name, "joined");
-        Ok(join_answer(&network, &endpoint))
+        if !self.is_ours(&leftover) {
+            return Err(Error::conflict(format!(
+                "interface name {name} is taken by a link rustvlan did not make; remove that link"
+            )));
+        }
+        tracing::info!(link = name, "removing this endpoint's leftover link before Join");
+        self.kernel.delete(leftover.index).await.map_err(kernel_err)?;
+        Ok(())
     }
 
     pub fn leave(&self, req: EndpointRequest) -> Empty {
@@ -777,7 +819,7 @@ fn link_name_for(state: &State, endpoint_id: &str) -> String {
     (12..=room)
         .map(|n| format!("{LINK_PREFIX}{}", crate::util::prefix(endpoint_id, n)))
         .chain(std::iter::repeat_with(|| {
-            let mut bytes = [0u8; 6];
+            let mut bytes = [0u8; IFNAME_MAX / 2];
             crate::util::random_bytes(&mut bytes);
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             format!("{LINK_PREFIX}{}", &hex[..room])

@@ -12,7 +12,7 @@ use crate::api::wire::{
 };
 use crate::error::ErrorKind;
 use crate::kernel::fake::FakeKernel;
-use crate::kernel::{ChildLink, EEXIST, Kernel};
+use crate::kernel::{ChildLink, EINVAL, Kernel};
 use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode};
 use crate::plugin::Plugin;
 use crate::store::{PoolDefaults, Store};
@@ -297,7 +297,7 @@ async fn a_failed_join_leaves_no_link_and_leftovers_are_judged_by_their_mark() {
         .unwrap();
     let before = p.kernel.names();
     p.kernel
-        .fail_next_add(EEXIST, "creating macvlan link rv111111111111: File exists");
+        .fail_next_add(EINVAL, "creating macvlan link rv111111111111: Invalid argument");
     let err = p.join(join(NET_A, EP_1)).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Kernel);
     assert_eq!(p.kernel.names(), before, "a failed Join leaves nothing behind");
@@ -909,6 +909,30 @@ mod queued_deletes {
     }
 
     #[tokio::test]
+    async fn ids_alike_in_their_first_thirteen_characters_get_random_names() {
+        let dir = temp_dir();
+        let p = open(&dir, kernel());
+        p.create_network(network(
+            NET_A,
+            json!({"parent": "eth0"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+        let mut names = std::collections::BTreeSet::new();
+        for n in 0..4 {
+            let id = format!("{}{n:051}", "0".repeat(13));
+            p.create_endpoint(endpoint(NET_A, &id, &format!("10.77.0.{}/24", n + 2), ""))
+                .await
+                .unwrap();
+            let name = p.state().endpoints[&id].link_name.clone();
+            assert!(name.len() <= 15 && name.starts_with("rv"), "{name}");
+            assert!(names.insert(name));
+        }
+    }
+
+    #[tokio::test]
     async fn a_join_that_a_queued_delete_would_block_waits_for_it() {
         let dir = temp_dir();
         let p = open(&dir, kernel());
@@ -968,4 +992,31 @@ mod queued_deletes {
         assert!(p.kernel.get("rv111111111111").is_none());
         assert!(p.state().pending.is_empty());
     }
+}
+
+#[tokio::test]
+async fn join_finds_a_parent_that_was_made_again() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0.10"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    p.join(join(NET_A, EP_1)).await.unwrap(); // caches the parent's index
+    p.kernel.vanish("eth0.10");
+    p.kernel.vanish("rv111111111111");
+    p.reconcile().await.unwrap(); // makes eth0.10 again, with a new index
+    p.create_endpoint(endpoint(NET_A, EP_2, "10.77.0.3/24", ""))
+        .await
+        .unwrap();
+    p.join(join(NET_A, EP_2)).await.unwrap();
+    let vlan = p.kernel.get("eth0.10").unwrap();
+    assert_eq!(p.kernel.get("rv222222222222").unwrap().parent_index, Some(vlan.index));
 }

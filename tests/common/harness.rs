@@ -13,6 +13,9 @@ use futures_util::TryStreamExt;
 use rtnetlink::LinkUnspec;
 use serde_json::{Value, json};
 
+/// Calls retried because their connection failed, over the whole process.
+pub static RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A netlink connection whose socket lives in one network namespace.
 #[derive(Clone)]
 pub struct Netlink(pub rtnetlink::Handle);
@@ -96,6 +99,8 @@ pub struct Dockerd {
     pub retry_for: Duration,
     pub pool_id: String,
     pub network: String,
+    /// A keep-alive connection, as dockerd keeps one.
+    conn: tokio::sync::Mutex<rustvlan::client::Client>,
 }
 
 fn remote_error(body: &Value) -> Option<String> {
@@ -116,6 +121,7 @@ impl Dockerd {
             retry_for: Duration::from_secs(15),
             pool_id: pool_id.to_string(),
             network: network.to_string(),
+            conn: tokio::sync::Mutex::new(rustvlan::client::Client::new(socket)),
         }
     }
 
@@ -125,7 +131,13 @@ impl Dockerd {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
-            match rustvlan::client::post(&self.socket, &format!("/{method}"), body.to_string()).await {
+            let result = self
+                .conn
+                .lock()
+                .await
+                .post(&format!("/{method}"), body.to_string())
+                .await;
+            match result {
                 Ok((status, bytes)) => {
                     let answer: Value = serde_json::from_slice(&bytes).map_err(|e| {
                         format!(
@@ -142,7 +154,10 @@ impl Dockerd {
                     return Ok(answer);
                 }
                 Err(e) if started.elapsed() < self.retry_for => {
-                    let _ = e;
+                    RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if std::env::var_os("RUSTVLAN_HARNESS_DEBUG").is_some() {
+                        eprintln!("retrying {method}: {e:#}");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
