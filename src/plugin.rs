@@ -98,8 +98,8 @@ impl<K: Kernel> Plugin<K> {
     /// under its RTNL lock, however many links it holds, and holds up every other link
     /// operation on the host meanwhile.
     pub async fn run_deleter(self: Arc<Self>) {
-        const QUIET: Duration = Duration::from_millis(20);
-        const MAX_DELAY: Duration = Duration::from_millis(250);
+        const QUIET: Duration = Duration::from_millis(300);
+        const MAX_DELAY: Duration = Duration::from_millis(1000);
         const MAX_BATCH: usize = 64;
         loop {
             self.pending_wake.notified().await;

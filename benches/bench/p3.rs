@@ -140,7 +140,10 @@ pub async fn run(b: &Bench) -> Section {
     let mut plugin = Plugin::new(&b.rustvlan, &dir.join("rustvlan.sock"), &dir);
     plugin.start();
     let mut conn = Conn::connect(&plugin.socket).await;
-    let limit = if b.smoke { 2_000 } else { usize::MAX };
+    let limit = std::env::var("RUSTVLAN_BENCH_P3_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if b.smoke { 2_000 } else { usize::MAX });
     let (host_local_count, rounds) = if b.smoke { (64, 1) } else { (1_024, 2) };
     let mut runs: Vec<(usize, Run)> = Vec::new();
     let mut hl: Vec<(usize, f64)> = Vec::new();

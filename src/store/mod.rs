@@ -50,6 +50,8 @@ pub struct PoolDefaults {
 pub struct Store {
     dir: PathBuf,
     db: sled::Db,
+    /// sled's log file, for fdatasync.
+    log_file: std::fs::File,
     /// Generation of the last batch written; a batch's ticket is its generation.
     written: AtomicU64,
     /// Highest ticket known to be on disk; waiters watch it.
@@ -62,6 +64,8 @@ pub struct Store {
     marker: StdMutex<Option<std::fs::File>>,
     marker_wanted: AtomicBool,
     marker_running: AtomicBool,
+    /// Changes written by requests and not yet in sled, in memory order.
+    queue: StdMutex<Vec<Change>>,
     /// Set when a write or flush failed: what is on disk may then lag what was answered,
     /// so no further change is accepted until a restart reloads the disk's truth.
     failed: StdMutex<Option<String>>,
@@ -205,12 +209,18 @@ impl Store {
             .flush_every_ms(None)
             .open()
             .map_err(|e| explain_open_error(&db_path, e))?;
+        // sled's log; opened read-only only to fdatasync it (see `flush_log`).
+        let log_path = db_path.join("db");
+        let log_file =
+            std::fs::File::open(&log_path).with_context(|| format!("cannot open {} to sync it", log_path.display()))?;
         Ok(Store {
             dir: dir.to_path_buf(),
             db,
+            log_file,
             written: AtomicU64::new(0),
             flushed: tokio::sync::watch::Sender::new(0),
             flushing: AtomicBool::new(false),
+            queue: StdMutex::new(Vec::new()),
             marker: StdMutex::new(None),
             marker_wanted: AtomicBool::new(false),
             marker_running: AtomicBool::new(false),
@@ -272,7 +282,8 @@ impl Store {
         self.flushed.send_replace(records.generation);
         // A store that cannot take a write (read-only, full) must stop start-up, not the
         // first container.
-        let probe = self.append(&[]).and_then(|generation| self.flush_to(generation));
+        // (an empty batch still stamps the generation)
+        let probe = self.apply(&[], records.generation).and_then(|_| self.flush());
         probe.with_context(|| {
             format!(
                 "the state store in {} cannot be written; make room or make it writable, then start rustvlan again",
@@ -344,7 +355,10 @@ impl Store {
     }
 
     /// Has the marker rewritten soon, by one writer at a time; requests do not wait.
+    /// At most one rewrite per MARKER_INTERVAL: it costs an fsync, and under load flushes
+    /// come thousands of times a second.
     fn schedule_marker(self: &Arc<Self>) {
+        const MARKER_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
         self.marker_wanted.store(true, Ordering::SeqCst);
         if self.marker_running.swap(true, Ordering::SeqCst) {
             return; // the running writer sees `marker_wanted` and goes round again
@@ -356,6 +370,7 @@ impl Store {
                 if let Err(e) = store.write_generation_marker() {
                     tracing::warn!("{e:#}");
                 }
+                std::thread::sleep(MARKER_INTERVAL);
                 store.marker_running.store(false, Ordering::SeqCst);
                 if !store.marker_wanted.load(Ordering::SeqCst) || store.marker_running.swap(true, Ordering::SeqCst) {
                     break;
@@ -364,66 +379,86 @@ impl Store {
         });
     }
 
-    /// Writes one request's changes as one atomic batch, stamped with the next
-    /// generation. Returns the ticket to pass to [`Store::sync`]. Call it under the
-    /// state lock, so that the store sees changes in the order memory does. An empty
-    /// change list writes nothing and returns the current generation (its answer may
-    /// still depend on writes not yet flushed).
+    /// Queues one request's changes, in the order the state lock gives them, and returns
+    /// the ticket to pass to [`Store::sync`]. Call it under the state lock. The changes
+    /// reach sled with the next flush, together with those of every request queued
+    /// meanwhile, as one atomic batch (see [`Store::sync`]). An empty change list
+    /// queues nothing and returns the last ticket (its answer may still depend on
+    /// changes not yet on disk).
     pub fn write(&self, changes: &[Change]) -> anyhow::Result<u64> {
         if let Some(reason) = self.failed.lock().expect("poisoned").clone() {
             bail!("refusing changes after an earlier store failure ({reason}); fix the disk and restart rustvlan");
         }
-        let current = self.written.load(Ordering::SeqCst);
+        let mut queue = self.queue.lock().expect("poisoned");
         if changes.is_empty() {
-            return Ok(current);
+            return Ok(self.written.load(Ordering::SeqCst));
         }
-        self.append(changes)
+        queue.extend_from_slice(changes);
+        Ok(self.written.fetch_add(1, Ordering::SeqCst) + 1)
     }
 
-    fn append(&self, changes: &[Change]) -> anyhow::Result<u64> {
-        let generation = self.written.load(Ordering::SeqCst) + 1;
-        let mut batch = sled::Batch::default();
+    /// Takes the queue and the ticket it ends with.
+    fn take_queue(&self) -> (Vec<Change>, u64) {
+        let mut queue = self.queue.lock().expect("poisoned");
+        (std::mem::take(&mut *queue), self.written.load(Ordering::SeqCst))
+    }
+
+    /// Writes queued changes as one atomic sled batch stamped with `generation`. Later
+    /// changes to a key replace earlier ones, as they did in memory.
+    fn apply(&self, changes: &[Change], generation: u64) -> anyhow::Result<()> {
+        let mut batch: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for change in changes {
             self.add_to_batch(&mut batch, change)?;
         }
-        batch.insert(META_GENERATION, to_json(&generation));
-        if let Err(e) = self.db.apply_batch(batch) {
-            let err = plain(e).context("writing to the state store");
-            self.fail(&err);
-            return Err(err);
+        batch.insert(META_GENERATION.as_bytes().to_vec(), Some(to_json(&generation)));
+        let mut sled_batch = sled::Batch::default();
+        for (key, value) in batch {
+            match value {
+                Some(v) => sled_batch.insert(key, v),
+                None => sled_batch.remove(key),
+            }
         }
-        self.written.store(generation, Ordering::SeqCst);
-        Ok(generation)
+        self.db
+            .apply_batch(sled_batch)
+            .map_err(plain)
+            .context("writing to the state store")
     }
 
-    fn add_to_batch(&self, batch: &mut sled::Batch, change: &Change) -> anyhow::Result<()> {
+    fn add_to_batch(&self, batch: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>, change: &Change) -> anyhow::Result<()> {
+        let mut put = |key: String, value: Vec<u8>| {
+            batch.insert(key.into_bytes(), Some(value));
+        };
         match change {
-            Change::PutNetwork(n) => batch.insert(format!("{NETWORK}{}", n.id).as_str(), to_json(n)),
-            Change::DelNetwork(id) => batch.remove(format!("{NETWORK}{id}").as_str()),
-            Change::PutEndpoint(e) => batch.insert(format!("{ENDPOINT}{}", e.id).as_str(), to_json(e)),
-            Change::DelEndpoint(id) => batch.remove(format!("{ENDPOINT}{id}").as_str()),
-            Change::PutParent(p) => batch.insert(format!("{PARENT}{}", p.name).as_str(), to_json(p)),
-            Change::DelParent(name) => batch.remove(format!("{PARENT}{name}").as_str()),
-            Change::PutPending(p) => batch.insert(format!("{PENDING}{}", p.link_name).as_str(), to_json(p)),
-            Change::DelPending(name) => batch.remove(format!("{PENDING}{name}").as_str()),
-            Change::Ipam(c) => match c {
-                IpamChange::PutPool(p) => batch.insert(seq_key(POOL, p.seq).as_str(), to_json(p)),
-                IpamChange::DelPool(seq) => {
-                    batch.remove(seq_key(POOL, *seq).as_str());
-                    batch.remove(seq_key(CURSOR, *seq).as_str());
-                    let prefix = format!("{ADDRESS}{seq:016x}/");
-                    for item in self.db.scan_prefix(prefix.as_bytes()).keys() {
-                        batch.remove(item.context("reading the state store")?);
-                    }
+            Change::PutNetwork(n) => put(format!("{NETWORK}{}", n.id), to_json(n)),
+            Change::PutEndpoint(e) => put(format!("{ENDPOINT}{}", e.id), to_json(e)),
+            Change::PutParent(p) => put(format!("{PARENT}{}", p.name), to_json(p)),
+            Change::PutPending(p) => put(format!("{PENDING}{}", p.link_name), to_json(p)),
+            Change::Ipam(IpamChange::PutPool(p)) => put(seq_key(POOL, p.seq), to_json(p)),
+            Change::Ipam(IpamChange::PutAddress { pool, ip, gateway }) => {
+                put(address_key(*pool, *ip), to_json(&AddressValue { gateway: *gateway }))
+            }
+            Change::Ipam(IpamChange::SetCursor { pool, ip }) => put(seq_key(CURSOR, *pool), to_json(ip)),
+            Change::Ipam(IpamChange::SetNextPoolSeq(seq)) => put(META_NEXT_POOL_SEQ.to_string(), to_json(seq)),
+            Change::DelNetwork(id) => del(batch, format!("{NETWORK}{id}")),
+            Change::DelEndpoint(id) => del(batch, format!("{ENDPOINT}{id}")),
+            Change::DelParent(name) => del(batch, format!("{PARENT}{name}")),
+            Change::DelPending(name) => del(batch, format!("{PENDING}{name}")),
+            Change::Ipam(IpamChange::DelAddress { pool, ip }) => del(batch, address_key(*pool, *ip)),
+            Change::Ipam(IpamChange::DelPool(seq)) => {
+                del(batch, seq_key(POOL, *seq));
+                del(batch, seq_key(CURSOR, *seq));
+                // Its addresses: those on disk, and those earlier in this batch.
+                let prefix = format!("{ADDRESS}{seq:016x}/").into_bytes();
+                for item in self.db.scan_prefix(&prefix).keys() {
+                    batch.insert(item.context("reading the state store")?.to_vec(), None);
                 }
-                IpamChange::PutAddress { pool, ip, gateway } => batch.insert(
-                    address_key(*pool, *ip).as_str(),
-                    to_json(&AddressValue { gateway: *gateway }),
-                ),
-                IpamChange::DelAddress { pool, ip } => batch.remove(address_key(*pool, *ip).as_str()),
-                IpamChange::SetCursor { pool, ip } => batch.insert(seq_key(CURSOR, *pool).as_str(), to_json(ip)),
-                IpamChange::SetNextPoolSeq(seq) => batch.insert(META_NEXT_POOL_SEQ, to_json(seq)),
-            },
+                for value in batch
+                    .range_mut(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                {
+                    *value.1 = None;
+                }
+            }
         }
         Ok(())
     }
@@ -436,9 +471,9 @@ impl Store {
         }
     }
 
-    /// Waits until the batch with `ticket` is on disk. The first waiter to find no flush
-    /// running starts one, which covers every batch written before it began; the others
-    /// wait for it and go again only if their batch came too late for it.
+    /// Waits until the changes with `ticket` are on disk. The first waiter to find no
+    /// flush running leads one: it writes every queued change as one batch, flushes and
+    /// syncs; the others wait for it and go again only if they queued too late for it.
     pub async fn sync(self: &Arc<Self>, ticket: u64) -> anyhow::Result<()> {
         let mut flushed = self.flushed.subscribe();
         loop {
@@ -453,17 +488,15 @@ impl Store {
                 flushed.changed().await.map_err(|_| anyhow!("the state store closed"))?;
                 continue;
             }
-            let target = self.written.load(Ordering::SeqCst);
             let store = Arc::clone(self);
-            let result = tokio::task::spawn_blocking(move || store.db.flush().map_err(plain))
+            let result = tokio::task::spawn_blocking(move || store.commit_queue())
                 .await
                 .map_err(|e| anyhow!("flush task failed: {e}"))
-                .and_then(|r| r)
-                .context("flushing the state store to disk");
+                .and_then(|r| r);
             // Clear before publishing, so that a waiter woken by the news can lead next.
             self.flushing.store(false, Ordering::SeqCst);
             match result {
-                Ok(_) => {
+                Ok(target) => {
                     self.flushed.send_modify(|f| *f = (*f).max(target));
                     self.schedule_marker();
                 }
@@ -476,20 +509,40 @@ impl Store {
         }
     }
 
-    /// Flushes everything written up to `target`, then records it beside the store.
-    fn flush_to(&self, target: u64) -> anyhow::Result<()> {
+    /// Writes the queue and makes it durable; returns the ticket now on disk.
+    fn commit_queue(&self) -> anyhow::Result<u64> {
+        let (changes, target) = self.take_queue();
+        if !changes.is_empty() {
+            self.apply(&changes, target)?;
+        }
+        self.flush_log()?;
+        Ok(target)
+    }
+
+    /// Makes everything written so far durable. sled 0.34's flush writes its log with
+    /// sync_file_range, which neither flushes the disk's volatile write cache nor the
+    /// file's metadata; an fdatasync of the log file afterwards does both.
+    fn flush_log(&self) -> anyhow::Result<()> {
         self.db
             .flush()
             .map_err(plain)
             .context("flushing the state store to disk")?;
+        self.log_file
+            .sync_data()
+            .with_context(|| format!("syncing {}", self.dir.join("db/db").display()))
+    }
+
+    /// Writes what is queued, flushes, and records the generation beside the store; for
+    /// start-up, shutdown and tools.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        let target = self.commit_queue()?;
         self.flushed.send_modify(|f| *f = (*f).max(target));
         self.write_generation_marker()
     }
+}
 
-    /// Flushes everything; for shutdown and tools.
-    pub fn flush(&self) -> anyhow::Result<()> {
-        self.flush_to(self.written.load(Ordering::SeqCst))
-    }
+fn del(batch: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>, key: String) {
+    batch.insert(key.into_bytes(), None);
 }
 
 fn decode_record(r: &mut Records, key: &str, value: &[u8]) -> anyhow::Result<()> {
