@@ -75,3 +75,7 @@ expected=$(grep -c '^#\[test\]' tests/vm.rs)
 ran=$(sort -u "$RUSTVLAN_VM_MARKER" 2>/dev/null | wc -l)
 ((ran == expected)) || { say "the VM suite reported $ran of $expected tests as run"; exit 1; }
 say "VM suite ran all $ran tests: $(paste -sd' ' "$RUSTVLAN_VM_MARKER")"
+
+# The benchmarks are not pass/fail tests, but a short run keeps scripts/bench.sh working.
+say "benchmark smoke run (scripts/bench.sh --smoke)"
+scripts/bench.sh --smoke

@@ -85,6 +85,13 @@ fn print_summary(state: &Value) {
         let count = p["addresses"].as_object().map_or(0, |a| a.len());
         println!("  {id}  {count} addresses allocated");
     }
+    let pending = map("pending_deletes");
+    if !pending.is_empty() {
+        println!("LINKS BEING DELETED ({})", pending.len());
+        for (name, p) in &pending {
+            println!("  {name}  endpoint {}", short(&s(&p["endpoint_id"])));
+        }
+    }
     let parents = map("parents");
     println!("PARENTS MADE BY RUSTVLAN ({})", parents.len());
     for (name, p) in &parents {
