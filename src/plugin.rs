@@ -66,7 +66,7 @@ impl<K: Kernel> Plugin<K> {
             let mut state = self.state();
             let (answer, changes) = plan(&state)?;
             let ticket = self.store.write(&changes).map_err(|e| Error::store(&e))?;
-            state.apply_all(&changes);
+            state.apply_all(changes);
             (answer, ticket)
         };
         self.store.sync(ticket).await.map_err(|e| Error::store(&e))?;

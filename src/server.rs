@@ -33,20 +33,18 @@ const DRAIN: Duration = Duration::from_millis(500);
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     let store = Arc::new(Store::open(&config.state_dir)?);
-    let (state, records) = store.load(&config.pool_defaults)?;
-    let addresses: usize = records.addresses.values().map(|a| a.len()).sum();
+    let (state, loaded) = store.load(&config.pool_defaults)?;
     tracing::info!(
         state_dir = %config.state_dir.display(),
-        networks = records.networks.len(),
-        endpoints = records.endpoints.len(),
-        pools = records.pools.len(),
-        addresses,
-        parents_made = records.parents.len(),
+        networks = loaded.networks,
+        endpoints = loaded.endpoints,
+        pools = loaded.pools,
+        addresses = loaded.addresses,
+        parents_made = loaded.parents_made,
         "state loaded"
     );
     let kernel = NetlinkKernel::connect()?;
-    let plugin = Arc::new(Plugin::new(state, Arc::clone(&store), kernel, records.link_group));
-    drop(records);
+    let plugin = Arc::new(Plugin::new(state, Arc::clone(&store), kernel, loaded.link_group));
     if let Err(e) = plugin.reconcile().await {
         // Serving without a reconcile is better than not serving: dockerd's calls still
         // work, and the next start retries.
@@ -111,20 +109,19 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 }
 
 /// Sweeps unused addresses: once now (marking, or with a zero grace releasing), then
-/// every grace period.
+/// every grace period. Only a zero grace (release at once) waits for the first sweep
+/// before serving; a marking sweep runs beside the first requests, as later ones do.
 async fn spawn_sweeper(plugin: Arc<Plugin<NetlinkKernel>>, grace: Duration) {
-    let now = grace.is_zero();
-    if let Err(e) = plugin.sweep(now).await {
-        tracing::warn!("sweep of unused addresses failed: {e}");
-    }
-    if now {
+    if grace.is_zero() {
+        if let Err(e) = plugin.sweep(true).await {
+            tracing::warn!("sweep of unused addresses failed: {e}");
+        }
         return;
     }
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(grace);
-        ticks.tick().await; // the first tick is immediate: the start-up sweep above
         loop {
-            ticks.tick().await;
+            ticks.tick().await; // the first tick is immediate
             if let Err(e) = plugin.sweep(false).await {
                 tracing::warn!("sweep of unused addresses failed: {e}");
             }

@@ -48,43 +48,49 @@ impl State {
     }
 
     pub fn apply(&mut self, change: &Change) {
+        self.apply_owned(change.clone());
+    }
+
+    /// As [`State::apply`], moving the records in instead of copying them.
+    pub fn apply_owned(&mut self, change: Change) {
         match change {
             Change::PutNetwork(n) => {
-                self.networks.insert(n.id.clone(), n.clone());
+                self.networks.insert(n.id.clone(), n);
             }
             Change::DelNetwork(id) => {
-                self.networks.remove(id);
+                self.networks.remove(&id);
             }
             Change::PutEndpoint(e) => {
-                if let Some(old) = self.endpoints.insert(e.id.clone(), e.clone()) {
+                let (id, link_name) = (e.id.clone(), e.link_name.clone());
+                if let Some(old) = self.endpoints.insert(id.clone(), e) {
                     self.link_names.remove(&old.link_name);
                 }
-                self.link_names.insert(e.link_name.clone(), e.id.clone());
+                self.link_names.insert(link_name, id);
             }
             Change::DelEndpoint(id) => {
-                if let Some(old) = self.endpoints.remove(id) {
+                if let Some(old) = self.endpoints.remove(&id) {
                     self.link_names.remove(&old.link_name);
                 }
             }
             Change::PutParent(p) => {
-                self.parents.insert(p.name.clone(), p.clone());
+                self.parents.insert(p.name.clone(), p);
             }
             Change::DelParent(name) => {
-                self.parents.remove(name);
+                self.parents.remove(&name);
             }
             Change::PutPending(p) => {
-                self.pending.insert(p.link_name.clone(), p.clone());
+                self.pending.insert(p.link_name.clone(), p);
             }
             Change::DelPending(name) => {
-                self.pending.remove(name);
+                self.pending.remove(&name);
             }
-            Change::Ipam(c) => self.ipam.apply(c),
+            Change::Ipam(c) => self.ipam.apply(&c),
         }
     }
 
-    pub fn apply_all(&mut self, changes: &[Change]) {
+    pub fn apply_all(&mut self, changes: Vec<Change>) {
         for c in changes {
-            self.apply(c);
+            self.apply_owned(c);
         }
     }
 

@@ -219,10 +219,10 @@ fn a_hundred_thousand_generated_bodies() {
             v4_range: "10.123.0.0/16".parse().unwrap(),
             v4_prefix: 24,
         };
-        let (state, records) = store.load(&defaults).unwrap();
+        let (state, loaded) = store.load(&defaults).unwrap();
         let kernel = FakeKernel::new();
         kernel.add_nic("eth0", 1500);
-        let plugin = Arc::new(Plugin::new(state, store, kernel, records.link_group));
+        let plugin = Arc::new(Plugin::new(state, store, kernel, loaded.link_group));
         (rustvlan::api::router(Arc::clone(&plugin)), plugin)
     });
     let templates = templates();

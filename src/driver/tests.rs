@@ -58,8 +58,8 @@ fn open(dir: &TempDir, kernel: FakeKernel) -> Plugin<FakeKernel> {
             Err(e) => panic!("{e:#}"),
         }
     };
-    let (state, records) = store.load(&defaults()).unwrap();
-    Plugin::new(state, store, kernel, records.link_group)
+    let (state, loaded) = store.load(&defaults()).unwrap();
+    Plugin::new(state, store, kernel, loaded.link_group)
 }
 
 fn kernel() -> FakeKernel {
