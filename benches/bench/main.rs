@@ -183,6 +183,12 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    // `cargo test --all-targets` runs this binary too, without `--bench`: a benchmark
+    // run there would take minutes and overwrite the committed report.
+    if !flag("--bench") {
+        eprintln!("[bench] not run: benchmarks run with `cargo bench` (scripts/bench.sh)");
+        return;
+    }
     let smoke = flag("--smoke");
     let out =
         PathBuf::from(value("--out").unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/bench").to_string()));
