@@ -75,6 +75,15 @@ expected=$(grep -c '^#\[test\]' tests/vm.rs)
 ran=$(sort -u "$RUSTVLAN_VM_MARKER" 2>/dev/null | wc -l)
 ((ran == expected)) || { say "the VM suite reported $ran of $expected tests as run"; exit 1; }
 say "VM suite ran all $ran tests: $(paste -sd' ' "$RUSTVLAN_VM_MARKER")"
+# The rig must be able to fail: the VLAN test again, with the far end on VLAN 11.
+say "real-kernel rig, deliberately broken: the VLAN test with the far end on a wrong VLAN id"
+if RUSTVLAN_VM_SABOTAGE=wrong-vlan-id CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/vm-test.sh --" \
+    cargo test -q --test vm vlan_parents_tag_frames_and_come_and_go_with_their_networks >"$RUSTVLAN_VM_MARKER.broken" 2>&1; then
+    cat "$RUSTVLAN_VM_MARKER.broken"
+    say "the VM suite passed with a wrong VLAN id at the far end: it cannot catch a broken case"
+    exit 1
+fi
+say "the broken case failed the VM suite, as it must: $(grep -m1 -o 'VLAN 10 to VLAN 10' "$RUSTVLAN_VM_MARKER.broken" || echo 'see target/rustvlan-vm-ran.broken')"
 
 # The benchmarks are not pass/fail tests, but a short run keeps scripts/bench.sh working.
 say "benchmark smoke run (scripts/bench.sh --smoke)"
