@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::docker::{DockerdControl, Scene, docker, docker_ok, host_links, ipv4_of, pings, require_dockerd};
-use common::{Server, TempDir, mark_ran, report, run};
+use common::{Server, TempDir, container_allocations, mark_ran, report, run};
 use serde_json::{Value, json};
 
 const SOCKET: &str = "/run/docker/plugins/rustvlan.sock";
@@ -68,13 +68,7 @@ fn audit(plugin: &Server, network: &str, links_before: &BTreeSet<String>, scene:
     let running = inspect[0]["Containers"].as_object().map_or(0, |c| c.len());
     let state = plugin.state();
     let endpoints = state["endpoints"].as_object().unwrap().len();
-    let allocations = state["pools"]
-        .as_object()
-        .unwrap()
-        .values()
-        .flat_map(|p| p["addresses"].as_object().unwrap().values())
-        .filter(|kind| *kind != "gateway")
-        .count();
+    let allocations = container_allocations(&state);
     let expected: BTreeSet<String> = links_before
         .iter()
         .cloned()

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use common::docker::{Scene, docker, docker_ok, host_links, require_dockerd};
-use common::{Server, TempDir, mark_ran, report};
+use common::{Server, TempDir, container_allocations, mark_ran, report};
 use serde_json::{Value, json};
 
 const CONTAINERS: usize = 200;
@@ -121,13 +121,7 @@ fn two_hundred_containers_twenty_at_a_time() {
         .collect();
     let links_left = host_links().difference(&expected_links).count();
     let state = plugin.state();
-    let allocations_left = state["pools"]
-        .as_object()
-        .unwrap()
-        .values()
-        .flat_map(|p| p["addresses"].as_object().unwrap().values())
-        .filter(|kind| *kind != "gateway")
-        .count();
+    let allocations_left = container_allocations(&state);
     let endpoints_left = state["endpoints"].as_object().unwrap().len();
     report(&format!(
         "load: containers={CONTAINERS} parallel={PARALLEL} failures={} duplicate_addresses={duplicate_addresses} \

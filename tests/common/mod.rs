@@ -106,6 +106,18 @@ pub fn check(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Addresses a `rustvlan state --json` dump holds for containers: every allocation
+/// but the networks' gateways.
+pub fn container_allocations(state: &Value) -> usize {
+    state["pools"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p["addresses"].as_object().unwrap().values())
+        .filter(|kind| *kind != "gateway")
+        .count()
+}
+
 /// A network namespace, deleted (with its links) on drop.
 pub struct Netns {
     pub name: String,
