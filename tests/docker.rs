@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Mutex;
 
-use common::docker::{Scene, docker_ok, host_links, ipv4_of, mac_of, pings, require_dockerd};
+use common::docker::{Scene, docker_ok, host_links, ipv4_of, mac_of, pings, remove_network, require_dockerd};
 use common::{Server, TempDir, mark_ran};
 use serde_json::json;
 
@@ -78,7 +78,7 @@ fn containers_get_addresses_and_ping_over_macvlan() {
     );
     assert_eq!(plugin.state()["endpoints"], json!({}));
 
-    docker_ok(&["network", "rm", "rvnet-a"]);
+    remove_network("rvnet-a");
     scene.networks.clear();
     let state = plugin.state();
     for key in ["networks", "endpoints", "pools", "parents"] {
@@ -121,7 +121,7 @@ fn running_containers_survive_a_plugin_restart() {
         .chain([scene.veth.clone(), format!("{}p", scene.veth)])
         .collect();
     assert_eq!(host_links(), expected, "removal after the restart leaves no link");
-    docker_ok(&["network", "rm", "rvnet-b"]);
+    remove_network("rvnet-b");
     scene.networks.clear();
     let state = plugin.state();
     for key in ["networks", "endpoints", "pools"] {

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::docker::{DockerdControl, Scene, docker, docker_ok, host_links, ipv4_of, pings, require_dockerd};
+use common::docker::{
+    DockerdControl, Scene, docker, docker_ok, host_links, ipv4_of, pings, remove_network, require_dockerd,
+};
 use common::{Server, TempDir, container_allocations, mark_ran, report, run};
 use serde_json::{Value, json};
 
@@ -100,7 +102,7 @@ fn fresh_container(scene: &Scene, name: &str, net: &str, held: &[String]) -> (St
 
 fn finish(scene: &mut Scene, plugin: &Server, network: &str) -> bool {
     scene.rm_containers();
-    docker_ok(&["network", "rm", network]);
+    remove_network(network);
     scene.networks.clear();
     let state = plugin.state();
     ["networks", "endpoints", "pools"]

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use common::docker::{Scene, docker, docker_ok, host_links, require_dockerd};
+use common::docker::{Scene, docker, docker_ok, host_links, remove_network, require_dockerd};
 use common::{Server, TempDir, container_allocations, mark_ran, report};
 use serde_json::{Value, json};
 
@@ -146,7 +146,7 @@ fn two_hundred_containers_twenty_at_a_time() {
     );
     assert_eq!(allocations_left, 0);
     assert_eq!(endpoints_left, 0);
-    docker_ok(&["network", "rm", "rvnet-load"]);
+    remove_network("rvnet-load");
     scene.networks.clear();
     assert_eq!(plugin.state()["pools"], json!({}));
     mark_ran("RUSTVLAN_E2E_MARKER", "two_hundred_containers_twenty_at_a_time");

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::docker::{Scene, docker, docker_ok, host_links, ipv4_of, pings, require_dockerd};
+use common::docker::{Scene, docker, docker_ok, host_links, ipv4_of, pings, remove_network, require_dockerd};
 use common::{BIN, check, mark_ran, report, settle};
 use serde_json::{Value, json};
 
@@ -154,7 +154,7 @@ fn created_plugin_serves_both_names_and_disables_at_once() {
     scene.rm_containers();
     short.rm_containers();
     for n in ["rvnet-tagged", "rvnet-short"] {
-        docker_ok(&["network", "rm", n]);
+        remove_network(n);
     }
     scene.networks.clear();
     short.networks.clear();
@@ -251,7 +251,7 @@ fn dockerfile_builds_a_plugin_rootfs() {
     let c = scene.run("rv-e2e-f1", "rvnet-df", &[]);
     assert!(ipv4_of(&c).starts_with("10.96.0."));
     scene.rm_containers();
-    docker_ok(&["network", "rm", "rvnet-df"]);
+    remove_network("rvnet-df");
     scene.networks.clear();
     drop(plugin);
     mark_ran("RUSTVLAN_E2E_MARKER", "dockerfile_builds_a_plugin_rootfs");
@@ -373,7 +373,7 @@ fn registry_install_and_upgrade_keep_networks_endpoints_and_addresses() {
     short.rm_containers();
     tagged.rm_containers();
     for n in ["rvnet-reg", "rvnet-reg-tagged"] {
-        docker_ok(&["network", "rm", n]);
+        remove_network(n);
     }
     short.networks.clear();
     tagged.networks.clear();

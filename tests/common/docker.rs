@@ -22,6 +22,26 @@ pub fn docker_ok(args: &[&str]) -> String {
     check(Command::new(DOCKER).args(args)).trim().to_string()
 }
 
+/// `docker network rm`, which must succeed. dockerd counts a network's endpoints down
+/// only after it has sent the plugin DeleteEndpoint and ReleaseAddress, and `docker rm -f`
+/// can return before that bookkeeping is done: "has active endpoints" is retried for a
+/// few seconds, any other error fails at once.
+pub fn remove_network(name: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = docker(&["network", "rm", name]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            stderr.contains("has active endpoints") && std::time::Instant::now() < deadline,
+            "docker network rm {name}: {stderr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// dockerd must answer; outside CI a missing one skips with the reason, in CI it fails.
 pub fn require_dockerd() -> bool {
     if !require_root() {
