@@ -10,7 +10,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use common::docker::{Scene, docker, docker_ok, host_links, remove_network, require_dockerd};
+use common::docker::{
+    ACTIVE_ENDPOINTS, DockerdControl, Scene, docker, docker_ok, host_links, remove_network, require_dockerd,
+    try_remove_network,
+};
 use common::{Server, TempDir, container_allocations, mark_ran, report};
 use serde_json::{Value, json};
 
@@ -146,8 +149,48 @@ fn two_hundred_containers_twenty_at_a_time() {
     );
     assert_eq!(allocations_left, 0);
     assert_eq!(endpoints_left, 0);
-    remove_network("rvnet-load");
+    let count_drift = remove_network_past_dockerd_count_drift("rvnet-load", &plugin);
+    report(&format!(
+        "load: docker network rm after the parallel removal: dockerd_endpoint_count_drift={count_drift}{}",
+        if count_drift > 0 {
+            " (no container attached and no endpoint in rustvlan, dockerd still counted one: \
+             a dockerd restart repaired its count, as it logged, and the network went)"
+        } else {
+            ""
+        }
+    ));
     scene.networks.clear();
     assert_eq!(plugin.state()["pools"], json!({}));
     mark_ran("RUSTVLAN_E2E_MARKER", "two_hundred_containers_twenty_at_a_time");
+}
+
+/// Removes the network; returns 1 when dockerd's own endpoint count had drifted.
+///
+/// dockerd 20.10 now and then keeps counting one endpoint on a network after 20
+/// parallel `docker rm -f`, with no container attached, no endpoint left in its store and
+/// every DeleteEndpoint and ReleaseAddress answered. The count lives in dockerd's store,
+/// out of any plugin's reach, and only dockerd's start-up repairs it ("Fixing
+/// inconsistent endpoint_cnt"). When that happens, this checks that the refusal is
+/// dockerd's alone, restarts dockerd, and requires the repair and the removal.
+fn remove_network_past_dockerd_count_drift(name: &str, plugin: &Server) -> usize {
+    let error = match try_remove_network(name) {
+        Ok(()) => return 0,
+        Err(error) => error,
+    };
+    assert!(error.contains(ACTIVE_ENDPOINTS), "{error}");
+    let attached = docker_ok(&["network", "inspect", "--format", "{{len .Containers}}", name]);
+    assert_eq!(attached, "0", "{error}");
+    assert_eq!(plugin.state()["endpoints"], json!({}), "{error}");
+    let dockerd = DockerdControl::from_env().unwrap_or_else(|| panic!("{error}, and no dockerd to restart"));
+    let log_before = dockerd.log().len();
+    dockerd.stop("TERM");
+    dockerd.start("");
+    let repair = format!("Fixing inconsistent endpoint_cnt for network {name}.");
+    let log = dockerd.log();
+    assert!(
+        log[log_before..].contains(&repair),
+        "{error}; after a restart dockerd did not log {repair:?}"
+    );
+    remove_network(name);
+    1
 }

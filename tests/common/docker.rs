@@ -22,25 +22,38 @@ pub fn docker_ok(args: &[&str]) -> String {
     check(Command::new(DOCKER).args(args)).trim().to_string()
 }
 
-/// `docker network rm`, which must succeed. dockerd counts a network's endpoints down
-/// only after it has sent the plugin DeleteEndpoint and ReleaseAddress, and `docker rm -f`
-/// can return before that bookkeeping is done: "has active endpoints" is retried for a
-/// few seconds, any other error fails at once.
+/// `docker network rm`, which must succeed (see `try_remove_network`).
 pub fn remove_network(name: &str) {
+    if let Err(error) = try_remove_network(name) {
+        panic!("{error}");
+    }
+}
+
+/// `docker network rm`. dockerd counts a network's endpoints down only after it has
+/// sent the plugin DeleteEndpoint and ReleaseAddress, and `docker rm -f` can return
+/// before that bookkeeping is done: "has active endpoints" is retried for a few seconds,
+/// any other error fails at once. The error names what dockerd still shows attached.
+pub fn try_remove_network(name: &str) -> Result<(), String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let out = docker(&["network", "rm", name]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.success() {
-            return;
+            return Ok(());
         }
-        assert!(
-            stderr.contains("has active endpoints") && std::time::Instant::now() < deadline,
-            "docker network rm {name}: {stderr}"
-        );
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if !stderr.contains(ACTIVE_ENDPOINTS) || std::time::Instant::now() >= deadline {
+            let attached = docker(&["network", "inspect", "--format", "{{json .Containers}}", name]);
+            return Err(format!(
+                "docker network rm {name}: {stderr}; containers dockerd shows attached: {}",
+                String::from_utf8_lossy(&attached.stdout).trim()
+            ));
+        }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// dockerd's refusal to remove a network it still counts endpoints on.
+pub const ACTIVE_ENDPOINTS: &str = "has active endpoints";
 
 /// dockerd must answer; outside CI a missing one skips with the reason, in CI it fails.
 pub fn require_dockerd() -> bool {
