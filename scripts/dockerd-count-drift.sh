@@ -23,7 +23,7 @@ work=$(mktemp -d /tmp/rvdrift.XXXXXX)
 plugin_pid=
 cleanup() {
     set +e
-    [[ -n $plugin_pid ]] && kill -TERM "$plugin_pid" && wait "$plugin_pid" 2>/dev/null
+    [[ -n $plugin_pid ]] && kill -TERM "$plugin_pid" 2>/dev/null && wait "$plugin_pid" 2>/dev/null
     ip link del rvdrift0 2>/dev/null
     rv_dockerd_stop "$work/docker"
     rm -rf "$work"
@@ -34,6 +34,8 @@ rv_test_image rvbb:latest
 target/release/rustvlan serve --state-dir "$work/state" >"$work/rustvlan.log" 2>&1 &
 plugin_pid=$!
 for _ in $(seq 100); do grep -q listening "$work/rustvlan.log" && break; sleep 0.05; done
+# Another rustvlan on the socket would be measured instead, or nothing would answer.
+grep -q listening "$work/rustvlan.log" || { cat "$work/rustvlan.log" >&2; say "rustvlan did not start"; exit 1; }
 
 # One run: 200 containers started and removed 20 at a time; prints 1 if the count drifted.
 run_once() {

@@ -29,10 +29,10 @@ pub fn remove_network(name: &str) {
     }
 }
 
-/// `docker network rm`. dockerd counts a network's endpoints down only after it has
-/// sent the plugin DeleteEndpoint and ReleaseAddress, and `docker rm -f` can return
-/// before that bookkeeping is done: "has active endpoints" is retried for a few seconds,
-/// any other error fails at once. The error names what dockerd still shows attached.
+/// `docker network rm`. "has active endpoints" is retried for a few seconds, in case
+/// dockerd's endpoint count lags the containers just removed; any other error fails at
+/// once. A count that stays up with nothing attached is dockerd's own drift (see
+/// tests/load.rs). The error names what dockerd still shows attached.
 pub fn try_remove_network(name: &str) -> Result<(), String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
