@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every rustvlan test on a fresh Debian machine, as root: formatting, lints, unit
-# tests, integration tests against the real kernel (in namespaces the tests make), and
-# the end-to-end suite against a private dockerd this script starts and stops.
+# tests, integration tests against the real kernel (in namespaces the tests make), the
+# Docker end-to-end suites against private dockerds of two engines (Debian 12's 20.10 and
+# Debian sid's 28) that this script starts and stops, the VM rig and a benchmark smoke run.
 # It installs what it needs with apt-get and cleans up after itself.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -13,10 +14,17 @@ say() { printf '[test.sh] %s\n' "$*" >&2; }
 
 rv_need_pkgs iproute2 docker.io busybox-static curl docker-registry
 
+# The Docker engines the end-to-end suites run against: Debian 12's dockerd 20.10 and
+# Debian sid's dockerd 28 (RUSTVLAN_DOCKERD=20.10 or =28 runs one alone). The first runs
+# every test; each further one runs the Docker suites again.
+read -ra engines <<<"${RUSTVLAN_DOCKERD:-20.10 28}"
+((${#engines[@]})) || { say "RUSTVLAN_DOCKERD names no engine"; exit 1; }
+
 work=$(mktemp -d /tmp/rvtest.XXXXXX)
 # Figures the suites report; in the work tree, which the VM rig's guest shares.
 export RUSTVLAN_REPORT=$PWD/target/rustvlan-report.txt
 mkdir -p target && rm -f "$RUSTVLAN_REPORT"
+made_docker0=false
 cleanup() {
     local rc=$?
     set +e
@@ -24,13 +32,23 @@ cleanup() {
         say "figures reported by the suites:"
         sed 's/^/    /' "$RUSTVLAN_REPORT" >&2
     fi
-    rv_dockerd_stop "$work/docker"
+    for d in "$work"/docker-*; do [[ -d $d ]] && rv_dockerd_stop "$d"; done
     rv_registry_stop "$work/registry"
+    $made_docker0 && ip link del docker0
     rm -rf "$work"
     if ((rc == 0)); then say PASS; else say "FAIL (rc=$rc)"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# The host's docker0 belongs to the host's Docker: no private dockerd of ours may touch
+# it (`--bridge=none` deletes it). When there is none, one is made here with a test
+# address, and the end of the run requires it unchanged either way.
+if ! ip link show docker0 >/dev/null 2>&1; then
+    ip link add docker0 type bridge && ip addr add 192.0.2.1/24 dev docker0 && made_docker0=true
+fi
+docker0_before=$(ip -o addr show dev docker0 | awk '{print $3, $4}' | sort)
+say "docker0 before the suites: ${docker0_before//$'\n'/, }"
 
 say "cargo fmt --check"
 cargo fmt --check
@@ -39,12 +57,7 @@ cargo clippy --all-targets -- -D warnings
 # tests/vm.rs is not a default test target (it runs in the VM): lint it by name.
 cargo clippy --test vm -- -D warnings
 
-rv_dockerd_start "$work/docker"
-# tests/dockerd_restart.rs restarts this dockerd (SIGTERM, SIGKILL, --live-restore).
-export RUSTVLAN_DOCKERD_DIR=$work/docker
 export RUSTVLAN_TEST_IMAGE=rvbb:latest
-rv_test_image "$RUSTVLAN_TEST_IMAGE"
-
 # The managed plugin (tests/plugin.rs): its directory and a registry to publish it to.
 export RUSTVLAN_PLUGIN_DIR=$PWD/target/plugin/rustvlan
 scripts/build-plugin.sh "$RUSTVLAN_PLUGIN_DIR"
@@ -54,16 +67,36 @@ export RUSTVLAN_REGISTRY=127.0.0.1:5000
 # RUSTVLAN_CI turns every "skipped: cannot run here" into a failure: this script made
 # sure root, namespaces and dockerd are there, so a skip would hide a broken test.
 export RUSTVLAN_CI=1
-export RUSTVLAN_E2E_MARKER=$work/e2e-ran
-say "cargo test"
-cargo test --all-targets --no-fail-fast -- --test-threads "${RUSTVLAN_TEST_THREADS:-4}"
+# The Docker suites are the test files that mark each test that really ran against dockerd.
+mapfile -t e2e_files < <(grep -l 'RUSTVLAN_E2E_MARKER' tests/*.rs)
+expected=$(cat "${e2e_files[@]}" | grep -c '^#\[test\]')
+e2e_targets=()
+for f in "${e2e_files[@]}"; do e2e_targets+=(--test "$(basename "$f" .rs)"); done
 
-# The Docker suites mark each test that really ran against dockerd.
-# Every #[test] of the files using this marker marks itself when it ran.
-expected=$(grep -l 'RUSTVLAN_E2E_MARKER' tests/*.rs | xargs cat | grep -c '^#\[test\]')
-ran=$(sort -u "$RUSTVLAN_E2E_MARKER" 2>/dev/null | wc -l)
-((ran == expected)) || { say "the Docker end-to-end suites reported $ran of $expected tests as run"; exit 1; }
-say "Docker end-to-end suites ran all $ran tests: $(paste -sd' ' "$RUSTVLAN_E2E_MARKER")"
+first=true
+for engine in "${engines[@]}"; do
+    rv_engine "$engine"
+    dir=$work/docker-$RV_ENGINE
+    rv_dockerd_start "$dir"
+    # tests/dockerd_restart.rs restarts this dockerd (SIGTERM, SIGKILL, --live-restore).
+    export RUSTVLAN_DOCKERD_DIR=$dir RUSTVLAN_DOCKER=$RV_DOCKER
+    rv_test_image "$RUSTVLAN_TEST_IMAGE"
+    version=$("$RV_DOCKER" version --format '{{.Server.Version}}')
+    export RUSTVLAN_E2E_MARKER=$work/e2e-ran-$RV_ENGINE
+    echo "== on dockerd $version (engine $RV_ENGINE)" >>"$RUSTVLAN_REPORT"
+    if $first; then
+        say "cargo test, every suite, the Docker ones on dockerd $version"
+        cargo test --all-targets --no-fail-fast -- --test-threads "${RUSTVLAN_TEST_THREADS:-4}"
+    else
+        say "cargo test, the Docker suites (${e2e_files[*]}) on dockerd $version"
+        cargo test --no-fail-fast "${e2e_targets[@]}" -- --test-threads "${RUSTVLAN_TEST_THREADS:-4}"
+    fi
+    first=false
+    ran=$(sort -u "$RUSTVLAN_E2E_MARKER" 2>/dev/null | wc -l)
+    ((ran == expected)) || { say "on dockerd $version the Docker end-to-end suites reported $ran of $expected tests as run"; exit 1; }
+    say "on dockerd $version the Docker end-to-end suites ran all $ran tests: $(sort -u "$RUSTVLAN_E2E_MARKER" | paste -sd' ')"
+    rv_dockerd_stop "$dir"
+done
 
 # ipvlan, 802.1Q and dummy: inside a VM booting a stock Debian kernel. The marker lives
 # in the work tree, which the guest shares; the guest's /tmp is its own.
@@ -88,3 +121,10 @@ say "the broken case failed the VM suite, as it must: $(grep -m1 -o 'VLAN 10 to 
 # The benchmarks are not pass/fail tests, but a short run keeps scripts/bench.sh working.
 say "benchmark smoke run (scripts/bench.sh --smoke)"
 scripts/bench.sh --smoke
+
+docker0_after=$(ip -o addr show dev docker0 2>/dev/null | awk '{print $3, $4}' | sort)
+[[ $docker0_after == "$docker0_before" ]] || {
+    say "the host's docker0 did not survive the suites: before '${docker0_before//$'\n'/, }', after '${docker0_after//$'\n'/, }'"
+    exit 1
+}
+say "the host's docker0 survived every suite: ${docker0_after//$'\n'/, }"

@@ -12,6 +12,7 @@ pub mod driver;
 pub mod error;
 pub mod ipam;
 pub mod kernel;
+pub mod keys;
 pub mod model;
 pub mod plugin;
 pub mod server;

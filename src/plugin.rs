@@ -13,8 +13,12 @@ use crate::api::wire::{
 use crate::error::{Error, Result};
 use crate::ipam::{GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, PoolRequest, parse_address, pool_id};
 use crate::kernel::Kernel;
+use crate::keys::check_option_keys;
 use crate::state::{Change, State};
 use crate::store::Store;
+
+/// Bare `--ipam-opt` keys rustvlan's IPAM understands: none yet.
+const IPAM_KEYS: &[&str] = &[];
 
 pub struct Plugin<K> {
     state: Mutex<State>,
@@ -138,6 +142,9 @@ impl<K: Kernel> Plugin<K> {
     }
 
     pub async fn request_pool(&self, req: RequestPoolRequest) -> Result<RequestPoolResponse> {
+        if let Some(options) = &req.options {
+            check_option_keys("IPAM option", options.keys().map(String::as_str), IPAM_KEYS)?;
+        }
         let request = PoolRequest {
             address_space: req.address_space,
             pool: req.pool.unwrap_or_default(),

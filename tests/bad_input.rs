@@ -102,7 +102,26 @@ fn cases() -> Vec<Case> {
             "/NetworkDriver.CreateNetwork",
             "",
             400,
-            "NetworkDriver.CreateNetwork needs a JSON object in the request body, got nothing",
+            "NetworkDriver.CreateNetwork came with an empty body, without its arguments (NetworkID, Options, \
+             IPv4Data, IPv6Data); dockerd sends that when it retries a call whose connection broke. Nothing was \
+             changed: run the docker command again",
+        ),
+        // dockerd 28 retries a call whose connection broke with an empty body.
+        raw(
+            "/IpamDriver.RequestAddress",
+            "",
+            400,
+            "IpamDriver.RequestAddress came with an empty body, without its arguments (PoolID, Address, Options); \
+             dockerd sends that when it retries a call whose connection broke. Nothing was changed: run the docker \
+             command again",
+        ),
+        raw(
+            "/NetworkDriver.CreateEndpoint",
+            "",
+            400,
+            "NetworkDriver.CreateEndpoint came with an empty body, without its arguments (NetworkID, EndpointID, \
+             Interface, Options); dockerd sends that when it retries a call whose connection broke. Nothing was \
+             changed: run the docker command again",
         ),
         Case {
             path: "/IpamDriver.RequestPool",
@@ -174,7 +193,23 @@ fn cases() -> Vec<Case> {
                 "10.80.0.1/24",
             ),
             400,
-            "unknown option color; valid options: parent, vlan, kind, mode, macvlan_mode, ipvlan_mode, ipvlan_flag, mtu, com.docker.network.driver.mtu",
+            "unknown option color; valid options: parent, vlan, kind, mode, macvlan_mode, ipvlan_mode, ipvlan_flag, \
+             mtu, com.docker.network.driver.mtu (namespaced keys such as com.example.key are accepted and ignored)",
+        ),
+        case(
+            "/IpamDriver.RequestPool",
+            json!({"AddressSpace": "rustvlan-local", "Pool": "10.81.0.0/24", "Options": {"ipamfoo": "bar"}}),
+            400,
+            "unknown IPAM option ipamfoo; valid IPAM options: none (namespaced keys such as com.example.key are \
+             accepted and ignored)",
+        ),
+        case(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": N1, "EndpointID": E2, "Interface": {"Address": "10.70.0.3/24"},
+                   "Options": {"colour": "blue"}}),
+            400,
+            "unknown endpoint option colour; valid endpoint options: none (namespaced keys such as com.example.key \
+             are accepted and ignored)",
         ),
         case(
             "/NetworkDriver.CreateNetwork",

@@ -37,6 +37,10 @@ fn templates() -> Vec<(&'static str, Value)> {
             json!({"NetworkID": net, "IPv4Data": [{"AddressSpace": "rustvlan-local", "Pool": "10.20.0.0/24", "Gateway": "10.20.0.1/24", "AuxAddresses": {"a": "10.20.0.5/24"}}],
                    "IPv6Data": [], "Options": {"com.docker.network.generic": {"parent": "eth0", "macvlan_mode": "bridge"}, "com.docker.network.enable_ipv6": false}}),
         ),
+        (
+            "/NetworkDriver.GwAllocCheck",
+            json!({"Options": {"com.docker.network.generic": {"parent": "eth0"}, "com.docker.network.internal": true}}),
+        ),
         ("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net})),
         (
             "/NetworkDriver.CreateEndpoint",

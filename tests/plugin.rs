@@ -205,7 +205,7 @@ fn dockerfile_builds_a_plugin_rootfs() {
     let built = common::TempDir::new();
     let rootfs = built.path().join("rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
-    let mut export = Command::new("/usr/bin/docker")
+    let mut export = Command::new(common::docker::docker_cli())
         .args(["export", &container])
         .stdout(std::process::Stdio::piped())
         .spawn()

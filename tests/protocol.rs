@@ -35,7 +35,10 @@ fn network_create_run_and_rm_as_dockerd_sends_them() {
     );
     assert_eq!(
         s.post_raw("/NetworkDriver.GetCapabilities", ""),
-        (200, json!({"Scope": "local", "ConnectivityScope": "global"}))
+        (
+            200,
+            json!({"Scope": "local", "ConnectivityScope": "global", "GwAllocChecker": true})
+        )
     );
     assert_eq!(
         s.post_raw("/IpamDriver.GetCapabilities", ""),
@@ -53,10 +56,10 @@ fn network_create_run_and_rm_as_dockerd_sends_them() {
     );
 
     // docker network create --subnet 10.77.1.0/24 --gateway 10.77.1.1 --ip-range 10.77.1.128/25
-    //   --aux-address host1=10.77.1.5 --ipam-opt ipamfoo=ipambar --ipv6 --subnet fd00:77::/64 -o parent=vp0 -o mode=bridge n2
+    //   --aux-address host1=10.77.1.5 --ipam-opt com.example.ipamfoo=ipambar --ipv6 --subnet fd00:77::/64 -o parent=vp0 -o mode=bridge n2
     let pool = s.ok(
         "/IpamDriver.RequestPool",
-        json!({"AddressSpace": "rustvlan-local", "Options": {"ipamfoo": "ipambar"}, "Pool": "10.77.1.0/24", "SubPool": "10.77.1.128/25", "V6": false}),
+        json!({"AddressSpace": "rustvlan-local", "Options": {"com.example.ipamfoo": "ipambar"}, "Pool": "10.77.1.0/24", "SubPool": "10.77.1.128/25", "V6": false}),
     );
     assert_eq!(
         pool,
@@ -246,7 +249,10 @@ fn network_create_run_and_rm_as_dockerd_sends_them() {
         state["pools"][pool_id]["sub_pool"], "10.77.1.128/25",
         "--ip-range is remembered per pool"
     );
-    assert_eq!(state["pools"][pool_id]["options"], json!({"ipamfoo": "ipambar"}));
+    assert_eq!(
+        state["pools"][pool_id]["options"],
+        json!({"com.example.ipamfoo": "ipambar"})
+    );
     assert_eq!(
         state["pools"][pool_id]["addresses"],
         json!({"10.77.1.1": "gateway", "10.77.1.5": "allocated"})

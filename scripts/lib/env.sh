@@ -4,21 +4,30 @@
 # returns non-zero with a reason on failure (it never exits the caller's shell).
 #
 #   rv_need_pkgs pkg...        install missing Debian packages
+#   rv_engine ENGINE           choose the Docker engine: 20.10 (Debian 12's docker.io) or
+#                              28 (Debian sid's, fetched into a cache); exports RV_ENGINE,
+#                              RV_DOCKERD, RV_DOCKER and RV_ENGINE_PATH
 #   rv_dockerd_start DIR       private dockerd under DIR, exports DOCKER_HOST
-#   rv_dockerd_stop DIR        stop it, its containerd/shims/containers, unmount DIR
+#   rv_dockerd_stop DIR        stop it, its containerd/shims/containers, its bridge, unmount DIR
 #   rv_test_image NAME         busybox-static image built with `docker import`
 #   rv_registry_start DIR      docker-registry on 127.0.0.1:5000, storage in DIR
 #   rv_registry_stop DIR
 #
-# Knobs: RV_STORAGE_DRIVER (overlay2; vfs also works, slower), RV_DOCKERD_TIMEOUT (60 s).
+# Knobs: RV_STORAGE_DRIVER (overlay2; vfs also works, slower), RV_DOCKERD_TIMEOUT (60 s),
+# RV_ENGINE_CACHE (/var/tmp/rustvlan-docker28: where Docker 28 is unpacked).
+# Every private dockerd gets a bridge of its own (rvb-<hash of DIR>) for its default
+# network: `--bridge=none` would make dockerd delete the host's docker0, any Docker's.
 # Host state we cannot avoid: legacy and managed plugin sockets live in the fixed
 # /run/docker/plugins, and containerd shims put their sockets in /run/containerd/s.
 # Without --ip-forward, `docker run` warns "IPv4 forwarding is disabled"; macvlan
 # traffic does not need it.
 #
 # /usr/local/bin/docker is a newer client that may shadow Debian's; always use ours.
+RV_ENGINE=${RV_ENGINE:-20.10}
 RV_DOCKER=${RV_DOCKER:-/usr/bin/docker}
 RV_DOCKERD=${RV_DOCKERD:-/usr/sbin/dockerd}
+# Directories searched first for containerd, runc, docker-init and docker-proxy.
+RV_ENGINE_PATH=${RV_ENGINE_PATH:-}
 RV_REGISTRY_ADDR=127.0.0.1:5000
 
 rv_log() { printf '[rv-env] %s\n' "$*" >&2; }
@@ -46,6 +55,86 @@ rv_need_pkgs() {
     "${apt[@]}" install "${missing[@]}" >&2 || rv_fail "apt-get install ${missing[*]} failed" || return 1
 }
 
+# Debian sid's Docker 28 and what it runs (containerd 2, runc 1.3, tini), unpacked into
+# RV_ENGINE_CACHE with a private apt configuration: the system's sources stay as they are.
+# sid's runc needs a newer glibc than Debian 12's, so it gets sid's libc6 beside it.
+RV_ENGINE28_PKGS=(docker.io docker-cli containerd runc tini libc6)
+rv__engine28_install() {
+    local cache=$1 apt work pkg
+    [[ -x $cache/bin/dockerd && -x $cache/bin/runc && -s $cache/versions ]] && return 0
+    rv_need_pkgs patchelf ca-certificates || return 1
+    rv_log "fetching Debian sid's ${RV_ENGINE28_PKGS[*]} into $cache"
+    work=$(mktemp -d /tmp/rvengine.XXXXXX) || return 1
+    mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/debs" "$work/root"
+    echo 'deb http://deb.debian.org/debian sid main' >"$work/sources.list"
+    apt=(apt-get -q -o "Dir::Etc::sourcelist=$work/sources.list" -o Dir::Etc::sourceparts=/nonexistent
+        -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache" -o Dir::State::status=/dev/null
+        -o APT::Architecture=amd64 -o Debug::NoLocking=1 -o APT::Sandbox::User=root
+        -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
+        -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
+        -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
+        -o Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false)
+    if ! "${apt[@]}" update >"$work/apt.log" 2>&1 ||
+        ! (cd "$work/debs" && "${apt[@]}" download "${RV_ENGINE28_PKGS[@]}" >>"$work/apt.log" 2>&1); then
+        tail -n 20 "$work/apt.log" >&2
+        rm -rf "$work"
+        rv_fail "could not fetch Docker 28 from Debian sid (log above)"
+        return 1
+    fi
+    for pkg in "$work"/debs/*.deb; do dpkg-deb -x "$pkg" "$work/root" || { rm -rf "$work"; rv_fail "dpkg-deb -x $pkg"; return 1; }; done
+    rm -rf "$cache" && mkdir -p "$cache/bin" "$cache/lib"
+    local r=$work/root
+    cp -a "$r/usr/lib/x86_64-linux-gnu/." "$cache/lib/"
+    cp "$r/usr/sbin/dockerd" "$r/usr/sbin/docker-proxy" "$r/usr/bin/docker" "$r/usr/bin/containerd" \
+        "$r/usr/bin/containerd-shim-runc-v2" "$r/usr/sbin/runc" "$cache/bin/"
+    # docker-init is a link to tini-static, which Debian no longer ships; tini does the job.
+    cp "$r/usr/bin/tini" "$cache/bin/docker-init"
+    patchelf --set-interpreter "$cache/lib/ld-linux-x86-64.so.2" --set-rpath "$cache/lib" "$cache/bin/runc" ||
+        { rm -rf "$work"; rv_fail "patchelf of sid's runc failed"; return 1; }
+    (cd "$work/debs" && ls ./*.deb | sed 's|^\./||') >"$cache/versions"
+    rm -rf "$work"
+    local v
+    v=$("$cache/bin/runc" --version | head -n1) || { rv_fail "sid's runc does not run: $v"; return 1; }
+    rv_log "Docker 28 ready in $cache ($(tr '\n' ' ' <"$cache/versions"))"
+}
+
+rv_engine() {
+    local engine=${1:?usage: rv_engine 20.10|28}
+    case $engine in
+    20.10 | 20)
+        rv_need_pkgs docker.io || return 1
+        export RV_ENGINE=20.10 RV_DOCKER=/usr/bin/docker RV_DOCKERD=/usr/sbin/dockerd RV_ENGINE_PATH=
+        ;;
+    28)
+        local cache=${RV_ENGINE_CACHE:-/var/tmp/rustvlan-docker28}
+        rv__engine28_install "$cache" || return 1
+        export RV_ENGINE=28 RV_DOCKER=$cache/bin/docker RV_DOCKERD=$cache/bin/dockerd RV_ENGINE_PATH=$cache/bin
+        ;;
+    *) rv_fail "unknown engine '$engine': 20.10 or 28" || return 1 ;;
+    esac
+    rv_log "engine $RV_ENGINE: $("$RV_DOCKERD" --version)"
+}
+
+# The bridge a private dockerd uses for its default network, named after DIR, with an
+# address in 198.18.0.0/15 (benchmarking range) that no other link of the host has.
+rv__bridge_name() { echo "rvb-$(printf %s "$1" | md5sum | cut -c1-8)"; }
+rv__bridge_up() {
+    local br n i
+    br=$(rv__bridge_name "$1")
+    if ! ip link show "$br" >/dev/null 2>&1; then
+        ip link add "$br" type bridge || rv_fail "cannot make bridge $br" || return 1
+    fi
+    if [[ -z $(ip -4 -o addr show dev "$br") ]]; then
+        n=$((0x$(printf %s "$1" | md5sum | cut -c1-2)))
+        for ((i = 0; i < 256; i++, n = (n + 1) % 256)); do
+            ip -4 -o addr show | grep -q " 198\.18\.$n\." || break
+        done
+        ip addr add "198.18.$n.1/24" dev "$br" || rv_fail "cannot address bridge $br" || return 1
+    fi
+    ip link set "$br" up
+    echo "$br"
+}
+
 rv__pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 # One cgroup parent per DIR, so stopping one dockerd can remove it without racing another.
@@ -54,9 +143,9 @@ rv__cgroup() { echo "rustvlan-$(printf %s "$1" | md5sum | cut -c1-12)"; }
 rv__docker_ok() { timeout 10 "$RV_DOCKER" info >/dev/null 2>&1; }
 
 rv_dockerd_start() {
-    local dir=${1:?usage: rv_dockerd_start DIR} t0 deadline
+    local dir=${1:?usage: rv_dockerd_start DIR} t0 deadline bridge
     t0=$(rv__now)
-    rv_need_pkgs docker.io || return 1
+    [[ $RV_ENGINE == 20.10 ]] && { rv_need_pkgs docker.io || return 1; }
     mkdir -p "$dir" && dir=$(realpath "$dir") || rv_fail "cannot create $dir" || return 1
     # The longest socket is DIR/exec/containerd/containerd.sock.ttrpc and sun_path holds
     # 107 bytes; whitespace would break the mountinfo parsing in rv_dockerd_stop.
@@ -94,15 +183,16 @@ rv_dockerd_start() {
         # Relative: container cgroups nest under dockerd's own cgroup instead of /docker.
         --cgroup-parent "$(rv__cgroup "$dir")"
     )
-    # No docker0 unless asked for (RV_DOCKERD_BRIDGE=1, the benchmark's bridge comparison).
-    [[ ${RV_DOCKERD_BRIDGE:-} == 1 ]] || args+=(--bridge=none)
+    # A bridge of our own, never --bridge=none: that deletes the host's docker0.
+    bridge=$(rv__bridge_up "$dir") || return 1
+    args+=(--bridge "$bridge")
     # More flags for tests that restart dockerd differently (e.g. --live-restore).
     # shellcheck disable=SC2206
     args+=(${RV_DOCKERD_EXTRA_ARGS:-})
-    rv_log "starting dockerd in $dir (log $dir/dockerd.log)"
+    rv_log "starting dockerd $RV_ENGINE in $dir (log $dir/dockerd.log)"
     # No --containerd: dockerd supervises its own containerd under the exec-root, so the
     # host's /run/containerd/containerd.sock is neither needed nor touched.
-    setsid "$RV_DOCKERD" "${args[@]}" </dev/null >>"$dir/dockerd.log" 2>&1 &
+    PATH=${RV_ENGINE_PATH:+$RV_ENGINE_PATH:}$PATH setsid "$RV_DOCKERD" "${args[@]}" </dev/null >>"$dir/dockerd.log" 2>&1 &
     deadline=$((SECONDS + ${RV_DOCKERD_TIMEOUT:-60}))
     until rv__docker_ok; do
         if grep -q 'failed to start daemon' "$dir/dockerd.log" || ((SECONDS > deadline)); then
@@ -197,6 +287,7 @@ rv_dockerd_stop() {
     rv__cgroup_dirs "$dir" | xargs -r rmdir 2>/dev/null
     for id in $(rv__plugin_ids "$dir"); do rm -rf "/run/docker/plugins/$id"; done
     rm -f "$dir/dockerd.pid"
+    ip link del "$(rv__bridge_name "$dir")" 2>/dev/null
     [[ ${DOCKER_HOST:-} != "unix://$dir/docker.sock" ]] || unset DOCKER_HOST
     rv_log "dockerd in $dir stopped"
 }

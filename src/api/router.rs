@@ -18,8 +18,8 @@ use tracing::Instrument;
 
 use super::wire::{
     ActivateResponse, AllocateNetworkResponse, CONTENT_TYPE, CreateEndpointRequest, CreateNetworkRequest,
-    DiscoveryRequest, Empty, EndpointRequest, JoinRequest, NetworkRequest, ReleaseAddressRequest, ReleasePoolRequest,
-    RequestAddressRequest, RequestPoolRequest,
+    DiscoveryRequest, Empty, EndpointRequest, GwAllocCheckRequest, JoinRequest, NetworkRequest, ReleaseAddressRequest,
+    ReleasePoolRequest, RequestAddressRequest, RequestPoolRequest,
 };
 use crate::error::{Error, ErrorKind};
 use crate::kernel::Kernel;
@@ -57,8 +57,10 @@ fn error_response(api: Api, err: &Error) -> Response {
     json_response(status, &body)
 }
 
-/// Ids a request names, for the request's log span.
+/// Ids a request names, for the request's log span, and the arguments it carries, for
+/// the error that answers a request without them.
 trait Ids {
+    const ARGUMENTS: &'static str;
     fn network(&self) -> Option<&str> {
         None
     }
@@ -71,15 +73,17 @@ trait Ids {
 }
 
 macro_rules! ids {
-    ($t:ty, network) => {
+    ($t:ty, $args:literal, network) => {
         impl Ids for $t {
+            const ARGUMENTS: &'static str = $args;
             fn network(&self) -> Option<&str> {
                 Some(&self.network_id)
             }
         }
     };
-    ($t:ty, network, endpoint) => {
+    ($t:ty, $args:literal, network, endpoint) => {
         impl Ids for $t {
+            const ARGUMENTS: &'static str = $args;
             fn network(&self) -> Option<&str> {
                 Some(&self.network_id)
             }
@@ -88,33 +92,45 @@ macro_rules! ids {
             }
         }
     };
-    ($t:ty, pool) => {
+    ($t:ty, $args:literal, pool) => {
         impl Ids for $t {
+            const ARGUMENTS: &'static str = $args;
             fn pool(&self) -> Option<&str> {
                 Some(&self.pool_id)
             }
         }
     };
-    ($t:ty) => {
-        impl Ids for $t {}
+    ($t:ty, $args:literal) => {
+        impl Ids for $t {
+            const ARGUMENTS: &'static str = $args;
+        }
     };
 }
-ids!(CreateNetworkRequest, network);
-ids!(NetworkRequest, network);
-ids!(CreateEndpointRequest, network, endpoint);
-ids!(EndpointRequest, network, endpoint);
-ids!(JoinRequest, network, endpoint);
-ids!(RequestAddressRequest, pool);
-ids!(ReleaseAddressRequest, pool);
-ids!(ReleasePoolRequest, pool);
-ids!(RequestPoolRequest);
-ids!(DiscoveryRequest);
+ids!(CreateNetworkRequest, "NetworkID, Options, IPv4Data, IPv6Data", network);
+ids!(NetworkRequest, "NetworkID", network);
+ids!(
+    CreateEndpointRequest,
+    "NetworkID, EndpointID, Interface, Options",
+    network,
+    endpoint
+);
+ids!(EndpointRequest, "NetworkID, EndpointID", network, endpoint);
+ids!(JoinRequest, "NetworkID, EndpointID, SandboxKey", network, endpoint);
+ids!(RequestAddressRequest, "PoolID, Address, Options", pool);
+ids!(ReleaseAddressRequest, "PoolID, Address", pool);
+ids!(ReleasePoolRequest, "PoolID", pool);
+ids!(RequestPoolRequest, "AddressSpace, Pool, SubPool, Options, V6");
+ids!(DiscoveryRequest, "DiscoveryType, DiscoveryData");
+ids!(GwAllocCheckRequest, "Options");
 
-fn decode<T: DeserializeOwned>(method: &str, body: &Bytes) -> Result<T, Error> {
+fn decode<T: DeserializeOwned + Ids>(method: &str, body: &Bytes) -> Result<T, Error> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        // dockerd 28 retries a call whose connection broke with an empty body.
         None => {
             return Err(Error::invalid(format!(
-                "{method} needs a JSON object in the request body, got nothing"
+                "{method} came with an empty body, without its arguments ({}); dockerd sends that when it \
+                 retries a call whose connection broke. Nothing was changed: run the docker command again",
+                T::ARGUMENTS
             )));
         }
         // serde would take an array for a struct, with a baffling message.
@@ -234,6 +250,11 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
         )
         // NetworkDriver
         .route("/NetworkDriver.GetCapabilities", constant(Plugin::driver_capabilities))
+        .route(
+            "/NetworkDriver.GwAllocCheck",
+            route!(Driver, "NetworkDriver.GwAllocCheck", |p, r: GwAllocCheckRequest| p
+                .gw_alloc_check(r)),
+        )
         .route(
             "/NetworkDriver.CreateNetwork",
             route!(Driver, "NetworkDriver.CreateNetwork", |p, r: CreateNetworkRequest| p

@@ -30,6 +30,26 @@ pub struct DriverCapabilities {
     pub scope: &'static str,
     #[serde(rename = "ConnectivityScope")]
     pub connectivity_scope: &'static str,
+    /// dockerd 28 and later then ask `GwAllocCheck` before CreateNetwork; older ones
+    /// ignore the field.
+    #[serde(rename = "GwAllocChecker")]
+    pub gw_alloc_checker: bool,
+}
+
+/// Whether dockerd should reserve gateway addresses for a network about to be created.
+/// `Options` are CreateNetwork's.
+#[derive(Debug, Deserialize)]
+pub struct GwAllocCheckRequest {
+    #[serde(rename = "Options", default)]
+    pub options: Option<BTreeMap<String, Value>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GwAllocCheckResponse {
+    #[serde(rename = "SkipIPv4")]
+    pub skip_ipv4: bool,
+    #[serde(rename = "SkipIPv6")]
+    pub skip_ipv6: bool,
 }
 
 /// One entry of CreateNetwork's `IPv4Data`/`IPv6Data`. `Pool`, `Gateway` and the

@@ -15,20 +15,27 @@ use serde_json::{Value, json};
 
 use crate::api::wire::{
     CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, DriverCapabilities, Empty,
-    EndpointOperInfoResponse, EndpointRequest, InterfaceAnswer, InterfaceName, JoinRequest, JoinResponse,
-    NetworkRequest, ROUTE_TYPE_CONNECTED, StaticRoute,
+    EndpointOperInfoResponse, EndpointRequest, GwAllocCheckRequest, GwAllocCheckResponse, InterfaceAnswer,
+    InterfaceName, JoinRequest, JoinResponse, NetworkRequest, ROUTE_TYPE_CONNECTED, StaticRoute,
 };
 use crate::error::{Error, Result};
 use crate::kernel::{
     ChildLink, EADDRINUSE, EBUSY, EEXIST, EINVAL, ENODEV, EOPNOTSUPP, IFNAME_MAX, Kernel, KernelError, LinkInfo,
 };
-use crate::model::{EndpointRecord, LinkMode, MacAddr, NetworkRecord, ParentKind, ParentRecord, PendingDelete};
+use crate::keys::check_option_keys;
+use crate::model::{EndpointRecord, LinkMode, MacAddr, NetworkRecord, ParentKind, ParentRecord, PendingDelete, Subnet};
 use crate::plugin::Plugin;
 use crate::state::{Change, State};
 use options::{NetworkConfig, ParentChoice, check_id, overlaps, parse_network_options, parse_subnets};
 
 /// Host-side link names start with this; the rest comes from the endpoint id.
 pub const LINK_PREFIX: &str = "rv";
+
+/// Bare endpoint `driver-opt` keys rustvlan understands: none yet. dockerd's own keys
+/// (`com.docker.network.endpoint.*`, `com.docker.network.portmap`) are namespaced.
+const ENDPOINT_KEYS: &[&str] = &[];
+
+const GW_CHECK_ID: &str = "gwalloccheck";
 
 /// Twelve hex digits, like Docker's short ids.
 fn short(id: &str) -> &str {
@@ -60,7 +67,23 @@ impl<K: Kernel> Plugin<K> {
         DriverCapabilities {
             scope: "local",
             connectivity_scope: "global",
+            gw_alloc_checker: true,
         }
+    }
+
+    /// dockerd 28 asks this before CreateNetwork. Like Docker 28's macvlan, no gateway
+    /// address is reserved where containers get no gateway: `--internal` networks,
+    /// networks without a parent (an isolated dummy), and ipvlan l3/l3s, which route
+    /// through the device. There the first container gets the subnet's first address,
+    /// and a /31 holds two containers.
+    pub fn gw_alloc_check(&self, req: GwAllocCheckRequest) -> Result<GwAllocCheckResponse> {
+        // The network has no id yet; the id only names a dummy parent, not made here.
+        let config = parse_network_options(GW_CHECK_ID, req.options.as_ref().unwrap_or(&BTreeMap::new()))?;
+        let skip = config.internal || matches!(config.parent, ParentChoice::Dummy { .. }) || config.link.is_routed();
+        Ok(GwAllocCheckResponse {
+            skip_ipv4: skip,
+            skip_ipv6: skip,
+        })
     }
 
     // ------------------------------------------------------------- networks
@@ -70,6 +93,7 @@ impl<K: Kernel> Plugin<K> {
         let config = parse_network_options(&req.network_id, req.options.as_ref().unwrap_or(&BTreeMap::new()))?;
         let ipv4 = parse_subnets("IPv4Data", req.ipv4_data.as_deref().unwrap_or_default(), false)?;
         let ipv6 = parse_subnets("IPv6Data", req.ipv6_data.as_deref().unwrap_or_default(), true)?;
+        check_families(&config, &ipv4, &ipv6)?;
         let record = NetworkRecord {
             id: req.network_id.clone(),
             link: config.link,
@@ -242,6 +266,9 @@ impl<K: Kernel> Plugin<K> {
     pub async fn create_endpoint(&self, req: CreateEndpointRequest) -> Result<CreateEndpointResponse> {
         check_id("NetworkID", &req.network_id)?;
         check_id("EndpointID", &req.endpoint_id)?;
+        if let Some(options) = &req.options {
+            check_option_keys("endpoint option", options.keys().map(String::as_str), ENDPOINT_KEYS)?;
+        }
         let iface = req.interface.unwrap_or_default();
         let ipv4 = parse_endpoint_address("Interface.Address", iface.address.as_deref(), false)?;
         let ipv6 = parse_endpoint_address("Interface.AddressIPv6", iface.address_ipv6.as_deref(), true)?;
@@ -676,6 +703,23 @@ impl<K: Kernel> Plugin<K> {
 }
 
 /// Endpoint links are macvlan or ipvlan; the parents rustvlan makes are VLAN or dummy.
+/// The families a network has enabled must have pools, as Docker's own drivers check;
+/// dockerd 28 says whether IPv4 is on (20.10 does not: IPv4 always is).
+fn check_families(config: &NetworkConfig, ipv4: &[Subnet], ipv6: &[Subnet]) -> Result<()> {
+    match config.enable_ipv4 {
+        Some(true) if ipv4.is_empty() => Err(Error::invalid(
+            "IPv4 is enabled but IPv4Data has no subnet; give --subnet, or --ipv4=false for an IPv6-only network",
+        )),
+        Some(false) if !ipv4.is_empty() => Err(Error::invalid(
+            "IPv4 is disabled (--ipv4=false) but IPv4Data has a subnet",
+        )),
+        _ if config.enable_ipv6 && ipv6.is_empty() => Err(Error::invalid(
+            "IPv6 is enabled but IPv6Data has no subnet; give an IPv6 --subnet",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn is_child_kind(link: &LinkInfo) -> bool {
     matches!(link.kind.as_deref(), Some("macvlan" | "ipvlan"))
 }

@@ -10,11 +10,14 @@ use crate::api::wire::IpamData;
 use crate::error::{Error, Result};
 use crate::ipam::{parse_address, parse_subnet};
 use crate::kernel::IFNAME_MAX;
+use crate::keys::check_option_keys;
 use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode, Subnet};
 
 pub const GENERIC: &str = "com.docker.network.generic";
 pub const INTERNAL: &str = "com.docker.network.internal";
 pub const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
+/// Sent by dockerd 28 and later; `--ipv4=false` makes an IPv6-only network.
+pub const ENABLE_IPV4: &str = "com.docker.network.enable_ipv4";
 
 /// Every `-o` key rustvlan understands. Docker's own macvlan/ipvlan names are included so
 /// that `-d macvlan` can become `-d rustvlan` without touching the options.
@@ -36,7 +39,7 @@ pub enum ParentChoice {
     /// An interface the user named. If it is missing and `vlan` is set, rustvlan makes it
     /// as an 802.1Q link on `vlan.base`.
     Named { name: String, vlan: Option<VlanSpec> },
-    /// `--internal` or no parent: a dummy link only this network uses.
+    /// No parent: a dummy link only this network uses.
     Dummy { name: String },
 }
 
@@ -60,6 +63,8 @@ pub struct NetworkConfig {
     pub parent: ParentChoice,
     pub mtu: Option<u32>,
     pub internal: bool,
+    /// `None` from dockerd before 28, which does not send it.
+    pub enable_ipv4: Option<bool>,
     pub enable_ipv6: bool,
     pub options: BTreeMap<String, String>,
 }
@@ -191,6 +196,10 @@ pub fn parse_network_options(network_id: &str, options: &BTreeMap<String, Value>
     };
     let internal = flag(INTERNAL)?;
     let enable_ipv6 = flag(ENABLE_IPV6)?;
+    let enable_ipv4 = options
+        .contains_key(ENABLE_IPV4)
+        .then(|| flag(ENABLE_IPV4))
+        .transpose()?;
 
     let mut generic = BTreeMap::new();
     match options.get(GENERIC) {
@@ -209,19 +218,7 @@ pub fn parse_network_options(network_id: &str, options: &BTreeMap<String, Value>
             )));
         }
     }
-    let unknown: Vec<&str> = generic
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !VALID_KEYS.contains(k))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(Error::invalid(format!(
-            "unknown option{} {}; valid options: {}",
-            if unknown.len() > 1 { "s" } else { "" },
-            unknown.join(", "),
-            VALID_KEYS.join(", ")
-        )));
-    }
+    check_option_keys("option", generic.keys().map(String::as_str), VALID_KEYS)?;
     // An empty value means "not given", as `-o parent=` does for Docker's drivers.
     let get = |key: &str| generic.get(key).map(String::as_str).filter(|v| !v.is_empty());
 
@@ -245,14 +242,10 @@ pub fn parse_network_options(network_id: &str, options: &BTreeMap<String, Value>
     };
 
     let vlan_option = get("vlan").map(|v| parse_vlan_id(v, "in option vlan")).transpose()?;
-    let parent = match get("parent") {
-        // Docker's drivers treat --internal like an empty parent: an isolated dummy link.
-        _ if internal => None,
-        None => None,
-        Some(name) => Some(name),
-    };
-    let parent = match (parent, vlan_option) {
-        (None, Some(id)) if !internal => {
+    // `--internal` keeps a given parent, as Docker 28's drivers do (20.10's replaced it
+    // with a dummy): Join gives its containers no gateway.
+    let parent = match (get("parent"), vlan_option) {
+        (None, Some(id)) => {
             return Err(Error::invalid(format!(
                 "vlan={id} needs a parent interface (-o parent=eth0)"
             )));
@@ -311,6 +304,7 @@ pub fn parse_network_options(network_id: &str, options: &BTreeMap<String, Value>
         parent,
         mtu,
         internal,
+        enable_ipv4,
         enable_ipv6,
         options: generic,
     })
@@ -551,8 +545,10 @@ mod tests {
             "unknown kind \"bridge\"; valid kinds: macvlan (default), ipvlan"
         );
         assert_eq!(
-            err(json!({"parent": "vp0", "com.example.x": "y"})),
-            "unknown option com.example.x; valid options: parent, vlan, kind, mode, macvlan_mode, ipvlan_mode, ipvlan_flag, mtu, com.docker.network.driver.mtu"
+            err(json!({"parent": "vp0", "color": "red", "macvlan_mod": "vepa"})),
+            "unknown options color, macvlan_mod (did you mean macvlan_mode?); valid options: parent, vlan, kind, \
+             mode, macvlan_mode, ipvlan_mode, ipvlan_flag, mtu, com.docker.network.driver.mtu (namespaced keys such \
+             as com.example.key are accepted and ignored)"
         );
         assert_eq!(
             err(json!({"mtu": "9999999"})),
@@ -659,15 +655,29 @@ mod tests {
     }
 
     #[test]
-    fn internal_and_missing_parents_get_a_dummy() {
+    fn namespaced_keys_are_accepted_and_ignored() {
+        let c = parse(
+            json!({"parent": "vp0", "com.example.x": "y", "com.docker.network.endpoint.ifname": "foo0"}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.parent.name(), "vp0");
+    }
+
+    #[test]
+    fn internal_keeps_its_parent_and_missing_parents_get_a_dummy() {
+        // As Docker 28's drivers do: --internal only takes the gateway away.
         let c = parse(json!({"parent": "eth0"}), true).unwrap();
         assert_eq!(
             c.parent,
-            ParentChoice::Dummy {
-                name: "dm-18fb91e8ffcc".into()
+            ParentChoice::Named {
+                name: "eth0".into(),
+                vlan: None
             }
         );
         assert!(c.internal);
+        let c = parse(json!({}), true).unwrap();
+        assert_eq!(c.parent.name(), "dm-18fb91e8ffcc");
         let c = parse(json!({"ipvlan_mode": "l2"}), false).unwrap();
         assert_eq!(
             c.parent,

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::api::wire::{
-    CreateEndpointRequest, CreateNetworkRequest, EndpointInterface, EndpointRequest, IpamData, JoinRequest,
-    NetworkRequest,
+    CreateEndpointRequest, CreateNetworkRequest, EndpointInterface, EndpointRequest, GwAllocCheckRequest, IpamData,
+    JoinRequest, NetworkRequest,
 };
 use crate::error::ErrorKind;
 use crate::kernel::fake::FakeKernel;
@@ -569,17 +569,33 @@ async fn missing_parents_and_mtus_are_clear_errors_and_change_nothing() {
 }
 
 #[tokio::test]
-async fn internal_networks_get_a_dummy_parent_and_no_gateway() {
+async fn internal_networks_keep_their_parent_and_get_no_gateway() {
     let dir = temp_dir();
     let p = open(&dir, kernel());
     p.create_network(internal(network(
-        NET_A,
+        NET_B,
         json!({"parent": "eth0"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
+        "10.78.0.0/24",
+        "10.78.0.1/24",
     )))
     .await
     .unwrap();
+    assert_eq!(p.state().networks[NET_B].parent, "eth0");
+    p.create_endpoint(endpoint(NET_B, EP_2, "10.78.0.2/24", ""))
+        .await
+        .unwrap();
+    let joined = p.join(join(NET_B, EP_2)).await.unwrap();
+    assert_eq!(joined.gateway, None);
+    assert!(joined.static_routes.is_empty());
+}
+
+#[tokio::test]
+async fn internal_networks_without_a_parent_get_a_dummy_and_no_gateway() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(internal(network(NET_A, json!({}), "10.77.0.0/24", "10.77.0.1/24")))
+        .await
+        .unwrap();
     let dummy = p.kernel.get("dm-aaaaaaaaaaaa").expect("dummy parent");
     assert_eq!(dummy.kind.as_deref(), Some("dummy"));
     p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
@@ -1019,4 +1035,107 @@ async fn join_finds_a_parent_that_was_made_again() {
     p.join(join(NET_A, EP_2)).await.unwrap();
     let vlan = p.kernel.get("eth0.10").unwrap();
     assert_eq!(p.kernel.get("rv222222222222").unwrap().parent_index, Some(vlan.index));
+}
+
+#[tokio::test]
+async fn gateways_are_skipped_where_containers_get_none() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    let check = |generic: Value, internal: bool| {
+        let mut options = BTreeMap::new();
+        options.insert("com.docker.network.generic".to_string(), generic);
+        if internal {
+            options.insert("com.docker.network.internal".to_string(), json!(true));
+        }
+        let answer = p
+            .gw_alloc_check(GwAllocCheckRequest { options: Some(options) })
+            .unwrap();
+        assert_eq!(answer.skip_ipv4, answer.skip_ipv6);
+        answer.skip_ipv4
+    };
+    assert!(
+        !check(json!({"parent": "eth0"}), false),
+        "a parent and a LAN: a gateway"
+    );
+    assert!(check(json!({"parent": "eth0"}), true), "--internal: none");
+    assert!(check(json!({}), false), "no parent: an isolated dummy, none");
+    assert!(
+        check(json!({"parent": "eth0", "ipvlan_mode": "l3"}), false),
+        "ipvlan l3 routes through the device"
+    );
+    let err = p
+        .gw_alloc_check(GwAllocCheckRequest {
+            options: Some(BTreeMap::from([(
+                "com.docker.network.generic".to_string(),
+                json!({"macvlan_mod": "bridge"}),
+            )])),
+        })
+        .unwrap_err();
+    assert!(err.message.contains("did you mean macvlan_mode?"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn unknown_bare_endpoint_options_are_refused_and_namespaced_ones_ignored() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    let mut req = endpoint(NET_A, EP_1, "10.77.0.2/24", "");
+    req.options = Some(BTreeMap::from([("colour".to_string(), json!("blue"))]));
+    let err = p.create_endpoint(req).await.unwrap_err();
+    assert_eq!(
+        err.message,
+        "unknown endpoint option colour; valid endpoint options: none (namespaced keys such as com.example.key \
+         are accepted and ignored)"
+    );
+    assert!(p.state().endpoints.is_empty());
+    let mut req = endpoint(NET_A, EP_1, "10.77.0.2/24", "");
+    req.options = Some(BTreeMap::from([
+        ("com.docker.network.endpoint.ifname".to_string(), json!("foo0")),
+        ("com.docker.network.portmap".to_string(), json!([])),
+    ]));
+    p.create_endpoint(req).await.unwrap();
+}
+
+#[tokio::test]
+async fn ipv6_only_networks_and_family_mismatches() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    let v6_only = |id: &str, enable_ipv4: bool, with_v4: bool| {
+        let mut req = network(id, json!({"parent": "eth0"}), "10.79.0.0/24", "10.79.0.1/24");
+        let options = req.options.as_mut().unwrap();
+        options.insert("com.docker.network.enable_ipv4".into(), json!(enable_ipv4));
+        options.insert("com.docker.network.enable_ipv6".into(), json!(true));
+        if !with_v4 {
+            req.ipv4_data = Some(vec![]);
+        }
+        req.ipv6_data = Some(vec![IpamData {
+            address_space: "rustvlan-local".into(),
+            pool: "fd00:79::/64".into(),
+            gateway: None,
+            aux_addresses: None,
+        }]);
+        req
+    };
+    let err = p.create_network(v6_only(NET_A, true, false)).await.unwrap_err();
+    assert!(
+        err.message.starts_with("IPv4 is enabled but IPv4Data has no subnet"),
+        "{}",
+        err.message
+    );
+    let err = p.create_network(v6_only(NET_A, false, true)).await.unwrap_err();
+    assert!(err.message.starts_with("IPv4 is disabled"), "{}", err.message);
+    assert!(p.state().networks.is_empty());
+    p.create_network(v6_only(NET_A, false, false)).await.unwrap();
+    let mut req = endpoint(NET_A, EP_1, "", "");
+    req.interface.as_mut().unwrap().address_ipv6 = Some("fd00:79::2/64".into());
+    p.create_endpoint(req).await.unwrap();
+    let joined = p.join(join(NET_A, EP_1)).await.unwrap();
+    assert_eq!(joined.gateway, None);
 }

@@ -1,5 +1,7 @@
-//! Helpers for tests that drive a real dockerd with /usr/bin/docker (DOCKER_HOST is set
-//! by scripts/test.sh, which also builds the image named by RUSTVLAN_TEST_IMAGE).
+//! Helpers for tests that drive a real dockerd with the client of its engine
+//! (RUSTVLAN_DOCKER, /usr/bin/docker by default). scripts/test.sh sets DOCKER_HOST and
+//! RUSTVLAN_DOCKER for each engine it runs, and builds the image named by
+//! RUSTVLAN_TEST_IMAGE.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Output};
@@ -8,18 +10,36 @@ use serde_json::Value;
 
 use super::{check, require_root, run};
 
-const DOCKER: &str = "/usr/bin/docker";
+/// The docker client of the engine under test: Debian 12's /usr/bin/docker, or Docker
+/// 28's from the cache scripts/lib/env.sh unpacks it into.
+pub fn docker_cli() -> String {
+    std::env::var("RUSTVLAN_DOCKER").unwrap_or_else(|_| "/usr/bin/docker".to_string())
+}
+
+/// The engine's version as dockerd reports it (`20.10.24+dfsg1`, `28.5.2+dfsg4`).
+pub fn engine_version() -> String {
+    docker_ok(&["version", "--format", "{{.Server.Version}}"])
+}
+
+/// Docker 28 and later (IPv6-only networks, gateway checks, ...).
+pub fn engine_is_28_or_later() -> bool {
+    engine_version()
+        .split('.')
+        .next()
+        .and_then(|major| major.parse::<u32>().ok())
+        .is_some_and(|major| major >= 28)
+}
 
 pub fn image() -> String {
     std::env::var("RUSTVLAN_TEST_IMAGE").unwrap_or_else(|_| "rvbb:latest".to_string())
 }
 
 pub fn docker(args: &[&str]) -> Output {
-    run(Command::new(DOCKER).args(args))
+    run(Command::new(docker_cli()).args(args))
 }
 
 pub fn docker_ok(args: &[&str]) -> String {
-    check(Command::new(DOCKER).args(args)).trim().to_string()
+    check(Command::new(docker_cli()).args(args)).trim().to_string()
 }
 
 /// `docker network rm`, which must succeed (see `try_remove_network`).
@@ -60,13 +80,14 @@ pub fn require_dockerd() -> bool {
     if !require_root() {
         return false;
     }
-    let reason = match Command::new(DOCKER)
+    let cli = docker_cli();
+    let reason = match Command::new(&cli)
         .args(["info", "--format", "{{.ServerVersion}}"])
         .output()
     {
         Ok(out) if out.status.success() => return true,
         Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        Err(e) => format!("cannot run {DOCKER}: {e}"),
+        Err(e) => format!("cannot run {cli}: {e}"),
     };
     if std::env::var_os("RUSTVLAN_CI").is_some() {
         panic!("dockerd is not reachable ({reason}), and RUSTVLAN_CI forbids skipping the end-to-end suite");
