@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Mutex;
 
-use common::docker::{Scene, docker_ok, host_links, ipv4_of, mac_of, pings, remove_network, require_dockerd};
+use common::docker::{
+    Scene, docker_ok, engine_is_28_or_later, host_links, ipv4_of, mac_of, pings, remove_network, require_dockerd,
+};
 use common::{Server, TempDir, mark_ran};
 use serde_json::json;
 
@@ -168,4 +170,220 @@ fn docker_option_names_keep_the_built_in_behaviour() {
     let b2 = scene2.run("rv-e2e-d2", "rvnet-bridge", &[]);
     assert!(pings(&b1, &ipv4_of(&b2)), "bridge mode is the control: it must ping");
     mark_ran("RUSTVLAN_E2E_MARKER", "docker_option_names_keep_the_built_in_behaviour");
+}
+
+/// The network record rustvlan holds for a Docker network name.
+fn network_record(plugin: &Server, name: &str) -> serde_json::Value {
+    let id = docker_ok(&["network", "inspect", "--format", "{{.Id}}", name]);
+    plugin.state()["networks"][&id].clone()
+}
+
+#[test]
+fn internal_networks_keep_their_parent_and_give_no_gateway() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !require_dockerd() {
+        return;
+    }
+    let docker28 = engine_is_28_or_later();
+    let dir = TempDir::new();
+    let plugin = start_plugin(&dir);
+    let mut scene = Scene::new("i");
+    scene.network(
+        "rvnet-int",
+        &[
+            "--internal",
+            "--subnet",
+            "10.92.0.0/24",
+            "-o",
+            &format!("parent={}", scene.veth),
+        ],
+    );
+    assert_eq!(
+        network_record(&plugin, "rvnet-int")["parent"],
+        json!(scene.veth),
+        "--internal keeps -o parent, as Docker 28's macvlan does"
+    );
+    let c1 = scene.run("rv-e2e-i1", "rvnet-int", &[]);
+    let c2 = scene.run("rv-e2e-i2", "rvnet-int", &[]);
+    let (ip1, ip2) = (ipv4_of(&c1), ipv4_of(&c2));
+    // dockerd 28 asks GwAllocCheck and reserves no gateway address; 20.10 reserves .1.
+    let first = if docker28 { "10.92.0.1/24" } else { "10.92.0.2/24" };
+    assert_eq!(ip1, first, "first container's address");
+    for c in [&c1, &c2] {
+        let routes = docker_ok(&["exec", c, "ip", "route"]);
+        assert!(
+            !routes.contains("default"),
+            "{c} on an internal network has no default route: {routes}"
+        );
+    }
+    assert!(
+        pings(&c1, &ip2) && pings(&c2, &ip1),
+        "containers of an internal network reach each other"
+    );
+
+    if docker28 {
+        // A point-to-point /31 (RFC 3021): both addresses go to containers.
+        let mut p2p = Scene::new("j");
+        p2p.network(
+            "rvnet-p2p",
+            &[
+                "--internal",
+                "--subnet",
+                "10.93.0.0/31",
+                "-o",
+                &format!("parent={}", p2p.veth),
+            ],
+        );
+        let a = p2p.run("rv-e2e-j1", "rvnet-p2p", &[]);
+        let b = p2p.run("rv-e2e-j2", "rvnet-p2p", &[]);
+        let (ip_a, ip_b) = (ipv4_of(&a), ipv4_of(&b));
+        let got: BTreeSet<String> = [ip_a.clone(), ip_b.clone()].into();
+        assert_eq!(got, ["10.93.0.0/31".to_string(), "10.93.0.1/31".to_string()].into());
+        assert!(
+            pings(&a, &ip_b) && pings(&b, &ip_a),
+            "the two ends of a /31 reach each other"
+        );
+    }
+    mark_ran(
+        "RUSTVLAN_E2E_MARKER",
+        "internal_networks_keep_their_parent_and_give_no_gateway",
+    );
+}
+
+/// ping6 in a container, a few times: a fresh address is tentative while the kernel
+/// runs duplicate address detection.
+fn pings6(from: &str, to_cidr: &str) -> bool {
+    let ip = to_cidr.split('/').next().unwrap();
+    (0..5).any(|_| {
+        let ok = common::docker::docker(&["exec", from, "ping", "-6", "-c", "1", "-W", "2", ip])
+            .status
+            .success();
+        if !ok {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        ok
+    })
+}
+
+fn ipv6_of(container: &str) -> String {
+    let out = docker_ok(&[
+        "exec", container, "ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global",
+    ]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no global IPv6 on eth0 of {container}: {out}"))
+        .to_string()
+}
+
+#[test]
+fn ipv6_networks_carry_ping6() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !require_dockerd() {
+        return;
+    }
+    let docker28 = engine_is_28_or_later();
+    let dir = TempDir::new();
+    let plugin = start_plugin(&dir);
+    let mut scene = Scene::new("k");
+    let parent = format!("parent={}", scene.veth);
+    // IPv6-only networks exist from Docker 28 on; 20.10 gets a dual-stack network.
+    let mut args = vec!["--ipv6", "--subnet", "fd00:94::/64", "-o", &parent];
+    if docker28 {
+        args.insert(0, "--ipv4=false");
+    } else {
+        args.extend(["--subnet", "10.94.0.0/24"]);
+    }
+    scene.network("rvnet-v6", &args);
+    let record = network_record(&plugin, "rvnet-v6");
+    assert_eq!(
+        record["ipv4"].as_array().map(Vec::len),
+        Some(usize::from(!docker28)),
+        "{record}"
+    );
+    let c1 = scene.run("rv-e2e-k1", "rvnet-v6", &[]);
+    let c2 = scene.run("rv-e2e-k2", "rvnet-v6", &[]);
+    let (ip1, ip2) = (ipv6_of(&c1), ipv6_of(&c2));
+    assert_ne!(ip1, ip2);
+    assert!(ip1.starts_with("fd00:94::"), "{ip1}");
+    if docker28 {
+        let v4 = docker_ok(&["exec", &c1, "ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+        assert!(v4.is_empty(), "an IPv6-only network gives no IPv4 address: {v4}");
+    }
+    assert!(pings6(&c1, &ip2) && pings6(&c2, &ip1), "ping6 between {ip1} and {ip2}");
+    mark_ran("RUSTVLAN_E2E_MARKER", "ipv6_networks_carry_ping6");
+}
+
+#[test]
+fn bare_unknown_keys_are_refused_and_namespaced_ones_accepted() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !require_dockerd() {
+        return;
+    }
+    let dir = TempDir::new();
+    let plugin = start_plugin(&dir);
+    let mut scene = Scene::new("u");
+    let parent = format!("parent={}", scene.veth);
+    let before = plugin.state();
+    let refused = |extra: &[&str]| {
+        let mut args = vec!["network", "create", "-d", "rustvlan", "--ipam-driver", "rustvlan"];
+        args.extend_from_slice(&["--subnet", "10.95.0.0/24", "-o", &parent]);
+        args.extend_from_slice(extra);
+        args.push("rvnet-typo");
+        let out = common::docker::docker(&args);
+        assert!(!out.status.success(), "{extra:?} must be refused");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = refused(&["-o", "macvlan_mod=private"]);
+    assert!(
+        err.contains("unknown option macvlan_mod (did you mean macvlan_mode?); valid options: parent, vlan,"),
+        "{err}"
+    );
+    let err = refused(&["--ipam-opt", "colour=blue"]);
+    assert!(
+        err.contains("unknown IPAM option colour; valid IPAM options: none"),
+        "{err}"
+    );
+    // Pool ids are never reused, so the sequence may move: on 20.10 the refusal comes at
+    // CreateNetwork, after dockerd's RequestPool and ReleasePool (on 28, GwAllocCheck
+    // refuses before any pool is asked for).
+    let held = |mut state: serde_json::Value| {
+        state.as_object_mut().unwrap().remove("next_pool_seq");
+        state
+    };
+    assert_eq!(
+        held(plugin.state()),
+        held(before),
+        "refused creates leave nothing behind"
+    );
+
+    // Namespaced keys belong to other tools (or dockerd): accepted and ignored.
+    scene.network(
+        "rvnet-ns",
+        &[
+            "--subnet",
+            "10.95.0.0/24",
+            "-o",
+            &parent,
+            "-o",
+            "com.example.x=y",
+            "--ipam-opt",
+            "com.example.y=z",
+        ],
+    );
+    // An endpoint's driver-opt (`network connect --driver-opt`, which both engines
+    // have): a bare unknown key is refused, a namespaced one accepted. The container
+    // runs on the dockerd's default bridge, so the connect makes the endpoint at once.
+    let c = scene.run("rv-e2e-u1", "bridge", &[]);
+    let out = common::docker::docker(&["network", "connect", "--driver-opt", "colour=blue", "rvnet-ns", &c]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "driver-opt colour=blue must be refused");
+    assert!(stderr.contains("unknown endpoint option colour"), "{stderr}");
+    docker_ok(&["network", "connect", "--driver-opt", "com.example.z=1", "rvnet-ns", &c]);
+    let eth1 = docker_ok(&["exec", &c, "ip", "-o", "-4", "addr", "show", "dev", "eth1"]);
+    assert!(eth1.contains("inet 10.95.0."), "{eth1}");
+    mark_ran(
+        "RUSTVLAN_E2E_MARKER",
+        "bare_unknown_keys_are_refused_and_namespaced_ones_accepted",
+    );
 }

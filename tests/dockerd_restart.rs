@@ -217,11 +217,12 @@ fn dockerd_restarts_under_running_containers() {
     let t = Instant::now();
     let attempt = docker(&["run", "--rm", "--net", net, &image(), "true"]);
     let run_time = t.elapsed();
+    // The error line; the 28 client follows it with "Run 'docker run --help' …".
     let user_sees = String::from_utf8_lossy(&attempt.stderr)
-        .trim()
         .lines()
-        .last()
+        .find(|l| l.contains("rustvlan"))
         .unwrap_or("")
+        .trim()
         .to_string();
     plugin.restart();
     let recovered = docker(&["start", &c1]).status.success() && wait_running(&c1, Duration::from_secs(30));
