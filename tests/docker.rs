@@ -387,3 +387,194 @@ fn bare_unknown_keys_are_refused_and_namespaced_ones_accepted() {
         "bare_unknown_keys_are_refused_and_namespaced_ones_accepted",
     );
 }
+
+/// Stands between dockerd and rustvlan on the legacy plugin socket and breaks the
+/// connection of the first call to each of `drop_once` before it reaches rustvlan, as a
+/// crash or a network fault would; every other call is passed through, request by
+/// request, on the connection dockerd keeps open.
+struct BreakingProxy {
+    pending: std::sync::Arc<Mutex<Vec<String>>>,
+    dropped: std::sync::Arc<Mutex<Vec<String>>>,
+    retried_empty: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl BreakingProxy {
+    fn start(listen: &Path, upstream: &Path) -> BreakingProxy {
+        let _ = std::fs::remove_file(listen);
+        let listener = std::os::unix::net::UnixListener::bind(listen).unwrap();
+        let pending = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let dropped = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let retried_empty = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (upstream, pending_, out) = (
+            upstream.to_path_buf(),
+            pending.clone(),
+            (dropped.clone(), retried_empty.clone()),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let (upstream, pending, out) = (upstream.clone(), pending_.clone(), out.clone());
+                std::thread::spawn(move || {
+                    let _ = proxy_connection(client, &upstream, &pending, &out.0, &out.1);
+                });
+            }
+        });
+        BreakingProxy {
+            pending,
+            dropped,
+            retried_empty,
+        }
+    }
+
+    /// Breaks the next call to `call`; forgets what was broken and retried before.
+    fn arm(&self, call: &str) {
+        self.dropped.lock().unwrap().clear();
+        self.retried_empty.lock().unwrap().clear();
+        *self.pending.lock().unwrap() = vec![call.to_string()];
+    }
+}
+
+/// One HTTP/1.1 message: head and body (by Content-Length; dockerd and rustvlan send it).
+fn read_message(r: &mut impl std::io::BufRead) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    r.read_exact(&mut body)?;
+    Ok(Some((head, body)))
+}
+
+fn proxy_connection(
+    client: std::os::unix::net::UnixStream,
+    upstream: &Path,
+    pending: &Mutex<Vec<String>>,
+    dropped: &Mutex<Vec<String>>,
+    retried_empty: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut from_client = std::io::BufReader::new(client.try_clone()?);
+    let mut to_client = client;
+    let server = std::os::unix::net::UnixStream::connect(upstream)?;
+    let mut from_server = std::io::BufReader::new(server.try_clone()?);
+    let mut to_server = server;
+    while let Some((head, body)) = read_message(&mut from_client)? {
+        let call = head
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .trim_start_matches('/')
+            .to_string();
+        {
+            let mut pending = pending.lock().unwrap();
+            if let Some(i) = pending.iter().position(|p| *p == call) {
+                pending.remove(i);
+                dropped.lock().unwrap().push(call);
+                return Ok(()); // closes both connections without an answer
+            }
+        }
+        if body.is_empty() && dropped.lock().unwrap().contains(&call) {
+            retried_empty.lock().unwrap().push(call);
+        }
+        to_server.write_all(head.as_bytes())?;
+        to_server.write_all(&body)?;
+        let Some((answer_head, answer_body)) = read_message(&mut from_server)? else {
+            return Ok(());
+        };
+        to_client.write_all(answer_head.as_bytes())?;
+        to_client.write_all(&answer_body)?;
+    }
+    Ok(())
+}
+
+/// What dockerd does after a call's connection broke: it retries it with an empty body
+/// (20.10 and 28 alike), which rustvlan refuses by name and without changing anything.
+#[test]
+fn calls_whose_connection_broke_are_retried_and_change_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !require_dockerd() {
+        return;
+    }
+    let dir = TempDir::new();
+    let plugin = Server::start_at(None, dir.path(), &dir.path().join("behind-proxy.sock"));
+    let mut scene = Scene::new("r");
+    // dockerd keeps its connections to a plugin open: one proxy serves the whole test.
+    let proxy = BreakingProxy::start(Path::new(SOCKET), &plugin.socket);
+    scene.network(
+        "rvnet-retry",
+        &["--subnet", "10.96.0.0/24", "-o", &format!("parent={}", scene.veth)],
+    );
+    // What is held; a pool's cursor may move (dockerd requested an address, then
+    // released it when CreateEndpoint failed).
+    let held = |state: serde_json::Value| {
+        let pools: serde_json::Map<String, serde_json::Value> = state["pools"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(id, pool)| (id.clone(), pool["addresses"].clone()))
+            .collect();
+        json!({"endpoints": state["endpoints"], "pools": pools, "unbound": state["unbound_addresses"]})
+    };
+    for call in ["IpamDriver.RequestAddress", "NetworkDriver.CreateEndpoint"] {
+        let before = held(plugin.state());
+        proxy.arm(call);
+        let name = format!("rv-e2e-r-{}", call.rsplit('.').next().unwrap().to_lowercase());
+        let out = common::docker::docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            &scene.label,
+            "--net",
+            "rvnet-retry",
+            &common::docker::image(),
+            "sleep",
+            "100000",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(
+            *proxy.dropped.lock().unwrap(),
+            vec![call.to_string()],
+            "the proxy broke {call}"
+        );
+        // Both engines retry with an empty body (the shared notes saw it in 28 only).
+        assert!(!out.status.success(), "docker run after a broken {call} must fail");
+        assert_eq!(
+            *proxy.retried_empty.lock().unwrap(),
+            vec![call.to_string()],
+            "dockerd retried {call} with an empty body"
+        );
+        assert!(
+            stderr.contains(&format!("{call} came with an empty body, without its arguments")),
+            "{stderr}"
+        );
+        plugin.settle();
+        assert_eq!(
+            held(plugin.state()),
+            before,
+            "the refused retry of {call} changed nothing"
+        );
+        let _ = common::docker::docker(&["rm", "-f", &name]);
+    }
+    let _ = std::fs::remove_file(SOCKET);
+    mark_ran(
+        "RUSTVLAN_E2E_MARKER",
+        "calls_whose_connection_broke_are_retried_and_change_nothing",
+    );
+}
