@@ -702,7 +702,6 @@ impl<K: Kernel> Plugin<K> {
     }
 }
 
-/// Endpoint links are macvlan or ipvlan; the parents rustvlan makes are VLAN or dummy.
 /// The families a network has enabled must have pools, as Docker's own drivers check;
 /// dockerd 28 says whether IPv4 is on (20.10 does not: IPv4 always is).
 fn check_families(config: &NetworkConfig, ipv4: &[Subnet], ipv6: &[Subnet]) -> Result<()> {
@@ -720,6 +719,7 @@ fn check_families(config: &NetworkConfig, ipv4: &[Subnet], ipv6: &[Subnet]) -> R
     }
 }
 
+/// Endpoint links are macvlan or ipvlan; the parents rustvlan makes are VLAN or dummy.
 fn is_child_kind(link: &LinkInfo) -> bool {
     matches!(link.kind.as_deref(), Some("macvlan" | "ipvlan"))
 }
