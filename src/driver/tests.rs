@@ -1005,6 +1005,11 @@ mod queued_deletes {
         assert_eq!(p.state().pending.len(), 1, "the queue is on disk");
         let report = p.reconcile().await.unwrap();
         assert_eq!(report.pending_deletes_finished, 1);
+        assert!(
+            report.orphan_links_deleted.is_empty(),
+            "a queued link is not an orphan: {:?}",
+            report.orphan_links_deleted
+        );
         assert!(p.kernel.get("rv111111111111").is_none());
         assert!(p.state().pending.is_empty());
     }

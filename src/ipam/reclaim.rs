@@ -15,7 +15,10 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::error::Result;
 use crate::ipam::{IpamChange, pool_id};
+use crate::kernel::Kernel;
+use crate::plugin::Plugin;
 use crate::state::{Change, State};
 
 /// What one sweep left marked, for the next one.
@@ -139,4 +142,33 @@ pub fn plan_sweep(state: &State, marks: &mut SweepMarks, now: bool) -> (SweepRep
         report.pools_marked = marks.pools.len();
     }
     (report, changes)
+}
+
+impl<K: Kernel> Plugin<K> {
+    /// Releases addresses and pools dockerd stopped using without telling (see
+    /// the module docs): what the previous sweep marked and is still unused, or, with `now`,
+    /// everything unused at once.
+    pub async fn sweep(&self, now: bool) -> Result<SweepReport> {
+        let report = self
+            .commit(|state| {
+                let mut marks = self.sweep_marks.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(plan_sweep(state, &mut marks, now))
+            })
+            .await?;
+        if report.is_empty() {
+            tracing::debug!(
+                addresses_marked = report.addresses_marked,
+                pools_marked = report.pools_marked,
+                "sweep: nothing to reclaim"
+            );
+        } else {
+            tracing::info!(
+                addresses = ?report.addresses_reclaimed,
+                pools = ?report.pools_reclaimed,
+                "sweep: reclaimed what no endpoint, gateway or aux address used since the last sweep \
+                 (releases dockerd never sent, or requests it retried after a plugin crash)"
+            );
+        }
+        Ok(report)
+    }
 }

@@ -1,0 +1,200 @@
+//! Join and Leave: the endpoint's link is made in the host namespace in one netlink
+//! round trip, and dockerd moves it into the container (and back at Leave).
+
+use ipnetwork::IpNetwork;
+
+use super::{kernel_err, short};
+use crate::api::wire::{
+    Empty, EndpointRequest, InterfaceName, JoinRequest, JoinResponse, ROUTE_TYPE_CONNECTED, StaticRoute,
+};
+use crate::error::{Error, Result};
+use crate::kernel::{ChildLink, EADDRINUSE, EBUSY, EEXIST, EINVAL, ENODEV, EOPNOTSUPP, Kernel, KernelError};
+use crate::model::{EndpointRecord, NetworkRecord};
+use crate::plugin::Plugin;
+
+impl<K: Kernel> Plugin<K> {
+    pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
+        let _topology = self.topology.read().await;
+        let (endpoint, network, wait_for_deletes) = {
+            let state = self.state();
+            let endpoint = state
+                .endpoints
+                .get(&req.endpoint_id)
+                .ok_or_else(|| Error::not_found(format!("endpoint {} not found", short(&req.endpoint_id))))?;
+            if endpoint.network_id != req.network_id {
+                return Err(Error::invalid(format!(
+                    "endpoint {} belongs to network {}, not {}",
+                    short(&endpoint.id),
+                    short(&endpoint.network_id),
+                    short(&req.network_id)
+                )));
+            }
+            let network = state
+                .networks
+                .get(&endpoint.network_id)
+                .ok_or_else(|| Error::not_found(format!("network {} not found", short(&endpoint.network_id))))?;
+            // A link still being deleted can stand in the new one's way: passthru takes
+            // its parent alone, and macvlan refuses a MAC twice on one parent.
+            let in_the_way = state.pending.values().any(|p| {
+                (network.link.is_passthru() && p.network_id == network.id)
+                    || (endpoint.mac.is_some() && p.mac == endpoint.mac)
+            });
+            (endpoint.clone(), network.clone(), in_the_way)
+        };
+        if wait_for_deletes {
+            self.process_pending().await?;
+        }
+        // One netlink round trip in the common case: the parent's index is cached, and a
+        // leftover of the same name is only looked at if the kernel reports one.
+        let mut child = ChildLink {
+            name: endpoint.link_name.clone(),
+            parent_index: self.parent_index(&network, false).await?,
+            mode: network.link,
+            mac: endpoint.mac,
+            mtu: network.mtu,
+            group: self.group,
+        };
+        let (mut refreshed_parent, mut removed_leftover) = (false, false);
+        loop {
+            match self.kernel.add_child(&child).await {
+                Ok(()) => break,
+                // The parent was re-made (a reboot, a reconcile) and has a new index.
+                Err(e) if e.is(ENODEV) && !refreshed_parent => {
+                    refreshed_parent = true;
+                    child.parent_index = self.parent_index(&network, true).await?;
+                }
+                Err(e) if e.is(EEXIST) && !removed_leftover => {
+                    removed_leftover = true;
+                    self.remove_leftover(&endpoint.link_name).await?;
+                }
+                Err(e) => return Err(explain_child_error(e, &network, &endpoint)),
+            }
+        }
+        tracing::debug!(endpoint = short(&endpoint.id), link = %endpoint.link_name, "joined");
+        Ok(join_answer(&network, &endpoint))
+    }
+
+    /// The parent's interface index, from the cache unless `refresh`.
+    async fn parent_index(&self, network: &NetworkRecord, refresh: bool) -> Result<u32> {
+        if !refresh
+            && let Some(&index) = self
+                .parent_indexes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&network.parent)
+        {
+            return Ok(index);
+        }
+        let parent = self
+            .kernel
+            .link(&network.parent)
+            .await
+            .map_err(kernel_err)?
+            .ok_or_else(|| {
+                Error::kernel(format!(
+                    "parent interface {} of network {} is missing",
+                    network.parent,
+                    short(&network.id)
+                ))
+            })?;
+        self.parent_indexes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(network.parent.clone(), parent.index);
+        Ok(parent.index)
+    }
+
+    /// A link with this endpoint's name exists: a leftover of an earlier Join of the same
+    /// endpoint (names are unique per store, so a marked link of this name is this
+    /// endpoint's), which goes; or someone else's, which stays and fails the Join.
+    async fn remove_leftover(&self, name: &str) -> Result<()> {
+        let Some(leftover) = self.kernel.link(name).await.map_err(kernel_err)? else {
+            return Ok(()); // gone meanwhile
+        };
+        if !self.is_ours(&leftover) {
+            return Err(Error::conflict(format!(
+                "interface name {name} is taken by a link rustvlan did not make; remove that link"
+            )));
+        }
+        tracing::info!(link = name, "removing this endpoint's leftover link before Join");
+        self.kernel.delete(leftover.index).await.map_err(kernel_err)?;
+        Ok(())
+    }
+
+    pub fn leave(&self, req: EndpointRequest) -> Empty {
+        // dockerd moves the link back to the host itself; DeleteEndpoint removes it.
+        tracing::debug!(endpoint = short(&req.endpoint_id), "leave");
+        Empty {}
+    }
+}
+
+fn join_answer(network: &NetworkRecord, endpoint: &EndpointRecord) -> JoinResponse {
+    let gateway_for = |address: Option<IpNetwork>, subnets: &[crate::model::Subnet]| {
+        let address = address?;
+        subnets
+            .iter()
+            .find(|s| s.pool.contains(address.ip()))
+            .and_then(|s| s.gateway)
+            .map(|g| g.ip().to_string())
+    };
+    let mut answer = JoinResponse {
+        interface_name: InterfaceName {
+            src_name: endpoint.link_name.clone(),
+            dst_prefix: "eth".to_string(),
+        },
+        gateway: None,
+        gateway_ipv6: None,
+        static_routes: Vec::new(),
+        // Never attach rustvlan containers to docker_gwbridge.
+        disable_gateway_service: true,
+    };
+    if network.internal {
+        return answer;
+    }
+    if network.link.is_routed() {
+        // ipvlan l3/l3s: no gateway on the wire; everything leaves through the device.
+        for (address, destination) in [(endpoint.ipv4, "0.0.0.0/0"), (endpoint.ipv6, "::/0")] {
+            if address.is_some() {
+                answer.static_routes.push(StaticRoute {
+                    destination: destination.to_string(),
+                    route_type: ROUTE_TYPE_CONNECTED,
+                    next_hop: None,
+                });
+            }
+        }
+    } else {
+        answer.gateway = gateway_for(endpoint.ipv4, &network.ipv4);
+        answer.gateway_ipv6 = gateway_for(endpoint.ipv6, &network.ipv6);
+    }
+    answer
+}
+
+fn explain_child_error(e: KernelError, network: &NetworkRecord, endpoint: &EndpointRecord) -> Error {
+    let kind = network.link.kind_name();
+    let parent = &network.parent;
+    if e.is(EBUSY) {
+        Error::conflict(format!(
+            "{}: parent {parent} already has links that cannot live beside a {} child (macvlan and ipvlan cannot share a parent; passthru takes it alone)",
+            e.message, network.link
+        ))
+    } else if e.is(EADDRINUSE) {
+        Error::conflict(format!(
+            "{}: MAC address {} is already used on parent {parent}",
+            e.message,
+            endpoint.mac.map(|m| m.to_string()).unwrap_or_default()
+        ))
+    } else if e.is(EOPNOTSUPP) {
+        Error::kernel(format!(
+            "{}: this kernel has no {kind} support (modprobe {kind})",
+            e.message
+        ))
+    } else if e.is(EINVAL) && network.mtu.is_some() {
+        Error::kernel(format!(
+            "{}: is mtu {} above the parent's?",
+            e.message,
+            network.mtu.unwrap_or_default()
+        ))
+    } else {
+        kernel_err(e)
+    }
+}

@@ -1,0 +1,279 @@
+//! CreateNetwork and DeleteNetwork (and dockerd 28's GwAllocCheck before them): options
+//! checked, the parent found or made (a VLAN or a dummy), the record written; on delete,
+//! the record removed before the parent rustvlan made goes.
+
+use std::collections::BTreeMap;
+
+use super::options::{NetworkConfig, ParentChoice, check_id, overlaps, parse_network_options, parse_subnets};
+use super::{kernel_err, pending_delete, short};
+use crate::api::wire::{CreateNetworkRequest, Empty, GwAllocCheckRequest, GwAllocCheckResponse, NetworkRequest};
+use crate::error::{Error, Result};
+use crate::kernel::{EEXIST, EOPNOTSUPP, Kernel, KernelError, LinkInfo};
+use crate::model::{EndpointRecord, NetworkRecord, ParentKind, ParentRecord, Subnet};
+use crate::plugin::Plugin;
+use crate::state::{Change, State};
+
+const GW_CHECK_ID: &str = "gwalloccheck";
+
+impl<K: Kernel> Plugin<K> {
+    /// dockerd 28 asks this before CreateNetwork. Like Docker 28's macvlan, no gateway
+    /// address is reserved where containers get no gateway: `--internal` networks,
+    /// networks without a parent (an isolated dummy), and ipvlan l3/l3s, which route
+    /// through the device. There the first container gets the subnet's first address,
+    /// and a /31 holds two containers.
+    pub fn gw_alloc_check(&self, req: GwAllocCheckRequest) -> Result<GwAllocCheckResponse> {
+        // The network has no id yet; the id only names a dummy parent, not made here.
+        let config = parse_network_options(GW_CHECK_ID, req.options.as_ref().unwrap_or(&BTreeMap::new()))?;
+        let skip = config.internal || matches!(config.parent, ParentChoice::Dummy { .. }) || config.link.is_routed();
+        Ok(GwAllocCheckResponse {
+            skip_ipv4: skip,
+            skip_ipv6: skip,
+        })
+    }
+
+    pub async fn create_network(&self, req: CreateNetworkRequest) -> Result<Empty> {
+        check_id("NetworkID", &req.network_id)?;
+        let config = parse_network_options(&req.network_id, req.options.as_ref().unwrap_or(&BTreeMap::new()))?;
+        let ipv4 = parse_subnets("IPv4Data", req.ipv4_data.as_deref().unwrap_or_default(), false)?;
+        let ipv6 = parse_subnets("IPv6Data", req.ipv6_data.as_deref().unwrap_or_default(), true)?;
+        check_families(&config, &ipv4, &ipv6)?;
+        let record = NetworkRecord {
+            id: req.network_id.clone(),
+            link: config.link,
+            parent: config.parent.name().to_string(),
+            mtu: config.mtu,
+            internal: config.internal,
+            enable_ipv6: config.enable_ipv6,
+            ipv4,
+            ipv6,
+            options: config.options.clone(),
+        };
+
+        let _topology = self.topology.write().await;
+        {
+            let state = self.state();
+            if let Some(existing) = state.networks.get(&record.id) {
+                return if *existing == record {
+                    Ok(Empty {})
+                } else {
+                    Err(Error::conflict(format!(
+                        "network {} already exists with other settings",
+                        short(&record.id)
+                    )))
+                };
+            }
+            check_parent_conflicts(&state, &record)?;
+        }
+        let made = self.ensure_parent(&config, &record).await?;
+        let committed = self
+            .commit(|state| {
+                let mut changes = vec![Change::PutNetwork(record.clone())];
+                if let Some((parent, _)) = &made {
+                    changes.push(Change::PutParent(parent.clone()));
+                }
+                for subnet in record.subnets() {
+                    let gateway = subnet.gateway.map(|g| g.ip());
+                    if let Some(claim) = state
+                        .ipam
+                        .plan_claim(&subnet.address_space, subnet.pool, gateway, &record.id)
+                    {
+                        changes.push(Change::Ipam(claim));
+                    }
+                }
+                Ok(((), changes))
+            })
+            .await;
+        if let Err(err) = committed {
+            if let Some((parent, index)) = made {
+                self.delete_quietly(index, &parent.name).await;
+            }
+            return Err(err);
+        }
+        tracing::info!(
+            network = short(&record.id),
+            parent = %record.parent,
+            link = %record.link,
+            made_parent = made.is_some(),
+            "network created"
+        );
+        Ok(Empty {})
+    }
+
+    /// Finds the parent, or makes it (a VLAN or a dummy). Returns what it made.
+    async fn ensure_parent(
+        &self,
+        config: &NetworkConfig,
+        record: &NetworkRecord,
+    ) -> Result<Option<(ParentRecord, u32)>> {
+        let name = config.parent.name();
+        if let Some(link) = self.kernel.link(name).await.map_err(kernel_err)? {
+            check_mtu(record, &link)?;
+            return Ok(None);
+        }
+        let (kind, result) = match &config.parent {
+            ParentChoice::Named { vlan: Some(spec), .. } => {
+                let base = self.kernel.link(&spec.base).await.map_err(kernel_err)?.ok_or_else(|| {
+                    Error::invalid(format!(
+                        "parent interface {} does not exist, so VLAN {} cannot be made on it",
+                        spec.base, spec.id
+                    ))
+                })?;
+                check_mtu(record, &base)?;
+                let kind = ParentKind::Vlan {
+                    base: spec.base.clone(),
+                    id: spec.id,
+                };
+                (kind, self.kernel.add_vlan(name, base.index, spec.id, self.group).await)
+            }
+            ParentChoice::Named { vlan: None, .. } => {
+                return Err(Error::invalid(format!("parent interface {name} does not exist")));
+            }
+            ParentChoice::Dummy { .. } => (
+                ParentKind::Dummy,
+                self.kernel.add_dummy(name, record.mtu, self.group).await,
+            ),
+        };
+        result.map_err(|e| explain_parent_error(e, name))?;
+        let link = self
+            .kernel
+            .link(name)
+            .await
+            .map_err(kernel_err)?
+            .ok_or_else(|| Error::kernel(format!("parent {name} vanished right after it was made")))?;
+        tracing::info!(parent = name, "parent link made");
+        Ok(Some((
+            ParentRecord {
+                name: name.to_string(),
+                kind,
+            },
+            link.index,
+        )))
+    }
+
+    pub async fn delete_network(&self, req: NetworkRequest) -> Result<Empty> {
+        let _topology = self.topology.write().await;
+        let id = req.network_id;
+        let removed = self
+            .commit(|state| {
+                let Some(network) = state.networks.get(&id) else {
+                    return Ok((None, Vec::new()));
+                };
+                let stale: Vec<EndpointRecord> = state.endpoints_of(&id).cloned().collect();
+                let shared = state.networks_on_parent(&network.parent).any(|n| n.id != id);
+                let parent = state.parents.get(&network.parent).filter(|_| !shared).cloned();
+                let mut changes: Vec<Change> = stale
+                    .iter()
+                    .flat_map(|e| [Change::DelEndpoint(e.id.clone()), Change::PutPending(pending_delete(e))])
+                    .collect();
+                changes.push(Change::DelNetwork(id.clone()));
+                if let Some(p) = &parent {
+                    changes.push(Change::DelParent(p.name.clone()));
+                }
+                Ok((Some((network.clone(), stale, parent)), changes))
+            })
+            .await?;
+        let Some((network, stale, parent)) = removed else {
+            tracing::debug!(network = short(&id), "delete of an unknown network: nothing to do");
+            return Ok(Empty {});
+        };
+        // The parent goes only once no link being deleted hangs off it.
+        if let Err(e) = self.process_pending().await {
+            tracing::warn!("deleting queued links failed: {e}; start-up reconcile will retry");
+        }
+        if let Some(parent) = parent {
+            match self.kernel.link(&parent.name).await {
+                Ok(Some(link)) if self.is_ours(&link) => {
+                    self.delete_quietly(link.index, &parent.name).await;
+                    self.parent_indexes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&parent.name);
+                }
+                Ok(Some(_)) => {
+                    tracing::warn!(parent = %parent.name, "parent no longer carries rustvlan's mark; left in place")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(parent = %parent.name, "cannot look up parent to delete it: {e}"),
+            }
+        }
+        tracing::info!(
+            network = short(&network.id),
+            stale_endpoints = stale.len(),
+            "network deleted"
+        );
+        Ok(Empty {})
+    }
+}
+
+/// The families a network has enabled must have pools, as Docker's own drivers check;
+/// dockerd 28 says whether IPv4 is on (20.10 does not: IPv4 always is).
+fn check_families(config: &NetworkConfig, ipv4: &[Subnet], ipv6: &[Subnet]) -> Result<()> {
+    match config.enable_ipv4 {
+        Some(true) if ipv4.is_empty() => Err(Error::invalid(
+            "IPv4 is enabled but IPv4Data has no subnet; give --subnet, or --ipv4=false for an IPv6-only network",
+        )),
+        Some(false) if !ipv4.is_empty() => Err(Error::invalid(
+            "IPv4 is disabled (--ipv4=false) but IPv4Data has a subnet",
+        )),
+        _ if config.enable_ipv6 && ipv6.is_empty() => Err(Error::invalid(
+            "IPv6 is enabled but IPv6Data has no subnet; give an IPv6 --subnet",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_mtu(record: &NetworkRecord, parent: &LinkInfo) -> Result<()> {
+    match record.mtu {
+        Some(mtu) if mtu > parent.mtu => Err(Error::invalid(format!(
+            "mtu {mtu} is above the MTU {} of parent {}",
+            parent.mtu, parent.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a new network against the others on its parent.
+fn check_parent_conflicts(state: &State, new: &NetworkRecord) -> Result<()> {
+    let parent = &new.parent;
+    for other in state.networks_on_parent(parent) {
+        let other_id = short(&other.id);
+        if other.link.is_passthru() {
+            return Err(Error::conflict(format!(
+                "parent {parent} is taken by macvlan passthru network {other_id}; passthru needs its parent alone"
+            )));
+        }
+        if new.link.is_passthru() {
+            return Err(Error::conflict(format!(
+                "macvlan passthru needs parent {parent} alone, but network {other_id} uses it"
+            )));
+        }
+        if other.link.kind_name() != new.link.kind_name() {
+            return Err(Error::conflict(format!(
+                "parent {parent} already carries {} network {other_id}; macvlan and ipvlan networks cannot share a parent (the kernel refuses it)",
+                other.link.kind_name()
+            )));
+        }
+        for mine in new.subnets() {
+            if let Some(theirs) = other.subnets().find(|s| overlaps(&s.pool, &mine.pool)) {
+                return Err(Error::conflict(format!(
+                    "subnet {} overlaps subnet {} of network {other_id} on parent {parent}",
+                    mine.pool, theirs.pool
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn explain_parent_error(e: KernelError, name: &str) -> Error {
+    if e.is(EOPNOTSUPP) {
+        Error::kernel(format!(
+            "{}: this kernel cannot make that kind of link (is the 8021q or dummy module available?)",
+            e.message
+        ))
+    } else if e.is(EEXIST) {
+        Error::conflict(format!("{}: {name} appeared while rustvlan was making it", e.message))
+    } else {
+        kernel_err(e)
+    }
+}

@@ -1,0 +1,151 @@
+//! Start-up reconcile: the kernel is brought in line with the records (orphan links
+//! deleted, missing parents re-made), and the kernel's view of the records for
+//! `rustvlan state`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+
+use super::{is_child_kind, kernel_err};
+use crate::error::Result;
+use crate::kernel::{Kernel, LinkInfo};
+use crate::model::{ParentKind, ParentRecord};
+use crate::plugin::Plugin;
+
+/// The report of a start-up reconcile, logged and kept for `rustvlan state`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ReconcileReport {
+    pub orphan_links_deleted: Vec<String>,
+    pub orphan_parents_deleted: Vec<String>,
+    pub parents_recreated: Vec<String>,
+    pub parents_missing: Vec<String>,
+    pub endpoints_without_host_link: usize,
+    pub pending_deletes_finished: usize,
+}
+
+impl<K: Kernel> Plugin<K> {
+    /// Start-up: delete links this store marked but no record owns (crash leftovers),
+    /// re-make parents rustvlan made that are missing (host reboot), and count endpoints
+    /// whose link is not in this namespace (their containers may still run).
+    pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        let links = self.kernel.links().await.map_err(kernel_err)?;
+        let mut report = ReconcileReport::default();
+        let (orphans, orphan_parents, missing_parents, without_link) = {
+            let state = self.state();
+            let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
+            let orphans: Vec<LinkInfo> = links
+                .iter()
+                // A queued link is the reaper's, and is counted as a finished delete.
+                .filter(|l| {
+                    self.is_ours(l)
+                        && is_child_kind(l)
+                        && state.endpoint_by_link(&l.name).is_none()
+                        && !state.pending.contains_key(&l.name)
+                })
+                .cloned()
+                .collect();
+            let orphan_parents: Vec<LinkInfo> = links
+                .iter()
+                .filter(|l| self.is_ours(l) && !is_child_kind(l) && !state.parents.contains_key(&l.name))
+                .cloned()
+                .collect();
+            let missing: Vec<ParentRecord> = state
+                .parents
+                .values()
+                .filter(|p| !names.contains(p.name.as_str()))
+                .cloned()
+                .collect();
+            let without = state
+                .endpoints
+                .values()
+                .filter(|e| !names.contains(e.link_name.as_str()))
+                .count();
+            (orphans, orphan_parents, missing, without)
+        };
+        // Deletes queued before a crash.
+        report.pending_deletes_finished = self.process_pending().await?;
+        for link in orphans {
+            self.delete_quietly(link.index, &link.name).await;
+            report.orphan_links_deleted.push(link.name);
+        }
+        for link in orphan_parents {
+            self.delete_quietly(link.index, &link.name).await;
+            report.orphan_parents_deleted.push(link.name);
+        }
+        for parent in missing_parents {
+            let made = match &parent.kind {
+                ParentKind::Vlan { base, id } => match self.kernel.link(base).await {
+                    Ok(Some(b)) => self
+                        .kernel
+                        .add_vlan(&parent.name, b.index, *id, self.group)
+                        .await
+                        .map_err(|e| e.message),
+                    Ok(None) => Err(format!("its base interface {base} does not exist")),
+                    Err(e) => Err(e.message),
+                },
+                ParentKind::Dummy => {
+                    let mtu = self.state().networks_on_parent(&parent.name).find_map(|n| n.mtu);
+                    self.kernel
+                        .add_dummy(&parent.name, mtu, self.group)
+                        .await
+                        .map_err(|e| e.message)
+                }
+            };
+            match made {
+                Ok(()) => report.parents_recreated.push(parent.name),
+                Err(e) => {
+                    tracing::warn!(parent = %parent.name, "cannot re-make missing parent: {e}");
+                    report.parents_missing.push(parent.name);
+                }
+            }
+        }
+        report.endpoints_without_host_link = without_link;
+        tracing::info!(
+            orphan_links_deleted = ?report.orphan_links_deleted,
+            orphan_parents_deleted = ?report.orphan_parents_deleted,
+            parents_recreated = ?report.parents_recreated,
+            parents_missing = ?report.parents_missing,
+            endpoints_without_host_link = report.endpoints_without_host_link,
+            pending_deletes_finished = report.pending_deletes_finished,
+            "reconciled with the kernel"
+        );
+        Ok(report)
+    }
+
+    /// What the kernel shows of rustvlan's records now, for `rustvlan state`.
+    pub async fn kernel_view(&self) -> Value {
+        let links = match self.kernel.links().await {
+            Ok(l) => l,
+            Err(e) => return json!({ "error": e.message }),
+        };
+        let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        let state = self.state();
+        let endpoint_links: BTreeMap<&str, &str> = state
+            .endpoints
+            .values()
+            .map(|e| {
+                let place = if names.contains(e.link_name.as_str()) {
+                    "in host namespace"
+                } else {
+                    "not in host namespace (inside a container, or gone)"
+                };
+                (e.id.as_str(), place)
+            })
+            .collect();
+        let parents: BTreeMap<&str, &str> = state
+            .networks
+            .values()
+            .map(|n| {
+                (
+                    n.parent.as_str(),
+                    if names.contains(n.parent.as_str()) {
+                        "present"
+                    } else {
+                        "missing"
+                    },
+                )
+            })
+            .collect();
+        json!({ "endpoint_links": endpoint_links, "parents": parents })
+    }
+}

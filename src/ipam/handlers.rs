@@ -1,0 +1,113 @@
+//! The IpamDriver requests: each checks its arguments, plans with the allocator under the
+//! state lock, and is answered once the plan is on disk.
+
+use std::collections::BTreeMap;
+
+use crate::api::wire::{
+    AddressSpacesResponse, Empty, IpamCapabilities, REQUEST_ADDRESS_TYPE, REQUEST_ADDRESS_TYPE_GATEWAY,
+    ReleaseAddressRequest, ReleasePoolRequest, RequestAddressRequest, RequestAddressResponse, RequestPoolRequest,
+    RequestPoolResponse,
+};
+use crate::error::Result;
+use crate::ipam::{GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, PoolRequest, parse_address, pool_id};
+use crate::kernel::Kernel;
+use crate::keys::check_option_keys;
+use crate::plugin::Plugin;
+use crate::state::Change;
+
+/// Bare `--ipam-opt` keys rustvlan's IPAM understands: none yet.
+const IPAM_KEYS: &[&str] = &[];
+
+impl<K: Kernel> Plugin<K> {
+    pub fn ipam_capabilities(&self) -> IpamCapabilities {
+        // Allocations are durable, so dockerd need not replay pools and addresses after
+        // its restarts (replays were fragile in dockerd 20.10).
+        IpamCapabilities {
+            requires_mac_address: false,
+            requires_request_replay: false,
+        }
+    }
+
+    pub fn address_spaces(&self) -> AddressSpacesResponse {
+        AddressSpacesResponse {
+            local: LOCAL_ADDRESS_SPACE,
+            global: GLOBAL_ADDRESS_SPACE,
+        }
+    }
+
+    pub async fn request_pool(&self, req: RequestPoolRequest) -> Result<RequestPoolResponse> {
+        if let Some(options) = &req.options {
+            check_option_keys("IPAM option", options.keys().map(String::as_str), IPAM_KEYS)?;
+        }
+        let request = PoolRequest {
+            address_space: req.address_space,
+            pool: req.pool.unwrap_or_default(),
+            sub_pool: req.sub_pool.unwrap_or_default(),
+            options: req.options.unwrap_or_default(),
+            v6: req.v6.unwrap_or(false),
+        };
+        let record = self
+            .commit(|state| {
+                let (record, changes) = state.ipam.plan_request_pool(&request)?;
+                Ok((record, changes.into_iter().map(Change::Ipam).collect()))
+            })
+            .await?;
+        tracing::info!(pool_id = %pool_id(&record), "pool allocated");
+        Ok(RequestPoolResponse {
+            pool_id: pool_id(&record),
+            pool: record.pool.to_string(),
+            data: BTreeMap::new(),
+        })
+    }
+
+    pub async fn release_pool(&self, req: ReleasePoolRequest) -> Result<Empty> {
+        let released = self
+            .commit(|state| {
+                let changes = state.ipam.plan_release_pool(&req.pool_id)?;
+                Ok((!changes.is_empty(), changes.into_iter().map(Change::Ipam).collect()))
+            })
+            .await?;
+        if released {
+            tracing::info!(pool_id = %req.pool_id, "pool released");
+        } else {
+            tracing::debug!(pool_id = %req.pool_id, "release of an unknown pool: nothing to do");
+        }
+        Ok(Empty {})
+    }
+
+    pub async fn request_address(&self, req: RequestAddressRequest) -> Result<RequestAddressResponse> {
+        let address = match req.address.as_deref().filter(|a| !a.is_empty()) {
+            Some(text) => Some(parse_address("Address", text)?),
+            None => None,
+        };
+        let gateway = req
+            .options
+            .as_ref()
+            .and_then(|o| o.get(REQUEST_ADDRESS_TYPE))
+            .is_some_and(|t| t == REQUEST_ADDRESS_TYPE_GATEWAY);
+        let cidr = self
+            .commit(|state| {
+                let (cidr, changes) = state.ipam.plan_request_address(&req.pool_id, address, gateway)?;
+                Ok((cidr, changes.into_iter().map(Change::Ipam).collect()))
+            })
+            .await?;
+        tracing::debug!(pool_id = %req.pool_id, address = %cidr, gateway, "address allocated");
+        Ok(RequestAddressResponse {
+            address: cidr.to_string(),
+            data: BTreeMap::new(),
+        })
+    }
+
+    pub async fn release_address(&self, req: ReleaseAddressRequest) -> Result<Empty> {
+        let ip = parse_address("Address", &req.address)?;
+        self.commit(|state| {
+            let changes = state.ipam.plan_release_address(&req.pool_id, ip)?;
+            if changes.is_empty() {
+                tracing::debug!(pool_id = %req.pool_id, address = %ip, "release of an address not allocated: nothing to do");
+            }
+            Ok(((), changes.into_iter().map(Change::Ipam).collect()))
+        })
+        .await?;
+        Ok(Empty {})
+    }
+}
