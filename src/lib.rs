@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod driver;
+pub mod dump;
 pub mod error;
 pub mod ipam;
 pub mod kernel;

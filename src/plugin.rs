@@ -3,8 +3,10 @@
 //! [`crate::driver`] (NetworkDriver) and [`crate::ipam`] (IpamDriver).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::dump::StateDump;
 use crate::error::{Error, Result};
 use crate::kernel::Kernel;
 use crate::state::{Change, State};
@@ -66,20 +68,20 @@ impl<K: Kernel> Plugin<K> {
 
     /// The store's records as `rustvlan state --json` prints them, plus what the kernel
     /// shows of them now. Read under the state lock so that no request is half in.
-    pub async fn dump(&self) -> Result<serde_json::Value> {
-        let mut value = {
+    pub async fn dump(&self) -> Result<StateDump> {
+        let mut dump = {
             let state = self.state();
-            let mut value = self.store.records().map_err(|e| Error::store(&e))?.to_json();
-            let mut unbound: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut dump = self.store.records().map_err(|e| Error::store(&e))?.to_dump();
+            let mut unbound: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
             for (seq, ip) in crate::ipam::reclaim::unbound_addresses(&state) {
                 if let Some(pool) = state.ipam.pool(seq) {
-                    unbound.entry(pool.id()).or_default().push(ip.to_string());
+                    unbound.entry(pool.id()).or_default().push(ip);
                 }
             }
-            value["unbound_addresses"] = serde_json::json!(unbound);
-            value
+            dump.unbound_addresses = Some(unbound);
+            dump
         };
-        value["kernel"] = self.kernel_view().await;
-        Ok(value)
+        dump.kernel = Some(self.kernel_view().await);
+        Ok(dump)
     }
 }

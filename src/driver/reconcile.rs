@@ -2,11 +2,10 @@
 //! deleted, missing parents re-made), and the kernel's view of the records for
 //! `rustvlan state`.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use serde_json::{Value, json};
+use std::collections::BTreeSet;
 
 use super::{is_child_kind, kernel_err};
+use crate::dump::{KernelView, LinkPlace, Presence};
 use crate::error::Result;
 use crate::kernel::{Kernel, LinkInfo};
 use crate::model::{ParentKind, ParentRecord};
@@ -113,39 +112,40 @@ impl<K: Kernel> Plugin<K> {
     }
 
     /// What the kernel shows of rustvlan's records now, for `rustvlan state`.
-    pub async fn kernel_view(&self) -> Value {
+    pub async fn kernel_view(&self) -> KernelView {
         let links = match self.kernel.links().await {
             Ok(l) => l,
-            Err(e) => return json!({ "error": e.message }),
+            Err(e) => return KernelView::Failed { error: e.message },
         };
         let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
         let state = self.state();
-        let endpoint_links: BTreeMap<&str, &str> = state
+        let endpoint_links = state
             .endpoints
             .values()
             .map(|e| {
                 let place = if names.contains(e.link_name.as_str()) {
-                    "in host namespace"
+                    LinkPlace::HostNamespace
                 } else {
-                    "not in host namespace (inside a container, or gone)"
+                    LinkPlace::Elsewhere
                 };
-                (e.id.as_str(), place)
+                (e.id.clone(), place)
             })
             .collect();
-        let parents: BTreeMap<&str, &str> = state
+        let parents = state
             .networks
             .values()
             .map(|n| {
-                (
-                    n.parent.as_str(),
-                    if names.contains(n.parent.as_str()) {
-                        "present"
-                    } else {
-                        "missing"
-                    },
-                )
+                let presence = if names.contains(n.parent.as_str()) {
+                    Presence::Present
+                } else {
+                    Presence::Missing
+                };
+                (n.parent.clone(), presence)
             })
             .collect();
-        json!({ "endpoint_links": endpoint_links, "parents": parents })
+        KernelView::Seen {
+            endpoint_links,
+            parents,
+        }
     }
 }

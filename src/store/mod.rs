@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use anyhow::{Context, anyhow, bail};
 use ipnetwork::Ipv6Network;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
+use crate::dump::{AddressUse, PoolDump, StateDump};
 use crate::ipam::{Ipam, IpamChange, IpamConfig, pool_id};
 use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PendingDelete, PoolRecord};
 use crate::state::{Change, State};
@@ -172,51 +172,49 @@ impl Records {
     }
 
     /// The state as `rustvlan state --json` prints it: deterministic, readable.
-    pub fn to_json(&self) -> Value {
-        let pools: BTreeMap<String, Value> = self
+    pub fn to_dump(&self) -> StateDump {
+        let pools = self
             .pools
             .values()
             .map(|p| {
-                let addresses: BTreeMap<String, &str> = self
+                let addresses = self
                     .addresses
                     .get(&p.seq)
                     .into_iter()
                     .flatten()
-                    .map(|(ip, &gw)| (ip.to_string(), if gw { "gateway" } else { "allocated" }))
+                    .map(|(ip, &gw)| (*ip, if gw { AddressUse::Gateway } else { AddressUse::Allocated }))
                     .collect();
-                let value = json!({
-                    "address_space": p.address_space,
-                    "pool": p.pool,
-                    "sub_pool": p.sub_pool,
-                    "options": p.options,
-                    "cursor": self.cursors.get(&p.seq),
-                    "addresses": addresses,
-                });
-                (pool_id(p), value)
+                let dump = PoolDump {
+                    address_space: p.address_space.clone(),
+                    pool: p.pool,
+                    sub_pool: p.sub_pool,
+                    options: p.options.clone(),
+                    cursor: self.cursors.get(&p.seq).copied(),
+                    addresses,
+                };
+                (pool_id(p), dump)
             })
             .collect();
-        // Addresses recorded for a pool that no longer exists would be a store bug; show them.
-        let orphans: BTreeMap<String, Vec<String>> = self
+        let orphan_addresses = self
             .addresses
             .iter()
             .filter(|(seq, _)| !self.pools.contains_key(seq))
-            .map(|(seq, a)| (seq.to_string(), a.keys().map(|ip| ip.to_string()).collect()))
+            .map(|(seq, a)| (*seq, a.keys().copied().collect()))
             .collect();
-        let mut out = json!({
-            "schema": self.schema,
-            "next_pool_seq": self.next_pool_seq,
-            "default_v6_range": self.default_v6_range,
-            "link_group": self.link_group,
-            "networks": self.networks,
-            "endpoints": self.endpoints,
-            "parents": self.parents,
-            "pending_deletes": self.pending,
-            "pools": pools,
-        });
-        if !orphans.is_empty() {
-            out["orphan_addresses"] = json!(orphans);
+        StateDump {
+            schema: self.schema,
+            next_pool_seq: self.next_pool_seq,
+            default_v6_range: self.default_v6_range,
+            link_group: self.link_group,
+            networks: self.networks.clone(),
+            endpoints: self.endpoints.clone(),
+            parents: self.parents.clone(),
+            pending_deletes: self.pending.clone(),
+            pools,
+            orphan_addresses,
+            unbound_addresses: None,
+            kernel: None,
         }
-        out
     }
 }
 

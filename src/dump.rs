@@ -1,0 +1,109 @@
+//! The state dump: what `rustvlan state --json` prints, what `POST /Rustvlan.State`
+//! answers, and what the CLI's table and the tests read. One serializable type, so that
+//! nobody indexes JSON by string.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnetwork::{IpNetwork, Ipv6Network};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PendingDelete};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateDump {
+    pub schema: u64,
+    /// The sequence number the next pool gets: pool ids are never reused.
+    pub next_pool_seq: u64,
+    pub default_v6_range: Option<Ipv6Network>,
+    /// The IFLA_GROUP number that marks this store's links.
+    pub link_group: u32,
+    pub networks: BTreeMap<String, NetworkRecord>,
+    pub endpoints: BTreeMap<String, EndpointRecord>,
+    /// The parents rustvlan made (VLANs, dummies), by name.
+    pub parents: BTreeMap<String, ParentRecord>,
+    /// Links queued for deletion, by name.
+    pub pending_deletes: BTreeMap<String, PendingDelete>,
+    /// By pool id (`rustvlan-local/10.0.0.0/24#3`).
+    pub pools: BTreeMap<String, PoolDump>,
+    /// Addresses recorded for a pool that no longer exists: a store bug, shown if any.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub orphan_addresses: BTreeMap<u64, Vec<IpAddr>>,
+    /// Only from a running plugin: allocated addresses no endpoint, gateway or aux
+    /// address uses (yet), by pool id; the reclaim sweep releases them in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unbound_addresses: Option<BTreeMap<String, Vec<IpAddr>>>,
+    /// Only from a running plugin: what the kernel shows of the records now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolDump {
+    pub address_space: String,
+    pub pool: IpNetwork,
+    pub sub_pool: Option<IpNetwork>,
+    pub options: BTreeMap<String, String>,
+    /// The last address handed out; the next dynamic one comes after it.
+    pub cursor: Option<IpAddr>,
+    pub addresses: BTreeMap<IpAddr, AddressUse>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressUse {
+    Gateway,
+    Allocated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KernelView {
+    Seen {
+        /// Endpoint id -> where its link is.
+        endpoint_links: BTreeMap<String, LinkPlace>,
+        /// Parent name -> whether it exists.
+        parents: BTreeMap<String, Presence>,
+    },
+    /// The kernel could not be asked.
+    Failed { error: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkPlace {
+    #[serde(rename = "in host namespace")]
+    HostNamespace,
+    #[serde(rename = "not in host namespace (inside a container, or gone)")]
+    Elsewhere,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    Present,
+    Missing,
+}
+
+impl StateDump {
+    /// Addresses allocated to containers: every pool's addresses but gateways.
+    pub fn container_allocations(&self) -> usize {
+        self.pools
+            .values()
+            .flat_map(|p| p.addresses.values())
+            .filter(|u| **u == AddressUse::Allocated)
+            .count()
+    }
+
+    /// Where an endpoint's link is, if the dump came from a running plugin.
+    pub fn link_place(&self, endpoint_id: &str) -> Option<LinkPlace> {
+        match &self.kernel {
+            Some(KernelView::Seen { endpoint_links, .. }) => endpoint_links.get(endpoint_id).copied(),
+            _ => None,
+        }
+    }
+
+    /// The dump as pretty JSON, as `rustvlan state --json` prints it.
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a state dump always serializes")
+    }
+}
