@@ -94,6 +94,20 @@ impl StateDump {
             .count()
     }
 
+    /// The store's records alone, as `rustvlan state` reads them with no plugin running.
+    pub fn records(&self) -> StateDump {
+        StateDump {
+            unbound_addresses: None,
+            kernel: None,
+            ..self.clone()
+        }
+    }
+
+    /// No network, endpoint, pool or parent: what a host without rustvlan networks holds.
+    pub fn holds_nothing(&self) -> bool {
+        self.networks.is_empty() && self.endpoints.is_empty() && self.pools.is_empty() && self.parents.is_empty()
+    }
+
     /// Where an endpoint's link is, if the dump came from a running plugin.
     pub fn link_place(&self, endpoint_id: &str) -> Option<LinkPlace> {
         match &self.kernel {

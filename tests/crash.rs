@@ -6,13 +6,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::harness::{Dockerd, Sandbox, Timings};
 use common::{Netns, Server, TempDir, report, require_root};
+use rustvlan::dump::AddressUse;
 use serde_json::{Value, json};
 
 const CYCLES: usize = 500;
@@ -81,7 +82,7 @@ fn sigkill_during_concurrent_attach_detach_loses_and_leaks_nothing() {
         json!({"NetworkID": NET, "IPv4Data": [{"AddressSpace": "rustvlan-local", "Pool": "10.50.0.0/16", "Gateway": "10.50.0.1/16"}],
                "Options": {"com.docker.network.generic": {"parent": "cp0"}}}),
     );
-    let group = server.state()["link_group"].as_u64().unwrap();
+    let group = u64::from(server.state().link_group);
     let sandboxes: Vec<Netns> = (0..CLIENTS).map(|_| Netns::new()).collect();
 
     let server = Arc::new(Mutex::new(server));
@@ -169,10 +170,14 @@ fn sigkill_during_concurrent_attach_detach_loses_and_leaks_nothing() {
     // Quiescent now: restart with a zero grace period so the start-up sweep releases
     // whatever no endpoint, gateway or aux address uses.
     let before_sweep = server.state();
-    let unbound: Vec<String> = before_sweep["unbound_addresses"][&pool_id]
-        .as_array()
-        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default();
+    let unbound: Vec<String> = before_sweep
+        .unbound_addresses
+        .unwrap_or_default()
+        .remove(&pool_id)
+        .unwrap_or_default()
+        .iter()
+        .map(|ip| ip.to_string())
+        .collect();
     server.kill9();
     server.extra_args = vec!["--reclaim-after".into(), "0".into()];
     server.restart();
@@ -180,19 +185,18 @@ fn sigkill_during_concurrent_attach_detach_loses_and_leaks_nothing() {
 
     let ledger = ledger.lock().unwrap();
     let failures = failed.lock().unwrap().clone();
-    let allocated: BTreeMap<String, String> =
-        serde_json::from_value(after["pools"][&pool_id]["addresses"].clone()).unwrap();
-    let leaked_allocations: Vec<&String> = allocated
+    let leaked_allocations: Vec<std::net::IpAddr> = after.pools[&pool_id]
+        .addresses
         .iter()
-        .filter(|(_, kind)| *kind != "gateway")
-        .map(|(ip, _)| ip)
+        .filter(|(_, used)| **used == AddressUse::Allocated)
+        .map(|(ip, _)| *ip)
         .collect();
     let explained = unbound.iter().filter(|ip| !ledger.answered.contains(*ip)).count();
     let leaked_links: Vec<String> = group_links(&host, group)
         .into_iter()
         .chain(sandboxes.iter().flat_map(|ns| group_links(ns, group)))
         .collect();
-    let endpoints = after["endpoints"].as_object().unwrap().len();
+    let endpoints = after.endpoints.len();
 
     // The network still works after all that.
     let usable = runtime.block_on(async {
@@ -226,7 +230,7 @@ fn sigkill_during_concurrent_attach_detach_loses_and_leaks_nothing() {
         ledger.duplicates
     );
     assert!(leaked_links.is_empty(), "leaked links: {leaked_links:?}");
-    assert_eq!(endpoints, 0, "leaked endpoints: {}", after["endpoints"]);
+    assert_eq!(endpoints, 0, "leaked endpoints: {:?}", after.endpoints.keys());
     assert!(
         leaked_allocations.is_empty(),
         "allocations left after the sweep: {leaked_allocations:?}"

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{BIN, Server, TempDir, check, report, require_root, run};
+use rustvlan::dump::StateDump;
 use serde_json::json;
 
 /// A small tmpfs, unmounted on drop.
@@ -105,6 +106,11 @@ fn store_with_records(state: &Path, socket_dir: &Path) -> Server {
     s
 }
 
+/// The id of the first pool the plugin holds.
+fn first_pool(s: &Server) -> String {
+    s.state().pools.into_keys().next().expect("a pool")
+}
+
 #[test]
 fn read_only_state_dir_is_refused() {
     if !require_root() {
@@ -139,12 +145,11 @@ fn full_disk_is_refused_at_start_and_fails_requests_cleanly_while_serving() {
     let fs = Tmpfs::mount("3m");
     let sockets = TempDir::new();
     let mut s = store_with_records(&fs.0.join("state"), sockets.path());
-    let pool_id = s.state()["pools"].as_object().unwrap().keys().next().unwrap().clone();
-    let mut answered: Vec<String> = s.state()["pools"][&pool_id]["addresses"]
-        .as_object()
-        .unwrap()
+    let pool_id = first_pool(&s);
+    let mut answered: Vec<String> = s.state().pools[&pool_id]
+        .addresses
         .keys()
-        .cloned()
+        .map(|ip| ip.to_string())
         .collect();
 
     // The disk fills while serving.
@@ -184,11 +189,10 @@ fn full_disk_is_refused_at_start_and_fails_requests_cleanly_while_serving() {
     fs.unfill();
     s.restart();
     let state = s.state();
-    let stored: Vec<String> = state["pools"][&pool_id]["addresses"]
-        .as_object()
-        .unwrap()
+    let stored: Vec<String> = state.pools[&pool_id]
+        .addresses
         .keys()
-        .cloned()
+        .map(|ip| ip.to_string())
         .collect();
     let lost: Vec<&String> = answered.iter().filter(|a| !stored.contains(a)).collect();
     let next = s.ok("/IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": ""}));
@@ -214,10 +218,9 @@ fn a_damaged_store_is_refused_never_started_empty() {
     let dir = TempDir::new();
     let state = dir.path().join("state");
     let mut s = store_with_records(&state, dir.path());
-    let records = |s: &Server| {
-        let mut v = s.state();
-        v.as_object_mut().unwrap().remove("kernel");
-        v
+    let records = |s: &Server| StateDump {
+        kernel: None,
+        ..s.state()
     };
     let intact = records(&s);
     s.terminate();
@@ -267,7 +270,7 @@ fn a_damaged_store_is_refused_never_started_empty() {
     let old = dir.path().join("old-db");
     check(Command::new("cp").arg("-a").arg(state.join("db")).arg(&old));
     s.restart();
-    let pool_id = s.state()["pools"].as_object().unwrap().keys().next().unwrap().clone();
+    let pool_id = first_pool(&s);
     s.ok("/IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": ""}));
     s.terminate();
     std::fs::remove_dir_all(state.join("db")).unwrap();

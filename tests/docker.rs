@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -14,7 +14,8 @@ use common::docker::{
     Scene, docker_ok, engine_is_28_or_later, host_links, ipv4_of, mac_of, pings, remove_network, require_dockerd,
 };
 use common::{Server, TempDir, mark_ran};
-use serde_json::json;
+use rustvlan::dump::{AddressUse, StateDump};
+use rustvlan::model::NetworkRecord;
 
 const SOCKET: &str = "/run/docker/plugins/rustvlan.sock";
 /// The tests share the host namespace and the plugin socket: one at a time.
@@ -65,8 +66,7 @@ fn containers_get_addresses_and_ping_over_macvlan() {
     assert_eq!(mac_of(&c3), "02:11:22:33:44:55");
     assert!(pings(&c3, &ip1));
 
-    let state = plugin.state();
-    assert_eq!(state["endpoints"].as_object().unwrap().len(), 3);
+    assert_eq!(plugin.state().endpoints.len(), 3);
     scene.rm_containers();
     plugin.settle();
     assert_eq!(
@@ -78,14 +78,15 @@ fn containers_get_addresses_and_ping_over_macvlan() {
             .collect(),
         "docker rm -f leaves no link behind"
     );
-    assert_eq!(plugin.state()["endpoints"], json!({}));
+    assert!(plugin.state().endpoints.is_empty());
 
     remove_network("rvnet-a");
     scene.networks.clear();
     let state = plugin.state();
-    for key in ["networks", "endpoints", "pools", "parents"] {
-        assert_eq!(state[key], json!({}), "docker network rm left {key}: {state}");
-    }
+    assert!(
+        state.networks.is_empty() && state.endpoints.is_empty() && state.pools.is_empty() && state.parents.is_empty(),
+        "docker network rm left records: {state:?}"
+    );
     mark_ran("RUSTVLAN_E2E_MARKER", "containers_get_addresses_and_ping_over_macvlan");
 }
 
@@ -126,9 +127,10 @@ fn running_containers_survive_a_plugin_restart() {
     remove_network("rvnet-b");
     scene.networks.clear();
     let state = plugin.state();
-    for key in ["networks", "endpoints", "pools"] {
-        assert_eq!(state[key], json!({}), "{key} left behind");
-    }
+    assert!(
+        state.networks.is_empty() && state.endpoints.is_empty() && state.pools.is_empty(),
+        "records left behind: {state:?}"
+    );
     mark_ran("RUSTVLAN_E2E_MARKER", "running_containers_survive_a_plugin_restart");
 }
 
@@ -173,9 +175,9 @@ fn docker_option_names_keep_the_built_in_behaviour() {
 }
 
 /// The network record rustvlan holds for a Docker network name.
-fn network_record(plugin: &Server, name: &str) -> serde_json::Value {
+fn network_record(plugin: &Server, name: &str) -> NetworkRecord {
     let id = docker_ok(&["network", "inspect", "--format", "{{.Id}}", name]);
-    plugin.state()["networks"][&id].clone()
+    plugin.state().networks.remove(&id).expect("rustvlan holds the network")
 }
 
 #[test]
@@ -199,8 +201,8 @@ fn internal_networks_keep_their_parent_and_give_no_gateway() {
         ],
     );
     assert_eq!(
-        network_record(&plugin, "rvnet-int")["parent"],
-        json!(scene.veth),
+        network_record(&plugin, "rvnet-int").parent,
+        scene.veth,
         "--internal keeps -o parent, as Docker 28's macvlan does"
     );
     let c1 = scene.run("rv-e2e-i1", "rvnet-int", &[]);
@@ -296,11 +298,8 @@ fn ipv6_networks_carry_ping6() {
     }
     scene.network("rvnet-v6", &args);
     let record = network_record(&plugin, "rvnet-v6");
-    assert_eq!(
-        record["ipv4"].as_array().map(Vec::len),
-        Some(usize::from(!docker28)),
-        "{record}"
-    );
+    assert_eq!(record.ipv4.len(), usize::from(!docker28), "{record:?}");
+    assert_eq!(record.ipv6.len(), 1, "{record:?}");
     let c1 = scene.run("rv-e2e-k1", "rvnet-v6", &[]);
     let c2 = scene.run("rv-e2e-k2", "rvnet-v6", &[]);
     let (ip1, ip2) = (ipv6_of(&c1), ipv6_of(&c2));
@@ -347,9 +346,9 @@ fn bare_unknown_keys_are_refused_and_namespaced_ones_accepted() {
     // Pool ids are never reused, so the sequence may move: on 20.10 the refusal comes at
     // CreateNetwork, after dockerd's RequestPool and ReleasePool (on 28, GwAllocCheck
     // refuses before any pool is asked for).
-    let held = |mut state: serde_json::Value| {
-        state.as_object_mut().unwrap().remove("next_pool_seq");
-        state
+    let held = |state: StateDump| StateDump {
+        next_pool_seq: 0,
+        ..state
     };
     assert_eq!(
         held(plugin.state()),
@@ -393,9 +392,18 @@ fn bare_unknown_keys_are_refused_and_namespaced_ones_accepted() {
 /// crash or a network fault would; every other call is passed through, request by
 /// request, on the connection dockerd keeps open.
 struct BreakingProxy {
+    /// dockerd's connections: shut down on drop, or dockerd would send the next test's
+    /// calls down them to this test's plugin, which is gone by then.
+    clients: std::sync::Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
     pending: std::sync::Arc<Mutex<Vec<String>>>,
     dropped: std::sync::Arc<Mutex<Vec<String>>>,
     retried_empty: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for BreakingProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl BreakingProxy {
@@ -405,14 +413,19 @@ impl BreakingProxy {
         let pending = std::sync::Arc::new(Mutex::new(Vec::new()));
         let dropped = std::sync::Arc::new(Mutex::new(Vec::new()));
         let retried_empty = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let (upstream, pending_, out) = (
+        let clients = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (upstream, pending_, out, clients_) = (
             upstream.to_path_buf(),
             pending.clone(),
             (dropped.clone(), retried_empty.clone()),
+            clients.clone(),
         );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
+                if let Ok(clone) = client.try_clone() {
+                    clients_.lock().unwrap().push(clone);
+                }
                 let (upstream, pending, out) = (upstream.clone(), pending_.clone(), out.clone());
                 std::thread::spawn(move || {
                     let _ = proxy_connection(client, &upstream, &pending, &out.0, &out.1);
@@ -420,9 +433,18 @@ impl BreakingProxy {
             }
         });
         BreakingProxy {
+            clients,
             pending,
             dropped,
             retried_empty,
+        }
+    }
+
+    /// Stops serving: the socket goes, and every connection dockerd holds is closed.
+    fn stop(&self) {
+        let _ = std::fs::remove_file(SOCKET);
+        for client in self.clients.lock().unwrap().drain(..) {
+            let _ = client.shutdown(std::net::Shutdown::Both);
         }
     }
 
@@ -521,14 +543,10 @@ fn calls_whose_connection_broke_are_retried_and_change_nothing() {
     );
     // What is held; a pool's cursor may move (dockerd requested an address, then
     // released it when CreateEndpoint failed).
-    let held = |state: serde_json::Value| {
-        let pools: serde_json::Map<String, serde_json::Value> = state["pools"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(id, pool)| (id.clone(), pool["addresses"].clone()))
-            .collect();
-        json!({"endpoints": state["endpoints"], "pools": pools, "unbound": state["unbound_addresses"]})
+    let held = |state: StateDump| {
+        let pools: BTreeMap<String, BTreeMap<std::net::IpAddr, AddressUse>> =
+            state.pools.into_iter().map(|(id, pool)| (id, pool.addresses)).collect();
+        (state.endpoints, pools, state.unbound_addresses)
     };
     for call in ["IpamDriver.RequestAddress", "NetworkDriver.CreateEndpoint"] {
         let before = held(plugin.state());
@@ -572,7 +590,11 @@ fn calls_whose_connection_broke_are_retried_and_change_nothing() {
         );
         let _ = common::docker::docker(&["rm", "-f", &name]);
     }
-    let _ = std::fs::remove_file(SOCKET);
+    // Through the proxy still: dockerd must reach the plugin to remove the network.
+    scene.rm_containers();
+    remove_network("rvnet-retry");
+    scene.networks.clear();
+    drop(proxy);
     mark_ran(
         "RUSTVLAN_E2E_MARKER",
         "calls_whose_connection_broke_are_retried_and_change_nothing",

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use common::docker::{
     DockerdControl, Scene, docker, docker_ok, host_links, ipv4_of, pings, remove_network, require_dockerd,
 };
-use common::{Server, TempDir, container_allocations, mark_ran, report, run};
-use serde_json::{Value, json};
+use common::{Server, TempDir, mark_ran, report, run};
+use serde_json::Value;
 
 const SOCKET: &str = "/run/docker/plugins/rustvlan.sock";
 
@@ -69,8 +69,8 @@ fn audit(plugin: &Server, network: &str, links_before: &BTreeSet<String>, scene:
     let inspect: Value = serde_json::from_str(&docker_ok(&["network", "inspect", network])).unwrap();
     let running = inspect[0]["Containers"].as_object().map_or(0, |c| c.len());
     let state = plugin.state();
-    let endpoints = state["endpoints"].as_object().unwrap().len();
-    let allocations = container_allocations(&state);
+    let endpoints = state.endpoints.len();
+    let allocations = state.container_allocations();
     let expected: BTreeSet<String> = links_before
         .iter()
         .cloned()
@@ -105,9 +105,7 @@ fn finish(scene: &mut Scene, plugin: &Server, network: &str) -> bool {
     remove_network(network);
     scene.networks.clear();
     let state = plugin.state();
-    ["networks", "endpoints", "pools"]
-        .iter()
-        .all(|k| state[*k] == json!({}))
+    state.networks.is_empty() && state.endpoints.is_empty() && state.pools.is_empty()
 }
 
 #[test]

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Netns, Server, TempDir, require_root};
+use rustvlan::dump::LinkPlace;
 use serde_json::{Value, json};
 
 fn net_id(n: u32) -> String {
@@ -155,7 +156,7 @@ fn reconcile_deletes_an_orphan_and_only_an_orphan() {
     }
     // The vanished endpoint's link dies (as with a killed container).
     ns.ip(&["link", "del", &link_name(&vanished)]);
-    let group = s.state()["link_group"].as_u64().unwrap().to_string();
+    let group = s.state().link_group.to_string();
     // An orphan: rustvlan's mark, no record (a crash between link and record).
     ns.ip(&[
         "link",
@@ -192,12 +193,9 @@ fn reconcile_deletes_an_orphan_and_only_an_orphan() {
 
     let state = s.state();
     assert!(
-        state["endpoints"].get(&vanished).is_some(),
+        state.endpoints.contains_key(&vanished),
         "its container may still run: kept"
     );
-    assert_eq!(
-        state["kernel"]["endpoint_links"][&vanished],
-        "not in host namespace (inside a container, or gone)"
-    );
-    assert_eq!(state["kernel"]["endpoint_links"][&kept], "in host namespace");
+    assert_eq!(state.link_place(&vanished), Some(LinkPlace::Elsewhere));
+    assert_eq!(state.link_place(&kept), Some(LinkPlace::HostNamespace));
 }

@@ -14,8 +14,8 @@ use common::docker::{
     ACTIVE_ENDPOINTS, DockerdControl, Scene, docker, docker_ok, host_links, remove_network, require_dockerd,
     try_remove_network,
 };
-use common::{Server, TempDir, container_allocations, mark_ran, report};
-use serde_json::{Value, json};
+use common::{Server, TempDir, mark_ran, report};
+use serde_json::Value;
 
 const CONTAINERS: usize = 200;
 const PARALLEL: usize = 20;
@@ -96,8 +96,7 @@ fn two_hundred_containers_twenty_at_a_time() {
     let attached: BTreeMap<String, Value> = serde_json::from_value(network[0]["Containers"].clone()).unwrap();
     let addresses: Vec<&str> = attached.values().map(|c| c["IPv4Address"].as_str().unwrap()).collect();
     let macs: Vec<&str> = attached.values().map(|c| c["MacAddress"].as_str().unwrap()).collect();
-    let state = plugin.state();
-    let endpoints = state["endpoints"].as_object().unwrap().len();
+    let endpoints = plugin.state().endpoints.len();
     let duplicate_addresses = duplicates(addresses.iter().copied());
     let duplicate_macs = duplicates(macs.iter().copied());
 
@@ -124,8 +123,8 @@ fn two_hundred_containers_twenty_at_a_time() {
         .collect();
     let links_left = host_links().difference(&expected_links).count();
     let state = plugin.state();
-    let allocations_left = container_allocations(&state);
-    let endpoints_left = state["endpoints"].as_object().unwrap().len();
+    let allocations_left = state.container_allocations();
+    let endpoints_left = state.endpoints.len();
     report(&format!(
         "load: containers={CONTAINERS} parallel={PARALLEL} failures={} duplicate_addresses={duplicate_addresses} \
          duplicate_macs={duplicate_macs} links_left={links_left} allocations_left={allocations_left} \
@@ -160,7 +159,7 @@ fn two_hundred_containers_twenty_at_a_time() {
         }
     ));
     scene.networks.clear();
-    assert_eq!(plugin.state()["pools"], json!({}));
+    assert!(plugin.state().pools.is_empty());
     mark_ran("RUSTVLAN_E2E_MARKER", "two_hundred_containers_twenty_at_a_time");
 }
 
@@ -180,7 +179,7 @@ fn remove_network_past_dockerd_count_drift(name: &str, plugin: &Server) -> usize
     assert!(error.contains(ACTIVE_ENDPOINTS), "{error}");
     let attached = docker_ok(&["network", "inspect", "--format", "{{len .Containers}}", name]);
     assert_eq!(attached, "0", "{error}");
-    assert_eq!(plugin.state()["endpoints"], json!({}), "{error}");
+    assert!(plugin.state().endpoints.is_empty(), "{error}");
     let dockerd = DockerdControl::from_env().unwrap_or_else(|| panic!("{error}, and no dockerd to restart"));
     let log_before = dockerd.log().len();
     dockerd.stop("TERM");

@@ -3,9 +3,12 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use std::time::Duration;
 
 use common::{Netns, Server, TempDir, require_root};
+use rustvlan::dump::AddressUse;
 use serde_json::{Value, json};
 
 const NET: &str = "94b384ba5b0e4c1bb5ed4d1a2bd9cdf5e7bb8b2a5c6b9d2e3f4a5b6c7d8e9f00";
@@ -240,22 +243,28 @@ fn network_create_run_and_rm_as_dockerd_sends_them() {
     );
 
     let state = s.state();
-    assert_eq!(state["networks"][NET]["parent"], "vp0");
+    let network = &state.networks[NET];
+    assert_eq!(network.parent, "vp0");
     assert_eq!(
-        state["networks"][NET]["ipv4"][0]["aux_addresses"],
-        json!({"host1": "10.77.1.5/24"})
+        network.ipv4[0].aux_addresses,
+        BTreeMap::from([("host1".to_string(), "10.77.1.5/24".parse().unwrap())])
     );
+    let pool = &state.pools[pool_id];
     assert_eq!(
-        state["pools"][pool_id]["sub_pool"], "10.77.1.128/25",
+        pool.sub_pool,
+        Some("10.77.1.128/25".parse().unwrap()),
         "--ip-range is remembered per pool"
     );
     assert_eq!(
-        state["pools"][pool_id]["options"],
-        json!({"com.example.ipamfoo": "ipambar"})
+        pool.options,
+        BTreeMap::from([("com.example.ipamfoo".to_string(), "ipambar".to_string())])
     );
     assert_eq!(
-        state["pools"][pool_id]["addresses"],
-        json!({"10.77.1.1": "gateway", "10.77.1.5": "allocated"})
+        pool.addresses,
+        BTreeMap::from([
+            ("10.77.1.1".parse().unwrap(), AddressUse::Gateway),
+            ("10.77.1.5".parse().unwrap(), AddressUse::Allocated)
+        ])
     );
 
     // docker network rm: IPAM first, then the driver.
@@ -276,9 +285,7 @@ fn network_create_run_and_rm_as_dockerd_sends_them() {
         json!({})
     );
     let state = s.state();
-    for key in ["networks", "endpoints", "pools", "parents"] {
-        assert_eq!(state[key], json!({}), "{key} left behind: {state}");
-    }
+    assert!(state.holds_nothing(), "records left behind: {state:?}");
     assert!(ns.has_link("vp0"), "an existing parent is never removed");
 }
 

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{Netns, Server, TempDir, require_root};
-use serde_json::{Value, json};
+use rustvlan::dump::{AddressUse, LinkPlace};
+use serde_json::json;
 
 const NET: &str = "5e1f0c2b3a4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
 
@@ -13,13 +14,6 @@ fn endpoint_id(n: u32) -> String {
 }
 
 /// Records only: the kernel section differs between a live and an offline read.
-fn records(state: &Value) -> Value {
-    let mut s = state.clone();
-    s.as_object_mut().unwrap().remove("kernel");
-    s.as_object_mut().unwrap().remove("unbound_addresses");
-    s
-}
-
 #[test]
 fn sigkill_and_restart_keep_everything() {
     if !require_root() {
@@ -66,16 +60,27 @@ fn sigkill_and_restart_keep_everything() {
     s.kill9();
     // With nothing serving, `rustvlan state` reads the store itself: same records.
     let offline = s.state();
-    assert!(offline.get("kernel").is_none() && offline.get("unbound_addresses").is_none());
-    assert_eq!(records(&offline), records(&before));
+    assert!(offline.kernel.is_none() && offline.unbound_addresses.is_none());
+    assert_eq!(offline.records(), before.records());
 
     s.restart();
     let after = s.state();
-    assert_eq!(records(&after), records(&before), "every record survives SIGKILL");
-    assert_eq!(after["kernel"]["endpoint_links"][endpoint_id(2)], "in host namespace");
+    assert_eq!(after.records(), before.records(), "every record survives SIGKILL");
+    assert_eq!(after.link_place(&endpoint_id(2)), Some(LinkPlace::HostNamespace));
+    let uses: Vec<(String, AddressUse)> = after.pools[&pool_id]
+        .addresses
+        .iter()
+        .map(|(ip, used)| (ip.to_string(), *used))
+        .collect();
     assert_eq!(
-        after["pools"][&pool_id]["addresses"],
-        json!({"10.60.0.1": "gateway", "10.60.0.2": "allocated", "10.60.0.3": "allocated", "10.60.0.4": "allocated"})
+        uses,
+        [
+            ("10.60.0.1", AddressUse::Gateway),
+            ("10.60.0.2", AddressUse::Allocated),
+            ("10.60.0.3", AddressUse::Allocated),
+            ("10.60.0.4", AddressUse::Allocated)
+        ]
+        .map(|(ip, used)| (ip.to_string(), used))
     );
 
     // Allocation continues after the last address, with no duplicate.
@@ -104,10 +109,7 @@ fn sigkill_and_restart_keep_everything() {
     assert_eq!(again["Interface"]["MacAddress"], macs[1]);
 
     // The link made before the crash is found and removed after it.
-    let link = s.state()["endpoints"][endpoint_id(2)]["link_name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let link = s.state().endpoints[&endpoint_id(2)].link_name.clone();
     assert!(ns.has_link(&link));
     s.ok(
         "/NetworkDriver.DeleteEndpoint",
@@ -124,7 +126,5 @@ fn sigkill_and_restart_keep_everything() {
     s.ok("/IpamDriver.ReleasePool", json!({"PoolID": pool_id}));
     s.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
     let end = s.state();
-    for key in ["networks", "endpoints", "pools", "parents"] {
-        assert_eq!(end[key], json!({}), "{key} left behind");
-    }
+    assert!(end.holds_nothing(), "records left behind: {end:?}");
 }

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use rustvlan::dump::StateDump;
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rustvlan");
@@ -50,17 +51,17 @@ pub fn mark_ran(marker: &str, test: &str) {
 }
 
 /// Polls a state dump until it has no queued link deletes (5 s at most).
-pub fn settle(state: impl Fn() -> Value) {
+pub fn settle(state: impl Fn() -> StateDump) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let s = state();
-        if s["pending_deletes"].as_object().is_none_or(|p| p.is_empty()) {
+        if s.pending_deletes.is_empty() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "queued link deletes did not finish: {}",
-            s["pending_deletes"]
+            "queued link deletes did not finish: {:?}",
+            s.pending_deletes.keys()
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -104,18 +105,6 @@ pub fn check(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Addresses a `rustvlan state --json` dump holds for containers: every allocation
-/// but the networks' gateways.
-pub fn container_allocations(state: &Value) -> usize {
-    state["pools"]
-        .as_object()
-        .unwrap()
-        .values()
-        .flat_map(|p| p["addresses"].as_object().unwrap().values())
-        .filter(|kind| *kind != "gateway")
-        .count()
 }
 
 /// A network namespace, deleted (with its links) on drop.
@@ -357,7 +346,7 @@ impl Server {
     }
 
     /// `rustvlan state --json`, through the same binary a user runs.
-    pub fn state(&self) -> Value {
+    pub fn state(&self) -> StateDump {
         let out = check(
             self.command()
                 .arg("state")
@@ -367,7 +356,7 @@ impl Server {
                 .arg("--state-dir")
                 .arg(&self.state_dir),
         );
-        serde_json::from_str(&out).expect("state --json prints JSON")
+        serde_json::from_str(&out).expect("state --json prints a state dump")
     }
 
     /// Waits until the links queued for deletion (DeleteEndpoint answers before the
