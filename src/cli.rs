@@ -7,6 +7,7 @@ use anyhow::{Context, anyhow, bail};
 use crate::dump::{LinkPlace, StateDump};
 use crate::model::ParentKind;
 use crate::store::Store;
+use crate::util::short_id;
 
 /// Asks the running plugin for its state; with none running, reads the store itself.
 pub async fn show_state(socket: &Path, state_dir: &Path, as_json: bool) -> anyhow::Result<()> {
@@ -38,7 +39,6 @@ fn read_store(state_dir: &Path) -> anyhow::Result<StateDump> {
 }
 
 fn print_summary(state: &StateDump) {
-    let short = |id: &str| crate::util::prefix(id, 12).to_string();
     let text = |v: Option<String>| v.unwrap_or_default();
 
     println!("NETWORKS ({})", state.networks.len());
@@ -46,7 +46,7 @@ fn print_summary(state: &StateDump) {
         let subnets: Vec<String> = n.subnets().map(|s| s.pool.to_string()).collect();
         println!(
             "  {}  {:<22} parent {:<15} {}",
-            short(id),
+            short_id(id),
             n.link.to_string(),
             n.parent,
             subnets.join(" ")
@@ -62,8 +62,8 @@ fn print_summary(state: &StateDump) {
         };
         println!(
             "  {}  network {}  link {:<15} mac {:<17} {}  {place}",
-            short(id),
-            short(&e.network_id),
+            short_id(id),
+            short_id(&e.network_id),
             e.link_name,
             text(e.mac.map(|m| m.to_string())),
             address.trim()
@@ -76,7 +76,7 @@ fn print_summary(state: &StateDump) {
     if !state.pending_deletes.is_empty() {
         println!("LINKS BEING DELETED ({})", state.pending_deletes.len());
         for (name, p) in &state.pending_deletes {
-            println!("  {name}  endpoint {}", short(&p.endpoint_id));
+            println!("  {name}  endpoint {}", short_id(&p.endpoint_id));
         }
     }
     println!("PARENTS MADE BY RUSTVLAN ({})", state.parents.len());

@@ -8,30 +8,85 @@ use std::str::FromStr;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MacvlanMode {
-    Bridge,
-    Private,
-    Vepa,
-    Passthru,
+/// A unit enum whose names live in one table, used to parse options, to display, and
+/// as its serde (store) form.
+pub trait Named: Copy + PartialEq + 'static {
+    /// Every value, the default first.
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
+
+    fn from_name(text: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|v| v.name() == text)
+    }
+
+    /// `bridge (default), private, vepa, passthru`
+    fn valid_names() -> String {
+        Self::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if i == 0 {
+                    format!("{} (default)", v.name())
+                } else {
+                    v.name().to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IpvlanMode {
-    L2,
-    L3,
-    L3s,
+macro_rules! named {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl Named for $name {
+            const ALL: &'static [Self] = &[$($name::$variant),+];
+            fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IpvlanFlag {
-    Bridge,
-    Private,
-    Vepa,
-}
+named!(MacvlanMode {
+    Bridge = "bridge",
+    Private = "private",
+    Vepa = "vepa",
+    Passthru = "passthru",
+});
+
+named!(IpvlanMode {
+    L2 = "l2",
+    L3 = "l3",
+    L3s = "l3s",
+});
+
+named!(IpvlanFlag {
+    Bridge = "bridge",
+    Private = "private",
+    Vepa = "vepa",
+});
+
+named!(
+    /// The two kinds of child link; macvlan is the default, as Docker's `-d macvlan`.
+    LinkKind {
+        Macvlan = "macvlan",
+        Ipvlan = "ipvlan",
+    }
+);
 
 /// What kind of child link a network's endpoints get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,10 +97,10 @@ pub enum LinkMode {
 }
 
 impl LinkMode {
-    pub fn kind_name(&self) -> &'static str {
+    pub fn kind(&self) -> LinkKind {
         match self {
-            LinkMode::Macvlan { .. } => "macvlan",
-            LinkMode::Ipvlan { .. } => "ipvlan",
+            LinkMode::Macvlan { .. } => LinkKind::Macvlan,
+            LinkMode::Ipvlan { .. } => LinkKind::Ipvlan,
         }
     }
 
@@ -73,19 +128,9 @@ impl LinkMode {
 impl fmt::Display for LinkMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LinkMode::Macvlan { mode } => write!(f, "macvlan {}", enum_name(mode)),
-            LinkMode::Ipvlan { mode, flag } => {
-                write!(f, "ipvlan {} {}", enum_name(mode), enum_name(flag))
-            }
+            LinkMode::Macvlan { mode } => write!(f, "macvlan {mode}"),
+            LinkMode::Ipvlan { mode, flag } => write!(f, "ipvlan {mode} {flag}"),
         }
-    }
-}
-
-/// The serde name of a unit enum variant (`"bridge"`, `"l3s"`, ...).
-pub fn enum_name<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::from("?"),
     }
 }
 

@@ -16,3 +16,8 @@ pub fn random_bytes(buf: &mut [u8]) {
 pub fn prefix(s: &str, n: usize) -> &str {
     s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
 }
+
+/// Twelve characters, like Docker's short ids: for names, logs and errors.
+pub fn short_id(id: &str) -> &str {
+    prefix(id, 12)
+}

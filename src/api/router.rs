@@ -195,10 +195,10 @@ where
         };
         let span = tracing::Span::current();
         if let Some(id) = request.network() {
-            span.record("network", crate::util::prefix(id, 12));
+            span.record("network", crate::util::short_id(id));
         }
         if let Some(id) = request.endpoint() {
-            span.record("endpoint", crate::util::prefix(id, 12));
+            span.record("endpoint", crate::util::short_id(id));
         }
         if let Some(id) = request.pool() {
             span.record("pool", id);
@@ -206,7 +206,7 @@ where
         match handler(request).await {
             Ok(answer) => json_response(StatusCode::OK, &answer),
             Err(e) => {
-                tracing::warn!(kind = ?e.kind, "{}", e.message);
+                tracing::warn!(kind = ?e.kind, "{}", e.chain());
                 error_response(api, &e)
             }
         }

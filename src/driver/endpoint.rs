@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 use serde_json::json;
 
 use super::options::check_id;
-use super::{LINK_PREFIX, pending_delete, short};
+use super::{LINK_PREFIX, pending_delete};
 use crate::api::wire::{
     CreateEndpointRequest, CreateEndpointResponse, Empty, EndpointOperInfoResponse, EndpointRequest, InterfaceAnswer,
 };
@@ -18,6 +18,7 @@ use crate::keys::check_option_keys;
 use crate::model::{EndpointRecord, LinkMode, MacAddr, NetworkRecord};
 use crate::plugin::Plugin;
 use crate::state::{Change, State};
+use crate::util::short_id;
 
 /// Bare endpoint `driver-opt` keys rustvlan understands: none yet. dockerd's own keys
 /// (`com.docker.network.endpoint.*`, `com.docker.network.portmap`) are namespaced.
@@ -58,7 +59,7 @@ impl<K: Kernel> Plugin<K> {
                 let network = state
                     .networks
                     .get(&req.network_id)
-                    .ok_or_else(|| Error::not_found(format!("network {} not found", short(&req.network_id))))?;
+                    .ok_or_else(|| Error::not_found(format!("network {} not found", short_id(&req.network_id))))?;
                 if let Some(existing) = state.endpoints.get(&req.endpoint_id) {
                     let same = existing.network_id == req.network_id
                         && existing.ipv4 == ipv4
@@ -72,7 +73,7 @@ impl<K: Kernel> Plugin<K> {
                     } else {
                         Err(Error::conflict(format!(
                             "endpoint {} already exists with other settings",
-                            short(&req.endpoint_id)
+                            short_id(&req.endpoint_id)
                         )))
                     };
                 }
@@ -81,8 +82,8 @@ impl<K: Kernel> Plugin<K> {
             })
             .await?;
         tracing::debug!(
-            network = short(&req.network_id),
-            endpoint = short(&req.endpoint_id),
+            network = short_id(&req.network_id),
+            endpoint = short_id(&req.endpoint_id),
             "endpoint created"
         );
         Ok(answer)
@@ -95,9 +96,9 @@ impl<K: Kernel> Plugin<K> {
             .commit(|state| match state.endpoints.get(&req.endpoint_id) {
                 Some(e) if e.network_id != req.network_id => Err(Error::invalid(format!(
                     "endpoint {} belongs to network {}, not {}",
-                    short(&e.id),
-                    short(&e.network_id),
-                    short(&req.network_id)
+                    short_id(&e.id),
+                    short_id(&e.network_id),
+                    short_id(&req.network_id)
                 ))),
                 Some(e) => Ok((
                     Some(e.clone()),
@@ -109,10 +110,10 @@ impl<K: Kernel> Plugin<K> {
         match removed {
             Some(endpoint) => {
                 self.reaper.queued();
-                tracing::debug!(endpoint = short(&endpoint.id), link = %endpoint.link_name, "endpoint deleted; link delete queued");
+                tracing::debug!(endpoint = short_id(&endpoint.id), link = %endpoint.link_name, "endpoint deleted; link delete queued");
             }
             None => tracing::debug!(
-                endpoint = short(&req.endpoint_id),
+                endpoint = short_id(&req.endpoint_id),
                 "delete of an unknown endpoint: nothing to do"
             ),
         }
@@ -161,7 +162,7 @@ fn plan_endpoint(
     ipv6: Option<IpNetwork>,
     requested_mac: Option<MacAddr>,
 ) -> Result<EndpointRecord> {
-    let net_id = short(&network.id);
+    let net_id = short_id(&network.id);
     for (address, subnets) in [(ipv4, &network.ipv4), (ipv6, &network.ipv6)] {
         if let Some(a) = address
             && !subnets.is_empty()
@@ -181,7 +182,7 @@ fn plan_endpoint(
     {
         return Err(Error::conflict(format!(
             "macvlan passthru network {net_id} already has endpoint {}; passthru gives the parent to one container",
-            short(&first.id)
+            short_id(&first.id)
         )));
     }
     let (mac, mac_generated) = match network.link {
@@ -198,7 +199,7 @@ fn plan_endpoint(
                 if let Some(other) = siblings.iter().find(|e| e.mac == Some(mac)) {
                     return Err(Error::conflict(format!(
                         "MAC address {mac} is already used by endpoint {} on network {net_id}",
-                        short(&other.id)
+                        short_id(&other.id)
                     )));
                 }
                 (Some(mac), false)

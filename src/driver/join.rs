@@ -3,14 +3,14 @@
 
 use ipnetwork::IpNetwork;
 
-use super::{kernel_err, short};
 use crate::api::wire::{
     Empty, EndpointRequest, InterfaceName, JoinRequest, JoinResponse, ROUTE_TYPE_CONNECTED, StaticRoute,
 };
 use crate::error::{Error, Result};
-use crate::kernel::{ChildLink, EADDRINUSE, EBUSY, EEXIST, EINVAL, ENODEV, EOPNOTSUPP, Kernel, KernelError};
+use crate::kernel::{ChildLink, Errno, Kernel, KernelError};
 use crate::model::{EndpointRecord, NetworkRecord};
 use crate::plugin::Plugin;
+use crate::util::short_id;
 
 impl<K: Kernel> Plugin<K> {
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
@@ -20,19 +20,19 @@ impl<K: Kernel> Plugin<K> {
             let endpoint = state
                 .endpoints
                 .get(&req.endpoint_id)
-                .ok_or_else(|| Error::not_found(format!("endpoint {} not found", short(&req.endpoint_id))))?;
+                .ok_or_else(|| Error::not_found(format!("endpoint {} not found", short_id(&req.endpoint_id))))?;
             if endpoint.network_id != req.network_id {
                 return Err(Error::invalid(format!(
                     "endpoint {} belongs to network {}, not {}",
-                    short(&endpoint.id),
-                    short(&endpoint.network_id),
-                    short(&req.network_id)
+                    short_id(&endpoint.id),
+                    short_id(&endpoint.network_id),
+                    short_id(&req.network_id)
                 )));
             }
             let network = state
                 .networks
                 .get(&endpoint.network_id)
-                .ok_or_else(|| Error::not_found(format!("network {} not found", short(&endpoint.network_id))))?;
+                .ok_or_else(|| Error::not_found(format!("network {} not found", short_id(&endpoint.network_id))))?;
             // A link still being deleted can stand in the new one's way: passthru takes
             // its parent alone, and macvlan refuses a MAC twice on one parent.
             let in_the_way = state.pending.values().any(|p| {
@@ -59,18 +59,18 @@ impl<K: Kernel> Plugin<K> {
             match self.kernel.add_child(&child).await {
                 Ok(()) => break,
                 // The parent was re-made (a reboot, a reconcile) and has a new index.
-                Err(e) if e.is(ENODEV) && !refreshed_parent => {
+                Err(e) if e.is(Errno::ENODEV) && !refreshed_parent => {
                     refreshed_parent = true;
                     child.parent_index = self.parent_index(&network, true).await?;
                 }
-                Err(e) if e.is(EEXIST) && !removed_leftover => {
+                Err(e) if e.is(Errno::EEXIST) && !removed_leftover => {
                     removed_leftover = true;
                     self.remove_leftover(&endpoint.link_name).await?;
                 }
                 Err(e) => return Err(explain_child_error(e, &network, &endpoint)),
             }
         }
-        tracing::debug!(endpoint = short(&endpoint.id), link = %endpoint.link_name, "joined");
+        tracing::debug!(endpoint = short_id(&endpoint.id), link = %endpoint.link_name, "joined");
         Ok(join_answer(&network, &endpoint))
     }
 
@@ -85,18 +85,13 @@ impl<K: Kernel> Plugin<K> {
         {
             return Ok(index);
         }
-        let parent = self
-            .kernel
-            .link(&network.parent)
-            .await
-            .map_err(kernel_err)?
-            .ok_or_else(|| {
-                Error::kernel(format!(
-                    "parent interface {} of network {} is missing",
-                    network.parent,
-                    short(&network.id)
-                ))
-            })?;
+        let parent = self.kernel.link(&network.parent).await?.ok_or_else(|| {
+            Error::kernel(format!(
+                "parent interface {} of network {} is missing",
+                network.parent,
+                short_id(&network.id)
+            ))
+        })?;
         self.parent_indexes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -108,7 +103,7 @@ impl<K: Kernel> Plugin<K> {
     /// endpoint (names are unique per store, so a marked link of this name is this
     /// endpoint's), which goes; or someone else's, which stays and fails the Join.
     async fn remove_leftover(&self, name: &str) -> Result<()> {
-        let Some(leftover) = self.kernel.link(name).await.map_err(kernel_err)? else {
+        let Some(leftover) = self.kernel.link(name).await? else {
             return Ok(()); // gone meanwhile
         };
         if !self.is_ours(&leftover) {
@@ -117,13 +112,13 @@ impl<K: Kernel> Plugin<K> {
             )));
         }
         tracing::info!(link = name, "removing this endpoint's leftover link before Join");
-        self.kernel.delete(leftover.index).await.map_err(kernel_err)?;
+        self.kernel.delete(leftover.index).await?;
         Ok(())
     }
 
     pub fn leave(&self, req: EndpointRequest) -> Empty {
         // dockerd moves the link back to the host itself; DeleteEndpoint removes it.
-        tracing::debug!(endpoint = short(&req.endpoint_id), "leave");
+        tracing::debug!(endpoint = short_id(&req.endpoint_id), "leave");
         Empty {}
     }
 }
@@ -170,31 +165,30 @@ fn join_answer(network: &NetworkRecord, endpoint: &EndpointRecord) -> JoinRespon
 }
 
 fn explain_child_error(e: KernelError, network: &NetworkRecord, endpoint: &EndpointRecord) -> Error {
-    let kind = network.link.kind_name();
+    let kind = network.link.kind();
     let parent = &network.parent;
-    if e.is(EBUSY) {
+    if e.is(Errno::EBUSY) {
         Error::conflict(format!(
             "{}: parent {parent} already has links that cannot live beside a {} child (macvlan and ipvlan cannot share a parent; passthru takes it alone)",
-            e.message, network.link
+            e, network.link
         ))
-    } else if e.is(EADDRINUSE) {
+        .caused_by(e)
+    } else if e.is(Errno::EADDRINUSE) {
         Error::conflict(format!(
             "{}: MAC address {} is already used on parent {parent}",
-            e.message,
+            e,
             endpoint.mac.map(|m| m.to_string()).unwrap_or_default()
         ))
-    } else if e.is(EOPNOTSUPP) {
-        Error::kernel(format!(
-            "{}: this kernel has no {kind} support (modprobe {kind})",
-            e.message
-        ))
-    } else if e.is(EINVAL) && network.mtu.is_some() {
+    } else if e.is(Errno::EOPNOTSUPP) {
+        Error::kernel(format!("{}: this kernel has no {kind} support (modprobe {kind})", e)).caused_by(e)
+    } else if e.is(Errno::EINVAL) && network.mtu.is_some() {
         Error::kernel(format!(
             "{}: is mtu {} above the parent's?",
-            e.message,
+            e,
             network.mtu.unwrap_or_default()
         ))
+        .caused_by(e)
     } else {
-        kernel_err(e)
+        Error::from(e)
     }
 }

@@ -16,22 +16,12 @@ pub use reaper::LinkReaper;
 pub use reconcile::ReconcileReport;
 
 use crate::api::wire::DriverCapabilities;
-use crate::error::Error;
-use crate::kernel::{Kernel, KernelError, LinkInfo};
+use crate::kernel::{Kernel, LinkInfo};
 use crate::model::{EndpointRecord, PendingDelete};
 use crate::plugin::Plugin;
 
 /// Host-side link names start with this; the rest comes from the endpoint id.
 pub const LINK_PREFIX: &str = "rv";
-
-/// Twelve hex digits, like Docker's short ids.
-fn short(id: &str) -> &str {
-    crate::util::prefix(id, 12)
-}
-
-fn kernel_err(e: KernelError) -> Error {
-    Error::kernel(e.message)
-}
 
 impl<K: Kernel> Plugin<K> {
     /// Whether this store made the link: it carries the store's group number.

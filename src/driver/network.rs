@@ -4,14 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use super::options::{NetworkConfig, ParentChoice, check_id, overlaps, parse_network_options, parse_subnets};
-use super::{kernel_err, pending_delete, short};
+use super::options::{NetworkConfig, check_id, overlaps, parse_network_options, parse_subnets};
+use super::pending_delete;
 use crate::api::wire::{CreateNetworkRequest, Empty, GwAllocCheckRequest, GwAllocCheckResponse, NetworkRequest};
 use crate::error::{Error, Result};
-use crate::kernel::{EEXIST, EOPNOTSUPP, Kernel, KernelError, LinkInfo};
+use crate::kernel::{Errno, Kernel, KernelError, LinkInfo};
 use crate::model::{EndpointRecord, NetworkRecord, ParentKind, ParentRecord, Subnet};
 use crate::plugin::Plugin;
 use crate::state::{Change, State};
+use crate::util::short_id;
 
 const GW_CHECK_ID: &str = "gwalloccheck";
 
@@ -24,7 +25,7 @@ impl<K: Kernel> Plugin<K> {
     pub fn gw_alloc_check(&self, req: GwAllocCheckRequest) -> Result<GwAllocCheckResponse> {
         // The network has no id yet; the id only names a dummy parent, not made here.
         let config = parse_network_options(GW_CHECK_ID, req.options.as_ref().unwrap_or(&BTreeMap::new()))?;
-        let skip = config.internal || matches!(config.parent, ParentChoice::Dummy { .. }) || config.link.is_routed();
+        let skip = config.internal || config.parent.is_dummy() || config.link.is_routed();
         Ok(GwAllocCheckResponse {
             skip_ipv4: skip,
             skip_ipv6: skip,
@@ -58,7 +59,7 @@ impl<K: Kernel> Plugin<K> {
                 } else {
                     Err(Error::conflict(format!(
                         "network {} already exists with other settings",
-                        short(&record.id)
+                        short_id(&record.id)
                     )))
                 };
             }
@@ -90,7 +91,7 @@ impl<K: Kernel> Plugin<K> {
             return Err(err);
         }
         tracing::info!(
-            network = short(&record.id),
+            network = short_id(&record.id),
             parent = %record.parent,
             link = %record.link,
             made_parent = made.is_some(),
@@ -106,39 +107,30 @@ impl<K: Kernel> Plugin<K> {
         record: &NetworkRecord,
     ) -> Result<Option<(ParentRecord, u32)>> {
         let name = config.parent.name();
-        if let Some(link) = self.kernel.link(name).await.map_err(kernel_err)? {
+        if let Some(link) = self.kernel.link(name).await? {
             check_mtu(record, &link)?;
             return Ok(None);
         }
-        let (kind, result) = match &config.parent {
-            ParentChoice::Named { vlan: Some(spec), .. } => {
-                let base = self.kernel.link(&spec.base).await.map_err(kernel_err)?.ok_or_else(|| {
+        let Some(kind) = config.parent.make.clone() else {
+            return Err(Error::invalid(format!("parent interface {name} does not exist")));
+        };
+        let result = match &kind {
+            ParentKind::Vlan { base, id } => {
+                let base_link = self.kernel.link(base).await?.ok_or_else(|| {
                     Error::invalid(format!(
-                        "parent interface {} does not exist, so VLAN {} cannot be made on it",
-                        spec.base, spec.id
+                        "parent interface {base} does not exist, so VLAN {id} cannot be made on it"
                     ))
                 })?;
-                check_mtu(record, &base)?;
-                let kind = ParentKind::Vlan {
-                    base: spec.base.clone(),
-                    id: spec.id,
-                };
-                (kind, self.kernel.add_vlan(name, base.index, spec.id, self.group).await)
+                check_mtu(record, &base_link)?;
+                self.kernel.add_vlan(name, base_link.index, *id, self.group).await
             }
-            ParentChoice::Named { vlan: None, .. } => {
-                return Err(Error::invalid(format!("parent interface {name} does not exist")));
-            }
-            ParentChoice::Dummy { .. } => (
-                ParentKind::Dummy,
-                self.kernel.add_dummy(name, record.mtu, self.group).await,
-            ),
+            ParentKind::Dummy => self.kernel.add_dummy(name, record.mtu, self.group).await,
         };
         result.map_err(|e| explain_parent_error(e, name))?;
         let link = self
             .kernel
             .link(name)
-            .await
-            .map_err(kernel_err)?
+            .await?
             .ok_or_else(|| Error::kernel(format!("parent {name} vanished right after it was made")))?;
         tracing::info!(parent = name, "parent link made");
         Ok(Some((
@@ -173,7 +165,7 @@ impl<K: Kernel> Plugin<K> {
             })
             .await?;
         let Some((network, stale, parent)) = removed else {
-            tracing::debug!(network = short(&id), "delete of an unknown network: nothing to do");
+            tracing::debug!(network = short_id(&id), "delete of an unknown network: nothing to do");
             return Ok(Empty {});
         };
         // The parent goes only once no link being deleted hangs off it.
@@ -197,7 +189,7 @@ impl<K: Kernel> Plugin<K> {
             }
         }
         tracing::info!(
-            network = short(&network.id),
+            network = short_id(&network.id),
             stale_endpoints = stale.len(),
             "network deleted"
         );
@@ -236,7 +228,7 @@ fn check_mtu(record: &NetworkRecord, parent: &LinkInfo) -> Result<()> {
 fn check_parent_conflicts(state: &State, new: &NetworkRecord) -> Result<()> {
     let parent = &new.parent;
     for other in state.networks_on_parent(parent) {
-        let other_id = short(&other.id);
+        let other_id = short_id(&other.id);
         if other.link.is_passthru() {
             return Err(Error::conflict(format!(
                 "parent {parent} is taken by macvlan passthru network {other_id}; passthru needs its parent alone"
@@ -247,10 +239,10 @@ fn check_parent_conflicts(state: &State, new: &NetworkRecord) -> Result<()> {
                 "macvlan passthru needs parent {parent} alone, but network {other_id} uses it"
             )));
         }
-        if other.link.kind_name() != new.link.kind_name() {
+        if other.link.kind() != new.link.kind() {
             return Err(Error::conflict(format!(
                 "parent {parent} already carries {} network {other_id}; macvlan and ipvlan networks cannot share a parent (the kernel refuses it)",
-                other.link.kind_name()
+                other.link.kind()
             )));
         }
         for mine in new.subnets() {
@@ -266,14 +258,15 @@ fn check_parent_conflicts(state: &State, new: &NetworkRecord) -> Result<()> {
 }
 
 fn explain_parent_error(e: KernelError, name: &str) -> Error {
-    if e.is(EOPNOTSUPP) {
+    if e.is(Errno::EOPNOTSUPP) {
         Error::kernel(format!(
             "{}: this kernel cannot make that kind of link (is the 8021q or dummy module available?)",
-            e.message
+            e
         ))
-    } else if e.is(EEXIST) {
-        Error::conflict(format!("{}: {name} appeared while rustvlan was making it", e.message))
+        .caused_by(e)
+    } else if e.is(Errno::EEXIST) {
+        Error::conflict(format!("{}: {name} appeared while rustvlan was making it", e)).caused_by(e)
     } else {
-        kernel_err(e)
+        Error::from(e)
     }
 }

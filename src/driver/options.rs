@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use ipnetwork::IpNetwork;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::wire::IpamData;
@@ -11,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::ipam::{parse_address, parse_subnet};
 use crate::kernel::IFNAME_MAX;
 use crate::keys::check_option_keys;
-use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode, Subnet};
+use crate::model::{IpvlanFlag, IpvlanMode, LinkKind, LinkMode, MacvlanMode, Named, ParentKind, Subnet};
 
 pub const GENERIC: &str = "com.docker.network.generic";
 pub const INTERNAL: &str = "com.docker.network.internal";
@@ -19,8 +20,26 @@ pub const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
 /// Sent by dockerd 28 and later; `--ipv4=false` makes an IPv6-only network.
 pub const ENABLE_IPV4: &str = "com.docker.network.enable_ipv4";
 
-/// Every `-o` key rustvlan understands. Docker's own macvlan/ipvlan names are included so
-/// that `-d macvlan` can become `-d rustvlan` without touching the options.
+/// The `-o` options of a network, as dockerd sends them: strings under
+/// `com.docker.network.generic`. Docker's own macvlan/ipvlan names are here too, so
+/// that `-d macvlan` can become `-d rustvlan` without touching the options. Adding an
+/// option: a field here (and its key in [`VALID_KEYS`]), its check in
+/// [`parse_network_options`], and its use.
+#[derive(Debug, Default, Deserialize)]
+pub struct NetworkOptions {
+    pub parent: Option<String>,
+    pub vlan: Option<String>,
+    pub kind: Option<String>,
+    pub mode: Option<String>,
+    pub macvlan_mode: Option<String>,
+    pub ipvlan_mode: Option<String>,
+    pub ipvlan_flag: Option<String>,
+    pub mtu: Option<String>,
+    #[serde(rename = "com.docker.network.driver.mtu")]
+    pub driver_mtu: Option<String>,
+}
+
+/// Every `-o` key rustvlan understands: the fields of [`NetworkOptions`].
 pub const VALID_KEYS: &[&str] = &[
     "parent",
     "vlan",
@@ -33,28 +52,29 @@ pub const VALID_KEYS: &[&str] = &[
     "com.docker.network.driver.mtu",
 ];
 
-/// Where a network's parent comes from.
+/// An option's value; empty means "not given", as `-o parent=` does for Docker's drivers.
+fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.is_empty())
+}
+
+/// A network's parent: its name, and how rustvlan makes it when it is missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ParentChoice {
-    /// An interface the user named. If it is missing and `vlan` is set, rustvlan makes it
-    /// as an 802.1Q link on `vlan.base`.
-    Named { name: String, vlan: Option<VlanSpec> },
-    /// No parent: a dummy link only this network uses.
-    Dummy { name: String },
+pub struct ParentChoice {
+    pub name: String,
+    /// `None`: an interface the user named, which must exist. A VLAN (`eth0.10`, or
+    /// `parent=eth0 vlan=10`) is made on its base when missing; a dummy is what a
+    /// network without a parent gets.
+    pub make: Option<ParentKind>,
 }
 
 impl ParentChoice {
     pub fn name(&self) -> &str {
-        match self {
-            ParentChoice::Named { name, .. } | ParentChoice::Dummy { name } => name,
-        }
+        &self.name
     }
-}
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VlanSpec {
-    pub base: String,
-    pub id: u16,
+    pub fn is_dummy(&self) -> bool {
+        self.make == Some(ParentKind::Dummy)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +86,7 @@ pub struct NetworkConfig {
     /// `None` from dockerd before 28, which does not send it.
     pub enable_ipv4: Option<bool>,
     pub enable_ipv6: bool,
+    /// Every `-o` option as given, namespaced ones too, for the network's record.
     pub options: BTreeMap<String, String>,
 }
 
@@ -119,7 +140,7 @@ fn parse_vlan_id(text: &str, context: &str) -> Result<u16> {
 
 /// `eth0.10` names VLAN 10 on `eth0`; a name whose last dot is followed by anything but
 /// digits (`br.lan`) is an ordinary interface name.
-fn vlan_in_name(name: &str) -> Result<Option<VlanSpec>> {
+fn vlan_in_name(name: &str) -> Result<Option<ParentKind>> {
     let Some((base, suffix)) = name.rsplit_once('.') else {
         return Ok(None);
     };
@@ -128,50 +149,16 @@ fn vlan_in_name(name: &str) -> Result<Option<VlanSpec>> {
     }
     let id = parse_vlan_id(suffix, &format!("in parent {name}"))?;
     check_ifname("the VLAN's base interface", base)?;
-    Ok(Some(VlanSpec {
+    Ok(Some(ParentKind::Vlan {
         base: base.to_string(),
         id,
     }))
 }
 
-fn macvlan_mode(text: &str) -> Result<MacvlanMode> {
-    Ok(match text {
-        "bridge" => MacvlanMode::Bridge,
-        "private" => MacvlanMode::Private,
-        "vepa" => MacvlanMode::Vepa,
-        "passthru" => MacvlanMode::Passthru,
-        _ => {
-            return Err(Error::invalid(format!(
-                "unknown macvlan mode {text:?}; valid modes: bridge (default), private, vepa, passthru"
-            )));
-        }
-    })
-}
-
-fn ipvlan_mode(text: &str) -> Result<IpvlanMode> {
-    Ok(match text {
-        "l2" => IpvlanMode::L2,
-        "l3" => IpvlanMode::L3,
-        "l3s" => IpvlanMode::L3s,
-        _ => {
-            return Err(Error::invalid(format!(
-                "unknown ipvlan mode {text:?}; valid modes: l2 (default), l3, l3s"
-            )));
-        }
-    })
-}
-
-fn ipvlan_flag(text: &str) -> Result<IpvlanFlag> {
-    Ok(match text {
-        "bridge" => IpvlanFlag::Bridge,
-        "private" => IpvlanFlag::Private,
-        "vepa" => IpvlanFlag::Vepa,
-        _ => {
-            return Err(Error::invalid(format!(
-                "unknown ipvlan_flag {text:?}; valid flags: bridge (default), private, vepa"
-            )));
-        }
-    })
+/// One of a [`Named`] enum's values, or an error that lists them all.
+fn parse_named<T: Named>(text: &str, what: &str, plural: &str) -> Result<T> {
+    T::from_name(text)
+        .ok_or_else(|| Error::invalid(format!("unknown {what} {text:?}; valid {plural}: {}", T::valid_names())))
 }
 
 fn parse_mtu(key: &str, text: &str) -> Result<u32> {
@@ -219,18 +206,13 @@ pub fn parse_network_options(network_id: &str, options: &BTreeMap<String, Value>
         }
     }
     check_option_keys("option", generic.keys().map(String::as_str), VALID_KEYS)?;
-    // An empty value means "not given", as `-o parent=` does for Docker's drivers.
-    let get = |key: &str| generic.get(key).map(String::as_str).filter(|v| !v.is_empty());
+    // Every value is a string and every bare key a field, so this cannot fail; the
+    // namespaced keys are ignored.
+    let o: NetworkOptions = serde_json::from_value(serde_json::to_value(&generic).expect("strings serialize"))
+        .map_err(|e| Error::invalid(format!("invalid options: {e}")))?;
 
-    let link = parse_link_mode(
-        get("kind"),
-        get("mode"),
-        get("macvlan_mode"),
-        get("ipvlan_mode"),
-        get("ipvlan_flag"),
-    )?;
-
-    let mtu = match (get("mtu"), get("com.docker.network.driver.mtu")) {
+    let link = parse_link_mode(&o)?;
+    let mtu = match (given(&o.mtu), given(&o.driver_mtu)) {
         (Some(a), Some(b)) if a != b => {
             return Err(Error::invalid(format!(
                 "mtu={a} contradicts com.docker.network.driver.mtu={b}"
@@ -240,64 +222,10 @@ pub fn parse_network_options(network_id: &str, options: &BTreeMap<String, Value>
         (None, Some(b)) => Some(parse_mtu("com.docker.network.driver.mtu", b)?),
         (None, None) => None,
     };
-
-    let vlan_option = get("vlan").map(|v| parse_vlan_id(v, "in option vlan")).transpose()?;
+    let vlan = given(&o.vlan).map(|v| parse_vlan_id(v, "in option vlan")).transpose()?;
     // `--internal` keeps a given parent, as Docker 28's drivers do (20.10's replaced it
     // with a dummy): Join gives its containers no gateway.
-    let parent = match (get("parent"), vlan_option) {
-        (None, Some(id)) => {
-            return Err(Error::invalid(format!(
-                "vlan={id} needs a parent interface (-o parent=eth0)"
-            )));
-        }
-        (None, _) => {
-            let prefix = match link {
-                LinkMode::Macvlan { .. } => "dm-",
-                LinkMode::Ipvlan { .. } => "di-",
-            };
-            let short: String = network_id.chars().take(12).collect();
-            ParentChoice::Dummy {
-                name: format!("{prefix}{short}"),
-            }
-        }
-        (Some(name), vlan_option) => {
-            let in_name = vlan_in_name(name)?;
-            match (in_name, vlan_option) {
-                (Some(spec), Some(id)) if spec.id != id => {
-                    return Err(Error::invalid(format!(
-                        "parent {name} names VLAN {} but vlan={id}",
-                        spec.id
-                    )));
-                }
-                (Some(spec), _) => {
-                    check_ifname("parent", name)?;
-                    ParentChoice::Named {
-                        name: name.to_string(),
-                        vlan: Some(spec),
-                    }
-                }
-                (None, Some(id)) => {
-                    check_ifname("parent", name)?;
-                    let full = format!("{name}.{id}");
-                    check_ifname("the VLAN interface name", &full)?;
-                    ParentChoice::Named {
-                        name: full,
-                        vlan: Some(VlanSpec {
-                            base: name.to_string(),
-                            id,
-                        }),
-                    }
-                }
-                (None, None) => {
-                    check_ifname("parent", name)?;
-                    ParentChoice::Named {
-                        name: name.to_string(),
-                        vlan: None,
-                    }
-                }
-            }
-        }
-    };
+    let parent = parse_parent(network_id, given(&o.parent), vlan, link.kind())?;
 
     Ok(NetworkConfig {
         link,
@@ -310,64 +238,98 @@ pub fn parse_network_options(network_id: &str, options: &BTreeMap<String, Value>
     })
 }
 
-fn parse_link_mode(
-    kind: Option<&str>,
-    mode: Option<&str>,
-    macvlan_mode_opt: Option<&str>,
-    ipvlan_mode_opt: Option<&str>,
-    flag: Option<&str>,
-) -> Result<LinkMode> {
-    let kind = match kind {
-        Some("macvlan") => "macvlan",
-        Some("ipvlan") => "ipvlan",
-        Some(other) => {
+/// The parent from `parent` and `vlan`; without a parent, a dummy named after the network.
+fn parse_parent(network_id: &str, parent: Option<&str>, vlan: Option<u16>, kind: LinkKind) -> Result<ParentChoice> {
+    let Some(name) = parent else {
+        if let Some(id) = vlan {
             return Err(Error::invalid(format!(
-                "unknown kind {other:?}; valid kinds: macvlan (default), ipvlan"
+                "vlan={id} needs a parent interface (-o parent=eth0)"
             )));
         }
-        None => match (macvlan_mode_opt, ipvlan_mode_opt.or(flag)) {
+        let prefix = match kind {
+            LinkKind::Macvlan => "dm-",
+            LinkKind::Ipvlan => "di-",
+        };
+        return Ok(ParentChoice {
+            name: format!("{prefix}{}", crate::util::short_id(network_id)),
+            make: Some(ParentKind::Dummy),
+        });
+    };
+    match (vlan_in_name(name)?, vlan) {
+        (Some(ParentKind::Vlan { id: named, .. }), Some(id)) if named != id => Err(Error::invalid(format!(
+            "parent {name} names VLAN {named} but vlan={id}"
+        ))),
+        (None, Some(id)) => {
+            check_ifname("parent", name)?;
+            let full = format!("{name}.{id}");
+            check_ifname("the VLAN interface name", &full)?;
+            let base = name.to_string();
+            Ok(ParentChoice {
+                name: full,
+                make: Some(ParentKind::Vlan { base, id }),
+            })
+        }
+        (in_name, _) => {
+            check_ifname("parent", name)?;
+            Ok(ParentChoice {
+                name: name.to_string(),
+                make: in_name,
+            })
+        }
+    }
+}
+
+/// macvlan or ipvlan, its mode and flag, from `kind`, `mode` and Docker's names.
+fn parse_link_mode<'o>(o: &'o NetworkOptions) -> Result<LinkMode> {
+    let (macvlan_mode, ipvlan_mode, flag) = (given(&o.macvlan_mode), given(&o.ipvlan_mode), given(&o.ipvlan_flag));
+    let kind = match given(&o.kind) {
+        Some(text) => parse_named(text, "kind", "kinds")?,
+        None => match (macvlan_mode, ipvlan_mode.or(flag)) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid(
                     "macvlan_mode contradicts ipvlan_mode/ipvlan_flag: a network is either macvlan or ipvlan",
                 ));
             }
-            (_, Some(_)) => "ipvlan",
-            _ => "macvlan",
+            (_, Some(_)) => LinkKind::Ipvlan,
+            _ => LinkKind::Macvlan,
         },
     };
     // The Docker-named option, and the generic `mode`, must agree when both are given.
-    let pick = |specific_key: &str, specific: Option<&str>| -> Result<Option<String>> {
-        match (mode, specific) {
+    let pick = |specific_key: &str, specific: Option<&'o str>| -> Result<Option<&'o str>> {
+        match (given(&o.mode), specific) {
             (Some(a), Some(b)) if a != b => Err(Error::invalid(format!("mode={a} contradicts {specific_key}={b}"))),
-            (a, b) => Ok(b.or(a).map(str::to_string)),
+            (a, b) => Ok(b.or(a)),
         }
     };
-    if kind == "macvlan" {
-        if let Some(m) = ipvlan_mode_opt {
-            return Err(Error::invalid(format!(
-                "ipvlan_mode={m} is an ipvlan option but kind is macvlan"
-            )));
+    match kind {
+        LinkKind::Macvlan => {
+            if let Some(m) = ipvlan_mode {
+                return Err(Error::invalid(format!(
+                    "ipvlan_mode={m} is an ipvlan option but kind is macvlan"
+                )));
+            }
+            if let Some(f) = flag {
+                return Err(Error::invalid(format!(
+                    "ipvlan_flag={f} is an ipvlan option but kind is macvlan"
+                )));
+            }
+            let mode = pick("macvlan_mode", macvlan_mode)?;
+            Ok(LinkMode::Macvlan {
+                mode: mode.map_or(Ok(MacvlanMode::Bridge), |m| parse_named(m, "macvlan mode", "modes"))?,
+            })
         }
-        if let Some(f) = flag {
-            return Err(Error::invalid(format!(
-                "ipvlan_flag={f} is an ipvlan option but kind is macvlan"
-            )));
+        LinkKind::Ipvlan => {
+            if let Some(m) = macvlan_mode {
+                return Err(Error::invalid(format!(
+                    "macvlan_mode={m} is a macvlan option but kind is ipvlan"
+                )));
+            }
+            let mode = pick("ipvlan_mode", ipvlan_mode)?;
+            Ok(LinkMode::Ipvlan {
+                mode: mode.map_or(Ok(IpvlanMode::L2), |m| parse_named(m, "ipvlan mode", "modes"))?,
+                flag: flag.map_or(Ok(IpvlanFlag::Bridge), |f| parse_named(f, "ipvlan_flag", "flags"))?,
+            })
         }
-        let mode = pick("macvlan_mode", macvlan_mode_opt)?;
-        Ok(LinkMode::Macvlan {
-            mode: mode.as_deref().map_or(Ok(MacvlanMode::Bridge), macvlan_mode)?,
-        })
-    } else {
-        if let Some(m) = macvlan_mode_opt {
-            return Err(Error::invalid(format!(
-                "macvlan_mode={m} is a macvlan option but kind is ipvlan"
-            )));
-        }
-        let mode = pick("ipvlan_mode", ipvlan_mode_opt)?;
-        Ok(LinkMode::Ipvlan {
-            mode: mode.as_deref().map_or(Ok(IpvlanMode::L2), ipvlan_mode)?,
-            flag: flag.map_or(Ok(IpvlanFlag::Bridge), ipvlan_flag)?,
-        })
     }
 }
 
@@ -447,9 +409,9 @@ mod tests {
         );
         assert_eq!(
             c.parent,
-            ParentChoice::Named {
+            ParentChoice {
                 name: "vp0".into(),
-                vlan: None
+                make: None
             }
         );
         assert_eq!(c.mtu, None);
@@ -570,9 +532,9 @@ mod tests {
         let c = parse(json!({"parent": "eth0.10"}), false).unwrap();
         assert_eq!(
             c.parent,
-            ParentChoice::Named {
+            ParentChoice {
                 name: "eth0.10".into(),
-                vlan: Some(VlanSpec {
+                make: Some(ParentKind::Vlan {
                     base: "eth0".into(),
                     id: 10
                 })
@@ -581,9 +543,9 @@ mod tests {
         let c = parse(json!({"parent": "eth0", "vlan": "10"}), false).unwrap();
         assert_eq!(
             c.parent,
-            ParentChoice::Named {
+            ParentChoice {
                 name: "eth0.10".into(),
-                vlan: Some(VlanSpec {
+                make: Some(ParentKind::Vlan {
                     base: "eth0".into(),
                     id: 10
                 })
@@ -594,9 +556,9 @@ mod tests {
         let c = parse(json!({"parent": "br.lan"}), false).unwrap();
         assert_eq!(
             c.parent,
-            ParentChoice::Named {
+            ParentChoice {
                 name: "br.lan".into(),
-                vlan: None
+                make: None
             }
         );
         assert_eq!(
@@ -655,6 +617,25 @@ mod tests {
     }
 
     #[test]
+    fn every_valid_key_is_a_field_of_network_options() {
+        for key in VALID_KEYS {
+            let o: NetworkOptions = serde_json::from_value(json!({ *key: "x" })).unwrap();
+            let fields = [
+                &o.parent,
+                &o.vlan,
+                &o.kind,
+                &o.mode,
+                &o.macvlan_mode,
+                &o.ipvlan_mode,
+                &o.ipvlan_flag,
+                &o.mtu,
+                &o.driver_mtu,
+            ];
+            assert_eq!(fields.iter().filter(|f| f.is_some()).count(), 1, "{key}");
+        }
+    }
+
+    #[test]
     fn namespaced_keys_are_accepted_and_ignored() {
         let c = parse(
             json!({"parent": "vp0", "com.example.x": "y", "com.docker.network.endpoint.ifname": "foo0"}),
@@ -670,9 +651,9 @@ mod tests {
         let c = parse(json!({"parent": "eth0"}), true).unwrap();
         assert_eq!(
             c.parent,
-            ParentChoice::Named {
+            ParentChoice {
                 name: "eth0".into(),
-                vlan: None
+                make: None
             }
         );
         assert!(c.internal);
@@ -681,8 +662,9 @@ mod tests {
         let c = parse(json!({"ipvlan_mode": "l2"}), false).unwrap();
         assert_eq!(
             c.parent,
-            ParentChoice::Dummy {
-                name: "di-18fb91e8ffcc".into()
+            ParentChoice {
+                name: "di-18fb91e8ffcc".into(),
+                make: Some(ParentKind::Dummy)
             }
         );
         assert!(!c.internal);

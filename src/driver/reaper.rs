@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::kernel_err;
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, LinkInfo};
 use crate::plugin::Plugin;
@@ -76,7 +75,7 @@ impl<K: Kernel> Plugin<K> {
         }
         let names: HashSet<&str> = queued.iter().map(String::as_str).collect();
         let trash = self.trash_group();
-        let links = self.kernel.links().await.map_err(kernel_err)?;
+        let links = self.kernel.links().await?;
         let doomed: Vec<&LinkInfo> = links
             .iter()
             .filter(|l| names.contains(l.name.as_str()) && (self.is_ours(l) || l.group == trash))
@@ -97,7 +96,7 @@ impl<K: Kernel> Plugin<K> {
             let batched = if intruders {
                 Err(Error::kernel("the trash group holds other links"))
             } else {
-                self.kernel.delete_links(&indices, trash).await.map_err(kernel_err)
+                self.kernel.delete_links(&indices, trash).await.map_err(Error::from)
             };
             if let Err(e) = batched {
                 tracing::debug!("batched delete not possible ({e}); deleting one by one");

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{is_child_kind, kernel_err};
+use super::is_child_kind;
 use crate::dump::{KernelView, LinkPlace, Presence};
 use crate::error::Result;
 use crate::kernel::{Kernel, LinkInfo};
@@ -27,7 +27,7 @@ impl<K: Kernel> Plugin<K> {
     /// re-make parents rustvlan made that are missing (host reboot), and count endpoints
     /// whose link is not in this namespace (their containers may still run).
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
-        let links = self.kernel.links().await.map_err(kernel_err)?;
+        let links = self.kernel.links().await?;
         let mut report = ReconcileReport::default();
         let (orphans, orphan_parents, missing_parents, without_link) = {
             let state = self.state();
@@ -78,16 +78,16 @@ impl<K: Kernel> Plugin<K> {
                         .kernel
                         .add_vlan(&parent.name, b.index, *id, self.group)
                         .await
-                        .map_err(|e| e.message),
+                        .map_err(|e| e.to_string()),
                     Ok(None) => Err(format!("its base interface {base} does not exist")),
-                    Err(e) => Err(e.message),
+                    Err(e) => Err(e.to_string()),
                 },
                 ParentKind::Dummy => {
                     let mtu = self.state().networks_on_parent(&parent.name).find_map(|n| n.mtu);
                     self.kernel
                         .add_dummy(&parent.name, mtu, self.group)
                         .await
-                        .map_err(|e| e.message)
+                        .map_err(|e| e.to_string())
                 }
             };
             match made {
@@ -115,7 +115,7 @@ impl<K: Kernel> Plugin<K> {
     pub async fn kernel_view(&self) -> KernelView {
         let links = match self.kernel.links().await {
             Ok(l) => l,
-            Err(e) => return KernelView::Failed { error: e.message },
+            Err(e) => return KernelView::Failed { error: e.to_string() },
         };
         let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
         let state = self.state();

@@ -12,7 +12,7 @@ use crate::api::wire::{
 };
 use crate::error::ErrorKind;
 use crate::kernel::fake::FakeKernel;
-use crate::kernel::{ChildLink, EINVAL, Kernel};
+use crate::kernel::{ChildLink, Errno, Kernel};
 use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode};
 use crate::plugin::Plugin;
 use crate::store::{PoolDefaults, Store};
@@ -297,7 +297,7 @@ async fn a_failed_join_leaves_no_link_and_leftovers_are_judged_by_their_mark() {
         .unwrap();
     let before = p.kernel.names();
     p.kernel
-        .fail_next_add(EINVAL, "creating macvlan link rv111111111111: Invalid argument");
+        .fail_next_add(Errno::EINVAL, "creating macvlan link rv111111111111");
     let err = p.join(join(NET_A, EP_1)).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Kernel);
     assert_eq!(p.kernel.names(), before, "a failed Join leaves nothing behind");
@@ -625,7 +625,7 @@ async fn a_kernel_without_dummy_support_gets_a_clear_error() {
         .unwrap_err();
     assert_eq!(
         err.message,
-        "creating dummy link dm-aaaaaaaaaaaa: Operation not supported: this kernel cannot make that kind of link (is the 8021q or dummy module available?)"
+        "creating dummy link dm-aaaaaaaaaaaa: Operation not supported (os error 95): this kernel cannot make that kind of link (is the 8021q or dummy module available?)"
     );
     assert!(p.state().networks.is_empty());
 }

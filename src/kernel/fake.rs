@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use super::{ChildLink, EBUSY, EEXIST, EINVAL, ENODEV, EOPNOTSUPP, IFNAME_MAX, KResult, Kernel, KernelError, LinkInfo};
+use super::{ChildLink, Errno, IFNAME_MAX, KResult, Kernel, KernelError, LinkInfo};
 use crate::model::LinkMode;
 
 #[derive(Debug, Default)]
@@ -24,11 +24,8 @@ struct Inner {
     group_deletes: usize,
 }
 
-fn err(errno: i32, message: String) -> KernelError {
-    KernelError {
-        errno: Some(errno),
-        message,
-    }
+fn err(errno: Errno, op: String) -> KernelError {
+    KernelError::refused(op, errno)
 }
 
 impl FakeKernel {
@@ -58,8 +55,8 @@ impl FakeKernel {
         self.inner.lock().unwrap().missing_kinds.push(kind);
     }
 
-    pub fn fail_next_add(&self, errno: i32, message: &str) {
-        self.inner.lock().unwrap().fail_next_add = Some(err(errno, message.to_string()));
+    pub fn fail_next_add(&self, errno: Errno, op: &str) {
+        self.inner.lock().unwrap().fail_next_add = Some(err(errno, op.to_string()));
     }
 
     /// How many batched deletes (`delete_links`) ran.
@@ -112,16 +109,13 @@ impl Inner {
             return Err(e);
         }
         if self.missing_kinds.contains(&kind) {
-            return Err(err(
-                EOPNOTSUPP,
-                format!("creating {kind} link {name}: Operation not supported"),
-            ));
+            return Err(err(Errno::EOPNOTSUPP, format!("creating {kind} link {name}")));
         }
         if name.is_empty() || name.len() > IFNAME_MAX {
-            return Err(err(EINVAL, format!("creating {kind} link {name}: Invalid argument")));
+            return Err(err(Errno::EINVAL, format!("creating {kind} link {name}")));
         }
         if self.links.iter().any(|l| l.name == name) {
-            return Err(err(EEXIST, format!("creating {kind} link {name}: File exists")));
+            return Err(err(Errno::EEXIST, format!("creating {kind} link {name}")));
         }
         let index = self.next_index;
         self.next_index += 1;
@@ -177,7 +171,7 @@ impl Kernel for FakeKernel {
             .iter()
             .find(|l| l.index == link.parent_index)
             .cloned()
-            .ok_or_else(|| err(ENODEV, format!("creating {kind} link {}: No such device", link.name)))?;
+            .ok_or_else(|| err(Errno::ENODEV, format!("creating {kind} link {}", link.name)))?;
         let siblings: Vec<LinkMode> = inner
             .children
             .iter()
@@ -191,19 +185,13 @@ impl Kernel for FakeKernel {
             .collect();
         let busy = siblings
             .iter()
-            .any(|m| m.kind_name() != link.mode.kind_name() || m.is_passthru() || link.mode.is_passthru());
+            .any(|m| m.kind() != link.mode.kind() || m.is_passthru() || link.mode.is_passthru());
         if busy {
-            return Err(err(
-                EBUSY,
-                format!("creating {kind} link {}: Device or resource busy", link.name),
-            ));
+            return Err(err(Errno::EBUSY, format!("creating {kind} link {}", link.name)));
         }
         let mtu = link.mtu.unwrap_or(parent.mtu);
         if mtu > parent.mtu {
-            return Err(err(
-                EINVAL,
-                format!("creating {kind} link {}: Invalid argument", link.name),
-            ));
+            return Err(err(Errno::EINVAL, format!("creating {kind} link {}", link.name)));
         }
         inner.add(&link.name, kind, Some(parent.index), mtu, link.group, false)?;
         inner.children.push((link.name.clone(), link.mode));
@@ -217,7 +205,7 @@ impl Kernel for FakeKernel {
             .iter()
             .find(|l| l.index == base_index)
             .cloned()
-            .ok_or_else(|| err(ENODEV, format!("creating 802.1Q link {name}: No such device")))?;
+            .ok_or_else(|| err(Errno::ENODEV, format!("creating 802.1Q link {name}")))?;
         inner.add(name, "vlan", Some(base_index), base.mtu, group, true)
     }
 

@@ -17,12 +17,8 @@ use crate::model::{LinkMode, MacAddr};
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
 
-pub const ENODEV: i32 = 19;
-pub const EEXIST: i32 = 17;
-pub const EBUSY: i32 = 16;
-pub const EINVAL: i32 = 22;
-pub const EADDRINUSE: i32 = 98;
-pub const EOPNOTSUPP: i32 = 95;
+/// The errno a kernel answered, as a type (`Errno::ENODEV`).
+pub use nix::errno::Errno;
 
 /// What the driver needs to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,22 +48,36 @@ pub struct ChildLink {
     pub group: u32,
 }
 
+/// A link operation the kernel refused, or that could not be asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelError {
-    /// The positive errno the kernel answered, if it answered one.
-    pub errno: Option<i32>,
-    pub message: String,
+    /// What rustvlan asked: `creating macvlan link rv1a2b3c4d5e6`.
+    pub op: String,
+    /// The errno the kernel answered, if it answered one.
+    pub errno: Option<Errno>,
+    /// Why, in words: the errno's description, or what went wrong on the way.
+    pub reason: String,
 }
 
 impl KernelError {
-    pub fn is(&self, errno: i32) -> bool {
+    /// The kernel answered `errno` to `op`; worded as the C library words it, like the
+    /// errors of real netlink requests.
+    pub fn refused(op: impl Into<String>, errno: Errno) -> Self {
+        KernelError {
+            op: op.into(),
+            errno: Some(errno),
+            reason: std::io::Error::from_raw_os_error(errno as i32).to_string(),
+        }
+    }
+
+    pub fn is(&self, errno: Errno) -> bool {
         self.errno == Some(errno)
     }
 }
 
 impl fmt::Display for KernelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        write!(f, "{}: {}", self.op, self.reason)
     }
 }
 

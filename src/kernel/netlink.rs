@@ -6,7 +6,7 @@ use rtnetlink::packet_route::link::{
 };
 use rtnetlink::{Handle, LinkDummy, LinkIpVlan, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVlan};
 
-use super::{ChildLink, ENODEV, KResult, Kernel, KernelError, LinkInfo};
+use super::{ChildLink, Errno, KResult, Kernel, KernelError, LinkInfo};
 use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode};
 
 /// The kernel handles a NETLINK_ROUTE request inside the sender's `sendmsg`, and a link
@@ -57,16 +57,18 @@ impl NetlinkKernel {
 
 fn kernel_error(what: &str, err: rtnetlink::Error) -> KernelError {
     match err {
-        rtnetlink::Error::NetlinkError(msg) => {
-            let errno = msg.code.map(|c| c.get().abs());
-            KernelError {
-                errno,
-                message: format!("{what}: {}", msg.to_io()),
-            }
-        }
+        rtnetlink::Error::NetlinkError(msg) => match msg.code {
+            Some(code) => KernelError::refused(what, Errno::from_raw(code.get().abs())),
+            None => KernelError {
+                op: what.to_string(),
+                errno: None,
+                reason: msg.to_io().to_string(),
+            },
+        },
         other => KernelError {
+            op: what.to_string(),
             errno: None,
-            message: format!("{what}: {other}"),
+            reason: other.to_string(),
         },
     }
 }
@@ -141,7 +143,7 @@ impl Kernel for NetlinkKernel {
             Ok(None) => Ok(None),
             Err(err) => {
                 let err = kernel_error(&format!("looking up {name}"), err);
-                if err.is(ENODEV) { Ok(None) } else { Err(err) }
+                if err.is(Errno::ENODEV) { Ok(None) } else { Err(err) }
             }
         }
     }
@@ -175,7 +177,7 @@ impl Kernel for NetlinkKernel {
             .add(message)
             .execute()
             .await
-            .map_err(|e| kernel_error(&format!("creating {} link {}", link.mode.kind_name(), link.name), e))
+            .map_err(|e| kernel_error(&format!("creating {} link {}", link.mode.kind(), link.name), e))
     }
 
     async fn add_vlan(&self, name: &str, base_index: u32, id: u16, group: u32) -> KResult<()> {
@@ -203,7 +205,7 @@ impl Kernel for NetlinkKernel {
             let message = LinkUnspec::new_with_index(index).link_group(trash_group).build();
             if let Err(e) = self.deletes.link().change(message).execute().await {
                 let err = kernel_error(&format!("moving link {index} to the group being deleted"), e);
-                if !err.is(ENODEV) {
+                if !err.is(Errno::ENODEV) {
                     return Err(err);
                 }
             }
@@ -215,7 +217,7 @@ impl Kernel for NetlinkKernel {
             Err(e) => {
                 let err = kernel_error(&format!("deleting link group {trash_group}"), e);
                 // ENODEV: none of them was left.
-                if err.is(ENODEV) { Ok(()) } else { Err(err) }
+                if err.is(Errno::ENODEV) { Ok(()) } else { Err(err) }
             }
         }
     }
@@ -225,7 +227,7 @@ impl Kernel for NetlinkKernel {
             Ok(()) => Ok(true),
             Err(err) => {
                 let err = kernel_error(&format!("deleting link {index}"), err);
-                if err.is(ENODEV) { Ok(false) } else { Err(err) }
+                if err.is(Errno::ENODEV) { Ok(false) } else { Err(err) }
             }
         }
     }
