@@ -15,7 +15,7 @@ use crate::api::wire::{
 use crate::error::{Error, Result};
 use crate::kernel::{IFNAME_MAX, Kernel};
 use crate::keys::check_option_keys;
-use crate::model::{EndpointRecord, LinkMode, MacAddr, NetworkRecord};
+use crate::model::{EndpointRecord, Family, LinkMode, MacAddr, NetworkRecord};
 use crate::plugin::Plugin;
 use crate::state::{Change, State};
 use crate::util::short_id;
@@ -32,8 +32,8 @@ impl<K: Kernel> Plugin<K> {
             check_option_keys("endpoint option", options.keys().map(String::as_str), ENDPOINT_KEYS)?;
         }
         let iface = req.interface.unwrap_or_default();
-        let ipv4 = parse_endpoint_address("Interface.Address", iface.address.as_deref(), false)?;
-        let ipv6 = parse_endpoint_address("Interface.AddressIPv6", iface.address_ipv6.as_deref(), true)?;
+        let ipv4 = parse_endpoint_address("Interface.Address", iface.address.as_deref(), Family::V4)?;
+        let ipv6 = parse_endpoint_address("Interface.AddressIPv6", iface.address_ipv6.as_deref(), Family::V6)?;
         let requested_mac = match iface.mac_address.as_deref().filter(|m| !m.is_empty()) {
             Some(text) => {
                 let mac: MacAddr = text
@@ -137,7 +137,7 @@ impl<K: Kernel> Plugin<K> {
     }
 }
 
-fn parse_endpoint_address(field: &str, text: Option<&str>, v6: bool) -> Result<Option<IpNetwork>> {
+fn parse_endpoint_address(field: &str, text: Option<&str>, family: Family) -> Result<Option<IpNetwork>> {
     let Some(text) = text.filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
@@ -146,8 +146,7 @@ fn parse_endpoint_address(field: &str, text: Option<&str>, v6: bool) -> Result<O
         .ok()
         .filter(|_| text.contains('/'))
         .ok_or_else(|| Error::invalid(format!("{field} {text:?} is not an address in CIDR notation")))?;
-    if net.is_ipv6() != v6 {
-        let family = if v6 { "IPv6" } else { "IPv4" };
+    if Family::of(&net) != family {
         return Err(Error::invalid(format!("{field} {text} is not an {family} address")));
     }
     Ok(Some(net))

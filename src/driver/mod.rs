@@ -38,11 +38,6 @@ impl<K: Kernel> Plugin<K> {
     }
 }
 
-/// Endpoint links are macvlan or ipvlan; the parents rustvlan makes are VLAN or dummy.
-fn is_child_kind(link: &LinkInfo) -> bool {
-    matches!(link.kind.as_deref(), Some("macvlan" | "ipvlan"))
-}
-
 fn pending_delete(endpoint: &EndpointRecord) -> PendingDelete {
     PendingDelete {
         link_name: endpoint.link_name.clone(),

@@ -9,7 +9,7 @@ use super::pending_delete;
 use crate::api::wire::{CreateNetworkRequest, Empty, GwAllocCheckRequest, GwAllocCheckResponse, NetworkRequest};
 use crate::error::{Error, Result};
 use crate::kernel::{Errno, Kernel, KernelError, LinkInfo};
-use crate::model::{EndpointRecord, NetworkRecord, ParentKind, ParentRecord, Subnet};
+use crate::model::{EndpointRecord, Family, NetworkRecord, ParentKind, ParentRecord, Subnet};
 use crate::plugin::Plugin;
 use crate::state::{Change, State};
 use crate::util::short_id;
@@ -35,8 +35,8 @@ impl<K: Kernel> Plugin<K> {
     pub async fn create_network(&self, req: CreateNetworkRequest) -> Result<Empty> {
         check_id("NetworkID", &req.network_id)?;
         let config = parse_network_options(&req.network_id, req.options.as_ref().unwrap_or(&BTreeMap::new()))?;
-        let ipv4 = parse_subnets("IPv4Data", req.ipv4_data.as_deref().unwrap_or_default(), false)?;
-        let ipv6 = parse_subnets("IPv6Data", req.ipv6_data.as_deref().unwrap_or_default(), true)?;
+        let ipv4 = parse_subnets("IPv4Data", req.ipv4_data.as_deref().unwrap_or_default(), Family::V4)?;
+        let ipv6 = parse_subnets("IPv6Data", req.ipv6_data.as_deref().unwrap_or_default(), Family::V6)?;
         check_families(&config, &ipv4, &ipv6)?;
         let record = NetworkRecord {
             id: req.network_id.clone(),

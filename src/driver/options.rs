@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::ipam::{parse_address, parse_subnet};
 use crate::kernel::IFNAME_MAX;
 use crate::keys::check_option_keys;
-use crate::model::{IpvlanFlag, IpvlanMode, LinkKind, LinkMode, MacvlanMode, Named, ParentKind, Subnet};
+use crate::model::{Family, IpvlanFlag, IpvlanMode, LinkKind, LinkMode, MacvlanMode, Named, ParentKind, Subnet};
 
 pub const GENERIC: &str = "com.docker.network.generic";
 pub const INTERNAL: &str = "com.docker.network.internal";
@@ -334,13 +334,12 @@ fn parse_link_mode<'o>(o: &'o NetworkOptions) -> Result<LinkMode> {
 }
 
 /// Reads CreateNetwork's IPv4Data or IPv6Data: pools, gateways and aux addresses, all CIDR.
-pub fn parse_subnets(field: &str, data: &[IpamData], v6: bool) -> Result<Vec<Subnet>> {
-    let family = if v6 { "IPv6" } else { "IPv4" };
+pub fn parse_subnets(field: &str, data: &[IpamData], family: Family) -> Result<Vec<Subnet>> {
     let mut subnets: Vec<Subnet> = Vec::with_capacity(data.len());
     for (i, d) in data.iter().enumerate() {
         let at = format!("{field}[{i}]");
         let pool = parse_subnet(&format!("{at}.Pool"), &d.pool)?;
-        if pool.is_ipv6() != v6 {
+        if Family::of(&pool) != family {
             return Err(Error::invalid(format!("{at}.Pool {pool} is not an {family} subnet")));
         }
         let inside = |what: &str, text: &str| -> Result<IpNetwork> {
@@ -680,37 +679,37 @@ mod tests {
             gateway: gw.map(str::to_string),
             aux_addresses: None,
         };
-        let s = parse_subnets("IPv4Data", &[data("10.77.0.0/24", Some("10.77.0.1/24"))], false).unwrap();
+        let s = parse_subnets("IPv4Data", &[data("10.77.0.0/24", Some("10.77.0.1/24"))], Family::V4).unwrap();
         assert_eq!(s[0].gateway.unwrap().to_string(), "10.77.0.1/24");
-        let e = |d: Vec<IpamData>, v6| {
-            parse_subnets(if v6 { "IPv6Data" } else { "IPv4Data" }, &d, v6)
+        let e = |d: Vec<IpamData>, family| {
+            parse_subnets(if family == Family::V6 { "IPv6Data" } else { "IPv4Data" }, &d, family)
                 .unwrap_err()
                 .message
         };
         assert_eq!(
-            e(vec![data("10.77.0.0/24", Some("10.78.0.1/24"))], false),
+            e(vec![data("10.77.0.0/24", Some("10.78.0.1/24"))], Family::V4),
             "IPv4Data[0].Gateway 10.78.0.1 is outside subnet 10.77.0.0/24"
         );
         assert_eq!(
-            e(vec![data("fd00::/64", None)], false),
+            e(vec![data("fd00::/64", None)], Family::V4),
             "IPv4Data[0].Pool fd00::/64 is not an IPv4 subnet"
         );
         assert_eq!(
-            e(vec![data("10.0.0.0/24", None)], true),
+            e(vec![data("10.0.0.0/24", None)], Family::V6),
             "IPv6Data[0].Pool 10.0.0.0/24 is not an IPv6 subnet"
         );
         assert_eq!(
-            e(vec![data("10.77.0.0/24", Some("bogus"))], false),
+            e(vec![data("10.77.0.0/24", Some("bogus"))], Family::V4),
             "IPv4Data[0].Gateway \"bogus\" is not an IP address"
         );
         assert_eq!(
-            e(vec![data("10.77.0.0/16", None), data("10.77.3.0/24", None)], false),
+            e(vec![data("10.77.0.0/16", None), data("10.77.3.0/24", None)], Family::V4),
             "IPv4Data[1].Pool 10.77.3.0/24 overlaps 10.77.0.0/16 of the same network"
         );
         let mut aux = data("10.77.0.0/24", None);
         aux.aux_addresses = Some([("h".to_string(), "10.99.0.5/24".to_string())].into());
         assert_eq!(
-            e(vec![aux], false),
+            e(vec![aux], Family::V4),
             "IPv4Data[0].AuxAddresses[h] 10.99.0.5 is outside subnet 10.77.0.0/24"
         );
     }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 
-use super::is_child_kind;
 use crate::dump::{KernelView, LinkPlace, Presence};
 use crate::error::Result;
 use crate::kernel::{Kernel, LinkInfo};
@@ -37,7 +36,7 @@ impl<K: Kernel> Plugin<K> {
                 // A queued link is the reaper's, and is counted as a finished delete.
                 .filter(|l| {
                     self.is_ours(l)
-                        && is_child_kind(l)
+                        && l.kind.is_child()
                         && state.endpoint_by_link(&l.name).is_none()
                         && !state.pending.contains_key(&l.name)
                 })
@@ -45,7 +44,7 @@ impl<K: Kernel> Plugin<K> {
                 .collect();
             let orphan_parents: Vec<LinkInfo> = links
                 .iter()
-                .filter(|l| self.is_ours(l) && !is_child_kind(l) && !state.parents.contains_key(&l.name))
+                .filter(|l| self.is_ours(l) && !l.kind.is_child() && !state.parents.contains_key(&l.name))
                 .cloned()
                 .collect();
             let missing: Vec<ParentRecord> = state

@@ -12,7 +12,7 @@ use crate::api::wire::{
 };
 use crate::error::ErrorKind;
 use crate::kernel::fake::FakeKernel;
-use crate::kernel::{ChildLink, Errno, Kernel};
+use crate::kernel::{ChildLink, Errno, Kernel, LinkType};
 use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode};
 use crate::plugin::Plugin;
 use crate::store::{PoolDefaults, Store};
@@ -167,7 +167,7 @@ async fn macvlan_endpoint_lifecycle() {
     assert!(joined.static_routes.is_empty());
     assert!(joined.disable_gateway_service);
     let link = p.kernel.get("rv111111111111").unwrap();
-    assert_eq!(link.kind.as_deref(), Some("macvlan"));
+    assert_eq!(link.kind, LinkType::Macvlan);
     assert_eq!(link.group, p.group, "marked as this store's");
     assert_eq!(link.parent_index, Some(p.kernel.get("eth0").unwrap().index));
 
@@ -270,7 +270,7 @@ async fn ipvlan_l3_gets_connected_default_routes_and_refuses_macs() {
     assert_eq!(joined.gateway, None);
     let routes = serde_json::to_value(&joined.static_routes).unwrap();
     assert_eq!(routes, json!([{"Destination": "0.0.0.0/0", "RouteType": 1}]));
-    assert_eq!(p.kernel.get("rv111111111111").unwrap().kind.as_deref(), Some("ipvlan"));
+    assert_eq!(p.kernel.get("rv111111111111").unwrap().kind, LinkType::Ipvlan);
     assert_eq!(
         p.state().networks[NET_A].link,
         LinkMode::Ipvlan {
@@ -457,7 +457,7 @@ async fn vlan_parents_are_made_shared_and_removed_with_their_last_network() {
     .await
     .unwrap();
     let vlan = p.kernel.get("eth0.10").expect("VLAN parent made");
-    assert_eq!(vlan.kind.as_deref(), Some("vlan"));
+    assert_eq!(vlan.kind, LinkType::Vlan);
     assert_eq!(vlan.parent_index, Some(p.kernel.get("eth0").unwrap().index));
     assert_eq!(vlan.group, p.group);
     assert!(p.state().parents.contains_key("eth0.10"));
@@ -597,7 +597,7 @@ async fn internal_networks_without_a_parent_get_a_dummy_and_no_gateway() {
         .await
         .unwrap();
     let dummy = p.kernel.get("dm-aaaaaaaaaaaa").expect("dummy parent");
-    assert_eq!(dummy.kind.as_deref(), Some("dummy"));
+    assert_eq!(dummy.kind, LinkType::Dummy);
     p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
         .await
         .unwrap();

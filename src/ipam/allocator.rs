@@ -20,7 +20,7 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::addrset::AddressSet;
 use crate::error::{Error, Result};
-use crate::model::PoolRecord;
+use crate::model::{Family, PoolRecord};
 
 pub const LOCAL_ADDRESS_SPACE: &str = "rustvlan-local";
 pub const GLOBAL_ADDRESS_SPACE: &str = "rustvlan-global";
@@ -74,7 +74,7 @@ pub struct PoolRequest {
     pub pool: String,
     pub sub_pool: String,
     pub options: BTreeMap<String, String>,
-    pub v6: bool,
+    pub family: Family,
 }
 
 #[derive(Debug, Clone)]
@@ -84,10 +84,6 @@ pub struct Ipam {
     next_seq: u64,
 }
 
-fn family(v6: bool) -> &'static str {
-    if v6 { "IPv6" } else { "IPv4" }
-}
-
 fn addr_bits(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(a) => u128::from(u32::from(a)),
@@ -95,8 +91,8 @@ fn addr_bits(ip: IpAddr) -> u128 {
     }
 }
 
-fn addr_from_bits(v6: bool, bits: u128) -> IpAddr {
-    if v6 {
+fn addr_from_bits(family: Family, bits: u128) -> IpAddr {
+    if family == Family::V6 {
         IpAddr::V6(Ipv6Addr::from(bits))
     } else {
         // The caller only passes offsets inside an IPv4 pool, so this never truncates.
@@ -105,7 +101,7 @@ fn addr_from_bits(v6: bool, bits: u128) -> IpAddr {
 }
 
 fn total_bits(net: &IpNetwork) -> u8 {
-    if net.is_ipv6() { 128 } else { 32 }
+    Family::of(net).bits()
 }
 
 /// Number of addresses in `net` minus one (so a /0 does not overflow).
@@ -150,7 +146,7 @@ pub fn parse_address(field: &str, text: &str) -> Result<IpAddr> {
         .parse()
         .map_err(|_| Error::invalid(format!("{field} {text:?} is not an IP address")))?;
     if let Some((_, prefix)) = text.split_once('/') {
-        let max = if ip.is_ipv6() { 128 } else { 32 };
+        let max = Family::of_ip(&ip).bits();
         match prefix.parse::<u8>() {
             Ok(p) if p <= max => {}
             _ => return Err(Error::invalid(format!("{field} {text:?} is not an IP address"))),
@@ -173,8 +169,8 @@ impl Pool {
         pool_id(&self.record)
     }
 
-    fn v6(&self) -> bool {
-        self.record.pool.is_ipv6()
+    fn family(&self) -> Family {
+        Family::of(&self.record.pool)
     }
 
     fn offset(&self, ip: IpAddr) -> Option<u128> {
@@ -182,7 +178,7 @@ impl Pool {
     }
 
     fn ip_at(&self, offset: u128) -> IpAddr {
-        addr_from_bits(self.v6(), network_start(&self.record.pool) + offset)
+        addr_from_bits(self.family(), network_start(&self.record.pool) + offset)
     }
 
     /// The answer dockerd wants: the address with the pool's prefix length.
@@ -195,7 +191,7 @@ impl Pool {
     /// (RFC 3021); IPv6 reserves the subnet-router anycast address (offset 0).
     fn usable(&self) -> (u128, u128) {
         let last = last_offset(&self.record.pool);
-        match (self.v6(), self.record.pool.prefix()) {
+        match (self.family() == Family::V6, self.record.pool.prefix()) {
             (false, p) if p <= 30 => (1, last - 1),
             (false, _) => (0, last),
             (true, 128) => (0, 0),
@@ -229,7 +225,7 @@ impl Pool {
             .ok_or_else(|| Error::invalid(format!("address {ip} is outside pool {pool}")))?;
         let (lo, hi) = self.usable();
         if offset < lo {
-            let what = if self.v6() {
+            let what = if self.family() == Family::V6 {
                 "the subnet-router anycast address"
             } else {
                 "the network address"
@@ -331,14 +327,14 @@ impl Ipam {
                     req.sub_pool
                 )));
             }
-            self.pick_default_pool(req.v6)?
+            self.pick_default_pool(req.family)?
         } else {
             let pool = parse_subnet("Pool", &req.pool)?;
-            if pool.is_ipv6() != req.v6 {
+            if Family::of(&pool) != req.family {
                 return Err(Error::invalid(format!(
                     "Pool {pool} is an {} subnet but V6 is {}",
-                    family(pool.is_ipv6()),
-                    req.v6
+                    Family::of(&pool),
+                    req.family == Family::V6
                 )));
             }
             pool
@@ -378,8 +374,8 @@ impl Ipam {
     }
 
     /// The first subnet of the default range that overlaps no existing pool.
-    fn pick_default_pool(&self, v6: bool) -> Result<IpNetwork> {
-        let (range, prefix) = if v6 {
+    fn pick_default_pool(&self, family: Family) -> Result<IpNetwork> {
+        let (range, prefix) = if family == Family::V6 {
             (
                 IpNetwork::V6(self.config.default_v6_range),
                 self.config.default_v6_prefix,
@@ -399,7 +395,7 @@ impl Ipam {
             .pools
             .values()
             .map(|p| p.record.pool)
-            .filter(|p| p.is_ipv6() == v6)
+            .filter(|p| Family::of(p) == family)
             .filter_map(|p| {
                 let start = network_start(&p);
                 let end = start + last_offset(&p);
@@ -421,10 +417,10 @@ impl Ipam {
         if index >= candidates {
             return Err(Error::exhausted(format!(
                 "no free /{prefix} left in the default {} range {range}; give --subnet explicitly",
-                family(v6)
+                family
             )));
         }
-        let start = addr_from_bits(v6, range_start + (index << shift));
+        let start = addr_from_bits(family, range_start + (index << shift));
         Ok(IpNetwork::new(start, prefix).expect("default prefix is valid"))
     }
 
@@ -589,7 +585,7 @@ mod tests {
             address_space: LOCAL_ADDRESS_SPACE.into(),
             pool: cidr.into(),
             sub_pool: sub.into(),
-            v6: cidr.contains(':'),
+            family: if cidr.contains(':') { Family::V6 } else { Family::V4 },
             ..Default::default()
         };
         let (record, changes) = ipam.plan_request_pool(&req).unwrap();
@@ -728,49 +724,49 @@ mod tests {
     #[test]
     fn pool_requests_are_validated() {
         let ipam = Ipam::new(config());
-        let req = |pool: &str, sub: &str, v6: bool, space: &str| PoolRequest {
+        let req = |pool: &str, sub: &str, family: Family, space: &str| PoolRequest {
             address_space: space.into(),
             pool: pool.into(),
             sub_pool: sub.into(),
-            v6,
+            family,
             ..Default::default()
         };
         let msg = |r: PoolRequest| ipam.plan_request_pool(&r).unwrap_err().message;
         let local = LOCAL_ADDRESS_SPACE;
         assert_eq!(
-            msg(req("10.0.0.0/24", "", false, "nope")),
+            msg(req("10.0.0.0/24", "", Family::V4, "nope")),
             "unknown address space \"nope\"; rustvlan serves \"rustvlan-local\" and \"rustvlan-global\""
         );
         assert_eq!(
-            msg(req("10.0.0.0/33", "", false, local)),
+            msg(req("10.0.0.0/33", "", Family::V4, local)),
             "Pool \"10.0.0.0/33\" is not a subnet in CIDR notation"
         );
         assert_eq!(
-            msg(req("10.0.0.1/24", "", false, local)),
+            msg(req("10.0.0.1/24", "", Family::V4, local)),
             "Pool 10.0.0.1/24 has host bits set; the subnet is 10.0.0.0/24"
         );
         assert_eq!(
-            msg(req("10.0.0.0/24", "", true, local)),
+            msg(req("10.0.0.0/24", "", Family::V6, local)),
             "Pool 10.0.0.0/24 is an IPv4 subnet but V6 is true"
         );
         assert_eq!(
-            msg(req("fd00::/64", "", false, local)),
+            msg(req("fd00::/64", "", Family::V4, local)),
             "Pool fd00::/64 is an IPv6 subnet but V6 is false"
         );
         assert_eq!(
-            msg(req("10.0.0.0/24", "10.0.1.0/25", false, local)),
+            msg(req("10.0.0.0/24", "10.0.1.0/25", Family::V4, local)),
             "SubPool 10.0.1.0/25 (--ip-range) is not inside Pool 10.0.0.0/24"
         );
         assert_eq!(
-            msg(req("10.0.0.0/24", "10.0.0.0/23", false, local)),
+            msg(req("10.0.0.0/24", "10.0.0.0/23", Family::V4, local)),
             "SubPool 10.0.0.0/23 (--ip-range) is not inside Pool 10.0.0.0/24"
         );
         assert_eq!(
-            msg(req("", "10.0.0.0/25", false, local)),
+            msg(req("", "10.0.0.0/25", Family::V4, local)),
             "SubPool 10.0.0.0/25 needs an explicit Pool (--ip-range needs --subnet)"
         );
         assert_eq!(
-            msg(req("0.0.0.0/0", "", false, local)),
+            msg(req("0.0.0.0/0", "", Family::V4, local)),
             "Pool 0.0.0.0/0 is too large: a /0 pool is not allowed"
         );
     }
@@ -793,7 +789,7 @@ mod tests {
         assert_eq!(e, "rustvlan-local/10.123.5.0/24");
         let v6 = PoolRequest {
             address_space: LOCAL_ADDRESS_SPACE.into(),
-            v6: true,
+            family: Family::V6,
             ..Default::default()
         };
         let (record, changes) = ipam.plan_request_pool(&v6).unwrap();

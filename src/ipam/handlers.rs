@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::ipam::{GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, PoolRequest, parse_address, pool_id};
 use crate::kernel::Kernel;
 use crate::keys::check_option_keys;
+use crate::model::Family;
 use crate::plugin::Plugin;
 use crate::state::Change;
 
@@ -44,7 +45,11 @@ impl<K: Kernel> Plugin<K> {
             pool: req.pool.unwrap_or_default(),
             sub_pool: req.sub_pool.unwrap_or_default(),
             options: req.options.unwrap_or_default(),
-            v6: req.v6.unwrap_or(false),
+            family: if req.v6.unwrap_or(false) {
+                Family::V6
+            } else {
+                Family::V4
+            },
         };
         let record = self
             .commit(|state| {

@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use super::{ChildLink, Errno, IFNAME_MAX, KResult, Kernel, KernelError, LinkInfo};
+use super::{ChildLink, Errno, IFNAME_MAX, KResult, Kernel, KernelError, LinkInfo, LinkType};
 use crate::model::LinkMode;
 
 #[derive(Debug, Default)]
@@ -43,7 +43,7 @@ impl FakeKernel {
         inner.links.push(LinkInfo {
             index,
             name: name.to_string(),
-            kind: None,
+            kind: LinkType::Device,
             mtu,
             group: 0,
             parent_index: None,
@@ -122,7 +122,7 @@ impl Inner {
         self.links.push(LinkInfo {
             index,
             name: name.to_string(),
-            kind: Some(kind.to_string()),
+            kind: LinkType::from_kind(kind),
             mtu,
             group,
             parent_index: parent,

@@ -4,6 +4,7 @@
 //! namespace. [`NetlinkKernel`] is the real one; [`fake::FakeKernel`] lets unit tests of
 //! the driver's decisions run without privileges.
 
+#[cfg(any(test, feature = "fake-kernel"))]
 pub mod fake;
 mod netlink;
 
@@ -20,13 +21,43 @@ pub const IFNAME_MAX: usize = 15;
 /// The errno a kernel answered, as a type (`Errno::ENODEV`).
 pub use nix::errno::Errno;
 
+/// What a link is (IFLA_INFO_KIND), as far as rustvlan cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkType {
+    /// No kind: a plain device, such as a NIC.
+    Device,
+    Macvlan,
+    Ipvlan,
+    /// 802.1Q.
+    Vlan,
+    Dummy,
+    /// Any other kind the kernel names: `veth`, `bridge`, ...
+    Other(String),
+}
+
+impl LinkType {
+    pub fn from_kind(kind: &str) -> LinkType {
+        match kind {
+            "macvlan" => LinkType::Macvlan,
+            "ipvlan" => LinkType::Ipvlan,
+            "vlan" => LinkType::Vlan,
+            "dummy" => LinkType::Dummy,
+            other => LinkType::Other(other.to_string()),
+        }
+    }
+
+    /// The kinds of link an endpoint gets; the parents rustvlan makes are VLANs or dummies.
+    pub fn is_child(&self) -> bool {
+        matches!(self, LinkType::Macvlan | LinkType::Ipvlan)
+    }
+}
+
 /// What the driver needs to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkInfo {
     pub index: u32,
     pub name: String,
-    /// `macvlan`, `ipvlan`, `vlan`, `dummy`, `veth`, ... (None for plain NICs).
-    pub kind: Option<String>,
+    pub kind: LinkType,
     pub mtu: u32,
     /// IFLA_GROUP. rustvlan marks the links it makes with its store's group number: the
     /// kernel takes it in the same message that creates the link (it ignores an alias

@@ -6,7 +6,7 @@ use rtnetlink::packet_route::link::{
 };
 use rtnetlink::{Handle, LinkDummy, LinkIpVlan, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVlan};
 
-use super::{ChildLink, Errno, KResult, Kernel, KernelError, LinkInfo};
+use super::{ChildLink, Errno, KResult, Kernel, KernelError, LinkInfo, LinkType};
 use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode};
 
 /// The kernel handles a NETLINK_ROUTE request inside the sender's `sendmsg`, and a link
@@ -77,7 +77,7 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
     let mut info = LinkInfo {
         index: msg.header.index,
         name: String::new(),
-        kind: None,
+        kind: LinkType::Device,
         mtu: 0,
         group: 0,
         parent_index: None,
@@ -92,7 +92,7 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let NlLinkInfo::Kind(kind) = i {
-                        info.kind = Some(kind.to_string());
+                        info.kind = LinkType::from_kind(&kind.to_string());
                     }
                 }
             }
