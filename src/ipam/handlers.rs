@@ -9,12 +9,11 @@ use crate::api::wire::{
     RequestPoolResponse,
 };
 use crate::error::Result;
-use crate::ipam::{GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, PoolRequest, parse_address, pool_id};
+use crate::ipam::{Allocations, GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, PoolRequest, parse_address, pool_id};
 use crate::kernel::Kernel;
 use crate::keys::check_option_keys;
 use crate::model::Family;
 use crate::plugin::Plugin;
-use crate::state::Change;
 
 /// Bare `--ipam-opt` keys rustvlan's IPAM understands: none yet.
 const IPAM_KEYS: &[&str] = &[];
@@ -51,12 +50,7 @@ impl<K: Kernel> Plugin<K> {
                 Family::V4
             },
         };
-        let record = self
-            .commit(|state| {
-                let (record, changes) = state.ipam.plan_request_pool(&request)?;
-                Ok((record, changes.into_iter().map(Change::Ipam).collect()))
-            })
-            .await?;
+        let record = self.allocations().request_pool(&request).await?;
         tracing::info!(pool_id = %pool_id(&record), "pool allocated");
         Ok(RequestPoolResponse {
             pool_id: pool_id(&record),
@@ -66,12 +60,7 @@ impl<K: Kernel> Plugin<K> {
     }
 
     pub async fn release_pool(&self, req: ReleasePoolRequest) -> Result<Empty> {
-        let released = self
-            .commit(|state| {
-                let changes = state.ipam.plan_release_pool(&req.pool_id)?;
-                Ok((!changes.is_empty(), changes.into_iter().map(Change::Ipam).collect()))
-            })
-            .await?;
+        let released = self.allocations().release_pool(&req.pool_id).await?;
         if released {
             tracing::info!(pool_id = %req.pool_id, "pool released");
         } else {
@@ -91,10 +80,8 @@ impl<K: Kernel> Plugin<K> {
             .and_then(|o| o.get(REQUEST_ADDRESS_TYPE))
             .is_some_and(|t| t == REQUEST_ADDRESS_TYPE_GATEWAY);
         let cidr = self
-            .commit(|state| {
-                let (cidr, changes) = state.ipam.plan_request_address(&req.pool_id, address, gateway)?;
-                Ok((cidr, changes.into_iter().map(Change::Ipam).collect()))
-            })
+            .allocations()
+            .request_address(&req.pool_id, address, gateway)
             .await?;
         tracing::debug!(pool_id = %req.pool_id, address = %cidr, gateway, "address allocated");
         Ok(RequestAddressResponse {
@@ -105,14 +92,9 @@ impl<K: Kernel> Plugin<K> {
 
     pub async fn release_address(&self, req: ReleaseAddressRequest) -> Result<Empty> {
         let ip = parse_address("Address", &req.address)?;
-        self.commit(|state| {
-            let changes = state.ipam.plan_release_address(&req.pool_id, ip)?;
-            if changes.is_empty() {
-                tracing::debug!(pool_id = %req.pool_id, address = %ip, "release of an address not allocated: nothing to do");
-            }
-            Ok(((), changes.into_iter().map(Change::Ipam).collect()))
-        })
-        .await?;
+        if !self.allocations().release_address(&req.pool_id, ip).await? {
+            tracing::debug!(pool_id = %req.pool_id, address = %ip, "release of an address not allocated: nothing to do");
+        }
         Ok(Empty {})
     }
 }
