@@ -8,7 +8,10 @@ use std::net::IpAddr;
 use ipnetwork::{IpNetwork, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
+use crate::kernel::Kernel;
 use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PendingDelete};
+use crate::plugin::Plugin;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateDump {
@@ -119,5 +122,26 @@ impl StateDump {
     /// The dump as pretty JSON, as `rustvlan state --json` prints it.
     pub fn to_json_pretty(&self) -> String {
         serde_json::to_string_pretty(self).expect("a state dump always serializes")
+    }
+}
+
+impl<K: Kernel> Plugin<K> {
+    /// The store's records as `rustvlan state --json` prints them, plus what the kernel
+    /// shows of them now. Read under the state lock so that no request is half in.
+    pub async fn dump(&self) -> Result<StateDump> {
+        let mut dump = {
+            let state = self.state();
+            let mut dump = self.store.records().map_err(|e| Error::store(&e))?.to_dump();
+            let mut unbound: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+            for (seq, ip) in crate::ipam::reclaim::unbound_addresses(&state) {
+                if let Some(pool) = state.ipam.pool(seq) {
+                    unbound.entry(pool.id()).or_default().push(ip);
+                }
+            }
+            dump.unbound_addresses = Some(unbound);
+            dump
+        };
+        dump.kernel = Some(self.kernel_view().await);
+        Ok(dump)
     }
 }

@@ -2,11 +2,8 @@
 //! request's plan is persisted and applied. The requests themselves live in
 //! [`crate::driver`] (NetworkDriver) and [`crate::ipam`] (IpamDriver).
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::dump::StateDump;
 use crate::error::{Error, Result};
 use crate::kernel::Kernel;
 use crate::state::{Change, State};
@@ -64,24 +61,5 @@ impl<K: Kernel> Plugin<K> {
         };
         self.store.sync(ticket).await.map_err(|e| Error::store(&e))?;
         Ok(answer)
-    }
-
-    /// The store's records as `rustvlan state --json` prints them, plus what the kernel
-    /// shows of them now. Read under the state lock so that no request is half in.
-    pub async fn dump(&self) -> Result<StateDump> {
-        let mut dump = {
-            let state = self.state();
-            let mut dump = self.store.records().map_err(|e| Error::store(&e))?.to_dump();
-            let mut unbound: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-            for (seq, ip) in crate::ipam::reclaim::unbound_addresses(&state) {
-                if let Some(pool) = state.ipam.pool(seq) {
-                    unbound.entry(pool.id()).or_default().push(ip);
-                }
-            }
-            dump.unbound_addresses = Some(unbound);
-            dump
-        };
-        dump.kernel = Some(self.kernel_view().await);
-        Ok(dump)
     }
 }
