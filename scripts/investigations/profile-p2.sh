@@ -3,9 +3,9 @@
 # kernel stack while `cargo bench -- --smoke --only p2` runs, then sums, per reason,
 # how long threads stayed blocked inside rtnetlink requests. This is where the time of
 # P2's cycles goes; bench/ANALYSIS.md quotes it.
-#   scripts/profile-p2.sh [OUT_DIR]      as root; needs perf (linux-perf) and python3
+#   scripts/investigations/profile-p2.sh [OUT_DIR]      as root; needs perf (linux-perf) and python3
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 out=${1:-$(mktemp -d /tmp/rvprofile.XXXXXX)}
 mkdir -p "$out"
 bin=$PWD/target/x86_64-unknown-linux-gnu/release/rustvlan

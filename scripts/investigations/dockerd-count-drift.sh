@@ -5,12 +5,12 @@
 # shows as `docker network rm` refusing with "has active endpoints" while no container is
 # attached; dockerd repairs it only when it starts, so this script then restarts the
 # dockerd it started itself. README ("What rustvlan guarantees") quotes the result.
-#   scripts/dockerd-count-drift.sh [ROUNDS]     as root; default 8 rounds, ~2 min each
+#   scripts/investigations/dockerd-count-drift.sh [ROUNDS]     as root; default 8 rounds, ~2 min each
 # It starts a private dockerd and rustvlan (on /run/docker/plugins/rustvlan.sock, which
 # must be free) and removes both, and its test links, when it ends.
 set -euo pipefail
 shopt -s inherit_errexit
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 # shellcheck source=lib/env.sh
 source scripts/lib/env.sh
 say() { printf '[count-drift] %s\n' "$*" >&2; }
