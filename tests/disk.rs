@@ -158,15 +158,7 @@ fn full_disk_is_refused_at_start_and_fails_requests_cleanly_while_serving() {
     for _ in 0..2000 {
         let (status, answer) = s.post("/IpamDriver.RequestAddress", json!({"PoolID": pool_id, "Address": ""}));
         match status {
-            200 => answered.push(
-                answer["Address"]
-                    .as_str()
-                    .unwrap()
-                    .split('/')
-                    .next()
-                    .unwrap()
-                    .to_string(),
-            ),
+            200 => answered.push(common::answered_address(&answer)),
             _ => errors.push(answer["Err"].as_str().unwrap().to_string()),
         }
         if errors.len() >= 2 {

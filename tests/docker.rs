@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use common::docker::{
     Scene, docker_ok, engine_is_28_or_later, host_links, ipv4_of, mac_of, pings, remove_network, require_dockerd,
@@ -21,18 +21,23 @@ const SOCKET: &str = "/run/docker/plugins/rustvlan.sock";
 /// The tests share the host namespace and the plugin socket: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn start_plugin(dir: &TempDir) -> Server {
-    Server::start_at(None, dir.path(), Path::new(SOCKET))
+/// What every test here starts with: the one-at-a-time lock, and rustvlan on the legacy
+/// plugin socket with its store in a temporary directory. None (skip) without dockerd.
+fn setup() -> Option<(MutexGuard<'static, ()>, TempDir, Server)> {
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !require_dockerd() {
+        return None;
+    }
+    let dir = TempDir::new();
+    let plugin = Server::start_at(None, dir.path(), Path::new(SOCKET));
+    Some((serial, dir, plugin))
 }
 
 #[test]
 fn containers_get_addresses_and_ping_over_macvlan() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !require_dockerd() {
+    let Some((_serial, _dir, plugin)) = setup() else {
         return;
-    }
-    let dir = TempDir::new();
-    let plugin = start_plugin(&dir);
+    };
     let links_before = host_links();
     let mut scene = Scene::new("a");
     scene.network(
@@ -92,12 +97,9 @@ fn containers_get_addresses_and_ping_over_macvlan() {
 
 #[test]
 fn running_containers_survive_a_plugin_restart() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !require_dockerd() {
+    let Some((_serial, _dir, mut plugin)) = setup() else {
         return;
-    }
-    let dir = TempDir::new();
-    let mut plugin = start_plugin(&dir);
+    };
     let links_before = host_links();
     let mut scene = Scene::new("b");
     scene.network(
@@ -136,12 +138,9 @@ fn running_containers_survive_a_plugin_restart() {
 
 #[test]
 fn docker_option_names_keep_the_built_in_behaviour() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !require_dockerd() {
+    let Some((_serial, _dir, _plugin)) = setup() else {
         return;
-    }
-    let dir = TempDir::new();
-    let _plugin = start_plugin(&dir);
+    };
     let mut scene = Scene::new("c");
     let parent = format!("parent={}", scene.veth);
     scene.network(
@@ -182,13 +181,10 @@ fn network_record(plugin: &Server, name: &str) -> NetworkRecord {
 
 #[test]
 fn internal_networks_keep_their_parent_and_give_no_gateway() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !require_dockerd() {
+    let Some((_serial, _dir, plugin)) = setup() else {
         return;
-    }
+    };
     let docker28 = engine_is_28_or_later();
-    let dir = TempDir::new();
-    let plugin = start_plugin(&dir);
     let mut scene = Scene::new("i");
     scene.network(
         "rvnet-int",
@@ -280,13 +276,10 @@ fn ipv6_of(container: &str) -> String {
 
 #[test]
 fn ipv6_networks_carry_ping6() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !require_dockerd() {
+    let Some((_serial, _dir, plugin)) = setup() else {
         return;
-    }
+    };
     let docker28 = engine_is_28_or_later();
-    let dir = TempDir::new();
-    let plugin = start_plugin(&dir);
     let mut scene = Scene::new("k");
     let parent = format!("parent={}", scene.veth);
     // IPv6-only networks exist from Docker 28 on; 20.10 gets a dual-stack network.
@@ -315,12 +308,9 @@ fn ipv6_networks_carry_ping6() {
 
 #[test]
 fn bare_unknown_keys_are_refused_and_namespaced_ones_accepted() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !require_dockerd() {
+    let Some((_serial, _dir, plugin)) = setup() else {
         return;
-    }
-    let dir = TempDir::new();
-    let plugin = start_plugin(&dir);
+    };
     let mut scene = Scene::new("u");
     let parent = format!("parent={}", scene.veth);
     let before = plugin.state();
@@ -428,7 +418,12 @@ impl BreakingProxy {
                 }
                 let (upstream, pending, out) = (upstream.clone(), pending_.clone(), out.clone());
                 std::thread::spawn(move || {
+                    // Shut down, not just dropped: `clients` holds a clone of the stream.
+                    let closer = client.try_clone();
                     let _ = proxy_connection(client, &upstream, &pending, &out.0, &out.1);
+                    if let Ok(c) = closer {
+                        let _ = c.shutdown(std::net::Shutdown::Both);
+                    }
                 });
             }
         });
@@ -507,7 +502,7 @@ fn proxy_connection(
             if let Some(i) = pending.iter().position(|p| *p == call) {
                 pending.remove(i);
                 dropped.lock().unwrap().push(call);
-                return Ok(()); // closes both connections without an answer
+                return Ok(()); // the caller closes the connection without an answer
             }
         }
         if body.is_empty() && dropped.lock().unwrap().contains(&call) {
@@ -548,6 +543,10 @@ fn calls_whose_connection_broke_are_retried_and_change_nothing() {
             state.pools.into_iter().map(|(id, pool)| (id, pool.addresses)).collect();
         (state.endpoints, pools, state.unbound_addresses)
     };
+    // One container through the proxy unbroken first: dockerd's connections to the
+    // plugins of earlier tests are gone from its pool, so the broken call takes the proxy.
+    docker_ok(&["run", "--rm", "--net", "rvnet-retry", &common::docker::image(), "true"]);
+    plugin.settle();
     for call in ["IpamDriver.RequestAddress", "NetworkDriver.CreateEndpoint"] {
         let before = held(plugin.state());
         proxy.arm(call);
@@ -569,7 +568,7 @@ fn calls_whose_connection_broke_are_retried_and_change_nothing() {
         assert_eq!(
             *proxy.dropped.lock().unwrap(),
             vec![call.to_string()],
-            "the proxy broke {call}"
+            "the proxy broke {call}; docker run said: {stderr}"
         );
         // Both engines retry with an empty body (the shared notes saw it in 28 only).
         assert!(!out.status.success(), "docker run after a broken {call} must fail");

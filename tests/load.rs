@@ -6,41 +6,17 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use common::docker::{
-    ACTIVE_ENDPOINTS, DockerdControl, Scene, docker, docker_ok, host_links, remove_network, require_dockerd,
+    ACTIVE_ENDPOINTS, DockerdControl, Scene, docker_ok, docker_try, host_links, remove_network, require_dockerd,
     try_remove_network,
 };
-use common::{Server, TempDir, mark_ran, report};
+use common::{Server, TempDir, mark_ran, parallel, report};
 use serde_json::Value;
 
 const CONTAINERS: usize = 200;
 const PARALLEL: usize = 20;
-
-/// Runs `job(i)` for i in 0..n on PARALLEL threads; returns the failures.
-fn parallel(n: usize, job: impl Fn(usize) -> Result<(), String> + Sync) -> Vec<String> {
-    let next = AtomicUsize::new(0);
-    let failures = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..PARALLEL {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= n {
-                        break;
-                    }
-                    if let Err(e) = job(i) {
-                        failures.lock().unwrap().push(e);
-                    }
-                }
-            });
-        }
-    });
-    failures.into_inner().unwrap()
-}
 
 fn duplicates<'a>(values: impl Iterator<Item = &'a str>) -> usize {
     let mut seen = BTreeSet::new();
@@ -64,8 +40,8 @@ fn two_hundred_containers_twenty_at_a_time() {
     let name = |i: usize| format!("rv-load-{i:03}");
 
     let started = Instant::now();
-    let start_failures = parallel(CONTAINERS, |i| {
-        let out = docker(&[
+    let start_failures = parallel(CONTAINERS, PARALLEL, |i| {
+        docker_try(&[
             "run",
             "-d",
             "--name",
@@ -77,16 +53,7 @@ fn two_hundred_containers_twenty_at_a_time() {
             &image,
             "sleep",
             "100000",
-        ]);
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "run {}: {}",
-                name(i),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        ])
     });
     let start_time = started.elapsed();
 
@@ -101,18 +68,7 @@ fn two_hundred_containers_twenty_at_a_time() {
     let duplicate_macs = duplicates(macs.iter().copied());
 
     let removed = Instant::now();
-    let rm_failures = parallel(CONTAINERS, |i| {
-        let out = docker(&["rm", "-f", &name(i)]);
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "rm {}: {}",
-                name(i),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    });
+    let rm_failures = parallel(CONTAINERS, PARALLEL, |i| docker_try(&["rm", "-f", &name(i)]));
     let rm_time = removed.elapsed();
     plugin.settle();
 

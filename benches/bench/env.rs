@@ -1,55 +1,34 @@
 //! What the comparisons share: commands, the plugin process, a keep-alive client.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+pub use crate::common::docker::{docker, docker_ok};
+pub use crate::common::{Veth, run};
+
+/// A command's output, trimmed; it must succeed.
+pub fn check(cmd: &mut Command) -> String {
+    crate::common::check(cmd).trim().to_string()
 }
 
-pub fn check(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+/// `docker network create` of a rustvlan network (with rustvlan's IPAM) or of Docker's
+/// built-in macvlan (with Docker's IPAM) on `parent`, after removing a leftover of it.
+pub fn create_network(driver: &str, name: &str, subnet: &str, parent: &Veth) {
+    let _ = docker(&["network", "rm", name]);
+    let parent = format!("parent={}", parent.0);
+    let mut args = vec!["network", "create", "-d", driver];
+    if driver == "rustvlan" {
+        args.extend(["--ipam-driver", "rustvlan"]);
+    }
+    args.extend(["--subnet", subnet, "-o", &parent, name]);
+    docker_ok(&args);
 }
 
 pub fn ip(args: &[&str]) -> String {
     check(Command::new("ip").args(args))
-}
-
-pub fn docker(args: &[&str]) -> Output {
-    run(Command::new("/usr/bin/docker").args(args))
-}
-
-pub fn docker_ok(args: &[&str]) -> String {
-    check(Command::new("/usr/bin/docker").args(args))
-}
-
-/// A veth pair in the root namespace, both ends up; removed on drop.
-pub struct Veth(pub String);
-
-impl Veth {
-    pub fn new(name: &str) -> Veth {
-        let _ = run(Command::new("ip").args(["link", "del", name]));
-        ip(&["link", "add", name, "type", "veth", "peer", "name", &format!("{name}p")]);
-        ip(&["link", "set", name, "up"]);
-        ip(&["link", "set", &format!("{name}p"), "up"]);
-        Veth(name.to_string())
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        let _ = run(Command::new("ip").args(["link", "del", &self.0]));
-    }
 }
 
 /// A named network namespace; removed on drop.

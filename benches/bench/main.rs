@@ -1,12 +1,19 @@
-//! rustvlan's benchmarks against Docker's built-in macvlan, CNI and raw netlink (P1–P6).
+//! rustvlan's benchmarks against Docker's built-in macvlan, CNI and raw netlink (P1–P7).
 //! `scripts/bench.sh` installs and starts what they need and runs this; it writes
 //! results.json, REPORT.md and one SVG per plot into the output directory.
 //!
-//!   cargo bench --bench bench -- [--smoke] [--out DIR] [--only p1,p3] [--rustvlan PATH]
+//!   cargo bench --bench bench -- [--smoke] [--out DIR] [--only p1,p3] [--merge] [--rustvlan PATH]
+//!
+//! The dockerd under test is the one DOCKER_HOST names, driven with the client in
+//! RUSTVLAN_DOCKER (default /usr/bin/docker), as in the tests. Comparisons that go through dockerd
+//! carry its engine in their id off Debian 12's 20.10 (`p1` there, `p1-28` on 28).
+//! `--merge` keeps the comparisons already in DIR/results.json and adds or replaces this
+//! run's, so that one report covers runs against several engines.
 
-#[allow(dead_code)]
-#[path = "../../tests/common/harness.rs"]
-mod harness;
+/// The test kit the tests use too: commands, namespaces, the dockerd-like harness,
+/// the docker client of the engine under test.
+#[path = "../../tests/common/mod.rs"]
+mod common;
 
 mod env;
 mod p1;
@@ -14,6 +21,7 @@ mod p2;
 mod p3;
 mod p4p5;
 mod p6;
+mod p7;
 mod stats;
 mod svg;
 
@@ -29,6 +37,8 @@ pub struct Bench {
     pub image: String,
     pub perf_image: String,
     pub plugin_layer_bytes: u64,
+    /// The Docker engine under test: "20.10" (Debian 12's) or "28" (Debian sid's).
+    pub engine: String,
     scratch: PathBuf,
 }
 
@@ -40,11 +50,23 @@ impl Bench {
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
+
+    /// A comparison's id on this engine: `p1` on 20.10, `p1-28` on 28.
+    pub fn engine_id(&self, base: &str) -> String {
+        if self.engine == HOME_ENGINE {
+            base.to_string()
+        } else {
+            format!("{base}-{}", self.engine)
+        }
+    }
 }
+
+/// The engine whose comparisons keep their plain ids (`p1`, `p1.svg`).
+const HOME_ENGINE: &str = "20.10";
 
 /// One comparison's outcome.
 pub struct Section {
-    pub id: &'static str,
+    pub id: String,
     pub title: String,
     pub results: Value,
     pub table: Vec<(String, String)>,
@@ -54,9 +76,9 @@ pub struct Section {
 }
 
 impl Section {
-    pub fn skipped(id: &'static str, title: &str, why: &str) -> Section {
+    pub fn skipped(id: &str, title: &str, why: &str) -> Section {
         Section {
-            id,
+            id: id.to_string(),
             title: title.to_string(),
             results: json!({"skipped": why}),
             table: Vec::new(),
@@ -64,6 +86,23 @@ impl Section {
             sentences: vec![format!("Not run: {why}.")],
             notes: Value::Null,
         }
+    }
+
+    /// Writes its plots into `out`; what results.json keeps of it, enough to write the
+    /// report again when a later run (another engine) merges its own comparisons in.
+    fn save(&self, out: &Path, engine: &str, dockerd: &str) -> Value {
+        for (file, svg) in &self.plots {
+            std::fs::write(out.join(file), svg).unwrap();
+        }
+        json!({
+            "title": self.title,
+            "engine": engine,
+            "dockerd": dockerd,
+            "results": self.results,
+            "table": self.table.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+            "plots": self.plots.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>(),
+            "sentences": self.sentences,
+        })
     }
 }
 
@@ -73,6 +112,20 @@ fn text(cmd: &mut Command) -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// The version of the dockerd under test, e.g. "20.10.24+dfsg1".
+fn dockerd_version() -> String {
+    text(Command::new(common::docker::docker_cli()).args(["version", "-f", "{{.Server.Version}}"]))
+}
+
+/// "20.10" for a 20.10.x dockerd, else its major version ("28").
+fn engine_of(version: &str) -> String {
+    if version.starts_with("20.10") {
+        "20.10".into()
+    } else {
+        version.split('.').next().unwrap_or("").to_string()
+    }
 }
 
 fn machine() -> Value {
@@ -97,80 +150,171 @@ fn machine() -> Value {
         "cores": cores,
         "memory_gib": stats::round(mem as f64 / 1048576.0),
         "os": text(Command::new("sh").args(["-c", ". /etc/os-release && echo $PRETTY_NAME"])),
-        "dockerd": text(Command::new("/usr/bin/docker").args(["version", "-f", "{{.Server.Version}}"])),
+        "dockerd": {},
         "rustc": text(Command::new("rustc").arg("-V")),
         "virtualisation": text(Command::new("sh").args(["-c", "grep -qw hypervisor /proc/cpuinfo && echo 'virtual machine (hypervisor flag)' || echo 'bare metal'"])),
     })
 }
 
-fn write_report(out: &Path, smoke: bool, machine: &Value, sections: &[Section]) {
-    std::fs::create_dir_all(out).unwrap();
-    let commit = text(Command::new("git").args(["rev-parse", "--short", "HEAD"]));
-    let date = text(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]));
-    let results = json!({
-        "date": date,
-        "commit": commit,
-        "smoke": smoke,
-        "machine": machine,
-        "comparisons": sections.iter().map(|s| (s.id.to_string(), json!({"title": s.title, "results": s.results}))).collect::<serde_json::Map<_, _>>(),
-    });
-    std::fs::write(
-        out.join("results.json"),
-        serde_json::to_string_pretty(&results).unwrap() + "\n",
-    )
-    .unwrap();
+/// Report order: by comparison number, then the home engine's before another's (p1, p1-28, p2 …).
+fn order_key(id: &str) -> (u32, String) {
+    let digits: String = id.chars().skip(1).take_while(char::is_ascii_digit).collect();
+    (digits.parse().unwrap_or(u32::MAX), id.to_string())
+}
+
+/// "P1" for p1 and p1-28, "P4/P5" for p4p5.
+fn short_name(id: &str) -> String {
+    id.split('-')
+        .next()
+        .unwrap_or(id)
+        .to_uppercase()
+        .replace("P4P5", "P4/P5")
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// REPORT.md, from what results.json holds.
+fn write_report(out: &Path, results: &Value) {
+    let machine = &results["machine"];
+    let (date, commit) = (
+        results["date"].as_str().unwrap_or(""),
+        results["commit"].as_str().unwrap_or(""),
+    );
+    let mut ids: Vec<&String> = results["comparisons"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    ids.sort_by_key(|id| order_key(id));
+    let comparison = |id: &str| &results["comparisons"][id];
+    // Which dockerd each comparison ran beside, in engine order.
+    let mut engines: Vec<(String, String, Vec<String>)> = Vec::new();
+    for id in &ids {
+        let c = comparison(id);
+        let engine = c["engine"].as_str().unwrap_or("").to_string();
+        let version = c["dockerd"].as_str().unwrap_or("").to_string();
+        match engines.iter_mut().find(|(e, _, _)| *e == engine) {
+            Some((_, _, names)) => names.push(short_name(id)),
+            None => engines.push((engine, version, vec![short_name(id)])),
+        }
+    }
+    engines.sort_by(|a, b| a.0.cmp(&b.0));
+    let dockerds = engines
+        .iter()
+        .map(|(_, v, _)| v.as_str())
+        .collect::<Vec<_>>()
+        .join(" and ");
     let mut md = String::new();
     let _ = writeln!(md, "# rustvlan benchmarks\n");
     let _ = writeln!(
         md,
         "{} run of `scripts/bench.sh` on {date}, commit `{commit}`. Every number and plot below is written by the \
          benchmark itself (`benches/bench/`); raw figures are in [results.json](results.json).\n",
-        if smoke { "A smoke (short)" } else { "A full" }
+        if results["smoke"].as_bool().unwrap_or(false) {
+            "A smoke (short)"
+        } else {
+            "A full"
+        }
     );
     let _ = writeln!(
         md,
-        "**Machine:** {} cores ({}), {} GiB, {}, kernel {}, {}; dockerd {}; {}.\n",
+        "**Machine:** {} cores ({}), {} GiB, {}, kernel {}, {}; dockerd {dockerds}; {}.\n",
         machine["cores"],
         machine["cpu"].as_str().unwrap_or(""),
         machine["memory_gib"],
         machine["os"].as_str().unwrap_or(""),
         machine["kernel"].as_str().unwrap_or(""),
         machine["virtualisation"].as_str().unwrap_or(""),
-        machine["dockerd"].as_str().unwrap_or(""),
         machine["rustc"].as_str().unwrap_or("")
     );
+    if engines.len() > 1 {
+        let runs = engines
+            .iter()
+            .map(|(e, v, names)| format!("dockerd {v} (engine {e}) for {}", names.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; then ");
+        let _ = writeln!(
+            md,
+            "**Engines:** one private dockerd at a time, each started for the run: {runs}.\n"
+        );
+    }
     let _ = writeln!(
         md,
         "Comparisons run interleaved (A B A B …) in one run; figures are medians with min–max.\n"
     );
     let _ = writeln!(md, "## Goals\n");
-    for s in sections {
-        for sentence in &s.sentences {
-            let _ = writeln!(md, "- **{}**: {sentence}", s.title);
+    for id in &ids {
+        let c = comparison(id);
+        for sentence in strs(&c["sentences"]) {
+            let _ = writeln!(md, "- **{}**: {sentence}", c["title"].as_str().unwrap_or(id));
         }
     }
-    for s in sections {
-        let _ = writeln!(md, "\n## {}\n", s.title);
-        if !s.table.is_empty() {
+    for id in &ids {
+        let c = comparison(id);
+        let title = c["title"].as_str().unwrap_or(id);
+        let _ = writeln!(md, "\n## {title}\n");
+        let table = c["table"].as_array().cloned().unwrap_or_default();
+        if !table.is_empty() {
             let _ = writeln!(md, "| measurement | result |\n|---|---|");
-            for (k, v) in &s.table {
-                let _ = writeln!(md, "| {k} | {v} |");
+            for row in &table {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} |",
+                    row[0].as_str().unwrap_or(""),
+                    row[1].as_str().unwrap_or("")
+                );
             }
             md.push('\n');
         }
-        for (file, svg) in &s.plots {
-            std::fs::write(out.join(file), svg).unwrap();
-            let _ = writeln!(md, "![{}]({file})\n", s.title);
+        for file in strs(&c["plots"]) {
+            let _ = writeln!(md, "![{title}]({file})\n");
         }
-        for sentence in &s.sentences {
+        for sentence in strs(&c["sentences"]) {
             let _ = writeln!(md, "{sentence}\n");
         }
     }
     // Hand-written analysis (profiles, where the time goes) lives beside the report.
-    if let Ok(notes) = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/ANALYSIS.md")) {
+    if let Ok(notes) = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-report/ANALYSIS.md")) {
         let _ = writeln!(md, "\n{notes}");
     }
     std::fs::write(out.join("REPORT.md"), md).unwrap();
+}
+
+/// results.json: this run's comparisons, merged into the ones already in `out` when
+/// `merge` (a run on another engine adds its own to the same report).
+fn write_results(out: &Path, smoke: bool, merge: bool, engine: &str, dockerd: &str, sections: &[Section]) -> Value {
+    std::fs::create_dir_all(out).unwrap();
+    let path = out.join("results.json");
+    let old: Value = if merge {
+        std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    let mut machine = machine();
+    let mut dockerds = old["machine"]["dockerd"].as_object().cloned().unwrap_or_default();
+    if !dockerd.is_empty() {
+        dockerds.insert(engine.to_string(), json!(dockerd));
+    }
+    machine["dockerd"] = Value::Object(dockerds);
+    let mut comparisons = old["comparisons"].as_object().cloned().unwrap_or_default();
+    for s in sections {
+        comparisons.insert(s.id.clone(), s.save(out, engine, dockerd));
+    }
+    let results = json!({
+        "date": text(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        "commit": text(Command::new("git").args(["rev-parse", "--short", "HEAD"])),
+        "smoke": smoke || old["smoke"].as_bool().unwrap_or(false),
+        "machine": machine,
+        "comparisons": comparisons,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap() + "\n").unwrap();
+    results
 }
 
 fn main() {
@@ -194,7 +338,17 @@ fn main() {
         PathBuf::from(value("--out").unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/bench").to_string()));
     let only: Option<Vec<String>> = value("--only").map(|v| v.split(',').map(str::to_string).collect());
     let rustvlan = PathBuf::from(value("--rustvlan").unwrap_or_else(|| env!("CARGO_BIN_EXE_rustvlan").to_string()));
+    let merge = flag("--merge");
     let scratch = std::env::temp_dir().join(format!("rustvlan-bench-{}", std::process::id()));
+    let dockerd = dockerd_version();
+    let engine = std::env::var("RUSTVLAN_BENCH_ENGINE")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| engine_of(&dockerd));
+    eprintln!(
+        "[bench] dockerd {dockerd} (engine {engine}) through {}",
+        common::docker::docker_cli()
+    );
     let bench = Bench {
         smoke,
         rustvlan,
@@ -204,6 +358,7 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
+        engine: engine.clone(),
         scratch: scratch.clone(),
     };
     let wanted = |id: &str| {
@@ -215,7 +370,6 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let machine = machine();
     let mut sections = Vec::new();
     runtime.block_on(async {
         if wanted("p1") {
@@ -238,13 +392,18 @@ fn main() {
             eprintln!("[bench] P6 data plane");
             sections.push(p6::run(&bench).await);
         }
+        if wanted("p7") {
+            eprintln!("[bench] P7 container churn");
+            sections.push(p7::run(&bench).await);
+        }
     });
     if std::env::var_os("RUSTVLAN_BENCH_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
     } else {
         eprintln!("[bench] kept {}", scratch.display());
     }
-    write_report(&out, smoke, &machine, &sections);
+    let results = write_results(&out, smoke, merge, &engine, &dockerd, &sections);
+    write_report(&out, &results);
     for s in &sections {
         for sentence in &s.sentences {
             println!("[bench] {}: {sentence}", s.title);

@@ -1,12 +1,13 @@
 //! P1: `docker run --rm --net N image true`, N on rustvlan (macvlan bridge) or on
-//! Docker's built-in macvlan, each on its own veth parent, interleaved round by round.
+//! Docker's built-in macvlan, each on its own veth parent, interleaved round by round;
+//! on whichever engine the run has (`p1` on dockerd 20.10, `p1-28` on 28).
 
 use std::path::Path;
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::env::{Plugin, Veth, docker, docker_ok, ms};
+use crate::env::{Plugin, Veth, create_network, docker_ok, ms};
 use crate::stats::{summary, verdict};
 use crate::{Bench, Section};
 
@@ -16,33 +17,8 @@ pub async fn run(b: &Bench) -> Section {
     let mut plugin = Plugin::new(&b.rustvlan, Path::new("/run/docker/plugins/rustvlan.sock"), &dir);
     plugin.start();
     let (rv_parent, mv_parent) = (Veth::new("bp1rv"), Veth::new("bp1mv"));
-    for net in ["bench-rv", "bench-mv"] {
-        let _ = docker(&["network", "rm", net]);
-    }
-    docker_ok(&[
-        "network",
-        "create",
-        "-d",
-        "rustvlan",
-        "--ipam-driver",
-        "rustvlan",
-        "--subnet",
-        "10.140.0.0/24",
-        "-o",
-        &format!("parent={}", rv_parent.0),
-        "bench-rv",
-    ]);
-    docker_ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "10.141.0.0/24",
-        "-o",
-        &format!("parent={}", mv_parent.0),
-        "bench-mv",
-    ]);
+    create_network("rustvlan", "bench-rv", "10.140.0.0/24", &rv_parent);
+    create_network("macvlan", "bench-mv", "10.141.0.0/24", &mv_parent);
     let image = b.image.clone();
     let once = |net: &str| {
         let started = Instant::now();
@@ -74,8 +50,12 @@ pub async fn run(b: &Bench) -> Section {
     let (srv, smv) = (summary(&rv), summary(&mv));
     let ratio = srv.median / smv.median;
     let (met, how) = verdict(ratio, 0.97, true);
+    let id = b.engine_id("p1");
     let plot = crate::svg::strips(
-        "P1: docker run --rm --net N busybox true (lower is better)",
+        &format!(
+            "P1, dockerd {}: docker run --rm --net N busybox true (lower is better)",
+            b.engine
+        ),
         "milliseconds per container start and stop",
         &[
             ("rustvlan (plugin)".into(), rv.clone()),
@@ -87,10 +67,12 @@ pub async fn run(b: &Bench) -> Section {
         srv.median, smv.median
     );
     Section {
-        id: "p1",
-        title: "P1 container start+stop".into(),
+        plots: vec![(format!("{id}.svg"), plot)],
+        id,
+        title: format!("P1 container start+stop, dockerd {}", b.engine),
         results: json!({
             "rounds": rounds,
+            "engine": b.engine,
             "rustvlan_ms": srv.json(),
             "docker_macvlan_ms": smv.json(),
             "ratio": crate::stats::round(ratio),
@@ -109,7 +91,6 @@ pub async fn run(b: &Bench) -> Section {
             ),
             ("ratio".into(), format!("{ratio:.3}")),
         ],
-        plots: vec![("p1.svg".into(), plot)],
         sentences: vec![sentence],
         notes: Value::Null,
     }

@@ -18,8 +18,8 @@ use futures_util::TryStreamExt;
 use rtnetlink::{LinkMacVlan, LinkUnspec};
 use serde_json::{Value, json};
 
+use crate::common::harness::{Dockerd, Netlink, Sandbox, Timings, netlink_in};
 use crate::env::{Conn, Netns, Plugin, Veth, ms};
-use crate::harness::{Dockerd, Netlink, Sandbox, Timings, netlink_in};
 use crate::stats::{round, summary, verdict};
 use crate::{Bench, Section};
 
@@ -365,7 +365,7 @@ pub async fn run(b: &Bench) -> Section {
             .collect::<Vec<_>>(),
     );
     Section {
-        id: "p2",
+        id: "p2".into(),
         title: "P2 attach/detach cycle".into(),
         results: json!({
             "sequential_ms_per_cycle": variants.iter().map(|v| (v.label(), s(*v).json())).collect::<BTreeMap<_, _>>(),

@@ -43,16 +43,7 @@ async fn exhaust(plugin: &Plugin, pool: &str, clients: usize, limit: usize) -> R
                     .await;
                 let took = ms(t.elapsed());
                 match status {
-                    200 => got.push((
-                        answer["Address"]
-                            .as_str()
-                            .unwrap()
-                            .split('/')
-                            .next()
-                            .unwrap()
-                            .to_string(),
-                        took,
-                    )),
+                    200 => got.push((crate::common::answered_address(&answer), took)),
                     409 => full.store(true, Ordering::Relaxed),
                     _ => panic!("RequestAddress: {status} {answer}"),
                 }
@@ -208,7 +199,7 @@ pub async fn run(b: &Bench) -> Section {
         ],
     );
     Section {
-        id: "p3",
+        id: "p3".into(),
         title: "P3 IPAM".into(),
         results: json!({
             "allocated_per_run": runs.iter().map(|(c, r)| json!({"clients": c, "allocated": r.allocated})).collect::<Vec<_>>(),

@@ -119,7 +119,7 @@ pub async fn run(b: &Bench) -> Section {
         ],
     );
     Section {
-        id: "p4p5",
+        id: "p4p5".into(),
         title: "P4 restart and P5 memory".into(),
         results: json!({
             "networks": networks,

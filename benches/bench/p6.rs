@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::env::{Plugin, Veth, check, docker, docker_ok};
+use crate::env::{Plugin, Veth, check, create_network, docker, docker_ok};
 use crate::stats::{round, summary, verdict};
 use crate::{Bench, Section};
 
@@ -74,30 +74,13 @@ fn rtt(client_pid: &str, server_ip: &str, count: u32) -> f64 {
 pub async fn run(b: &Bench) -> Section {
     let bridge_ok = docker(&["network", "inspect", "bridge"]).status.success();
     if !bridge_ok {
-        return Section::skipped(
-            "p6",
-            "P6 data plane",
-            "this dockerd has no docker0 bridge (--bridge=none)",
-        );
+        return Section::skipped("p6", "P6 data plane", "this dockerd has no default bridge network");
     }
     let dir = b.scratch("p6");
     let mut plugin = Plugin::new(&b.rustvlan, Path::new("/run/docker/plugins/rustvlan.sock"), &dir);
     plugin.start();
     let parent = Veth::new("bp6");
-    let _ = docker(&["network", "rm", "bench-p6"]);
-    docker_ok(&[
-        "network",
-        "create",
-        "-d",
-        "rustvlan",
-        "--ipam-driver",
-        "rustvlan",
-        "--subnet",
-        "10.190.0.0/24",
-        "-o",
-        &format!("parent={}", parent.0),
-        "bench-p6",
-    ]);
+    create_network("rustvlan", "bench-p6", "10.190.0.0/24", &parent);
     let (rounds, seconds, pings) = if b.smoke { (1, 1, 20) } else { (3, 10, 100) };
     let nets = [
         ("bench-p6", "rustvlan macvlan bridge"),
@@ -145,7 +128,7 @@ pub async fn run(b: &Bench) -> Section {
     let (met2, how2) = verdict(r0.median, r1.median, true);
     let labels: Vec<String> = nets.iter().map(|(_, l)| l.to_string()).collect();
     Section {
-        id: "p6",
+        id: "p6".into(),
         title: "P6 data plane".into(),
         results: json!({
             "iperf3_gbit_s": {labels[0].clone(): t0.json(), labels[1].clone(): t1.json()},

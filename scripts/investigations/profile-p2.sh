@@ -2,7 +2,7 @@
 # Off-CPU profile of the P2 attach/detach cycles: records every context switch with its
 # kernel stack while `cargo bench -- --smoke --only p2` runs, then sums, per reason,
 # how long threads stayed blocked inside rtnetlink requests. This is where the time of
-# P2's cycles goes; bench/ANALYSIS.md quotes it.
+# P2's cycles goes; bench-report/ANALYSIS.md quotes it.
 #   scripts/investigations/profile-p2.sh [OUT_DIR]      as root; needs perf (linux-perf) and python3
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use super::{check, require_root, run};
+use super::{Veth, check, require_root, run};
 
 /// The docker client of the engine under test: Debian 12's /usr/bin/docker, or Docker
 /// 28's from the cache scripts/lib/env.sh unpacks it into.
@@ -36,6 +36,20 @@ pub fn image() -> String {
 
 pub fn docker(args: &[&str]) -> Output {
     run(Command::new(docker_cli()).args(args))
+}
+
+/// `docker ARGS`, its stderr as the error when it fails.
+pub fn docker_try(args: &[&str]) -> Result<(), String> {
+    let out = docker(args);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 pub fn docker_ok(args: &[&str]) -> String {
@@ -110,30 +124,20 @@ pub fn host_links() -> BTreeSet<String> {
 /// the test fails.
 pub struct Scene {
     pub label: String,
+    /// The parent: one end of a veth pair (deleted after the containers and networks).
     pub veth: String,
     pub networks: Vec<String>,
+    _parent: Veth,
 }
 
 impl Scene {
     pub fn new(tag: &str) -> Scene {
-        let veth = format!("e2e{tag}");
-        let _ = run(Command::new("ip").args(["link", "del", &veth]));
-        check(Command::new("ip").args([
-            "link",
-            "add",
-            &veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("{veth}p"),
-        ]));
-        check(Command::new("ip").args(["link", "set", &veth, "up"]));
-        check(Command::new("ip").args(["link", "set", &format!("{veth}p"), "up"]));
+        let parent = Veth::new(&format!("e2e{tag}"));
         Scene {
             label: format!("rustvlan-e2e={tag}"),
-            veth,
+            veth: parent.0.clone(),
             networks: Vec::new(),
+            _parent: parent,
         }
     }
 
@@ -180,7 +184,6 @@ impl Drop for Scene {
         for n in &self.networks {
             let _ = docker(&["network", "rm", n]);
         }
-        let _ = run(Command::new("ip").args(["link", "del", &self.veth]));
     }
 }
 

@@ -107,6 +107,59 @@ pub fn check(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A veth pair in the root namespace, both ends up; removed on drop.
+pub struct Veth(pub String);
+
+impl Veth {
+    pub fn new(name: &str) -> Veth {
+        let _ = run(Command::new("ip").args(["link", "del", name]));
+        for args in [
+            vec!["link", "add", name, "type", "veth", "peer", "name", &format!("{name}p")],
+            vec!["link", "set", name, "up"],
+            vec!["link", "set", &format!("{name}p"), "up"],
+        ] {
+            check(Command::new("ip").args(&args));
+        }
+        Veth(name.to_string())
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = run(Command::new("ip").args(["link", "del", &self.0]));
+    }
+}
+
+/// Runs `job(i)` for i in 0..n on `threads` threads at once; the failures.
+pub fn parallel(n: usize, threads: usize, job: impl Fn(usize) -> Result<(), String> + Sync) -> Vec<String> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(n) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    if let Err(e) = job(i) {
+                        failures.lock().unwrap().push(e);
+                    }
+                }
+            });
+        }
+    });
+    failures.into_inner().unwrap()
+}
+
+/// The bare address of a RequestAddress answer (`{"Address": "10.0.0.2/24"}`).
+pub fn answered_address(answer: &Value) -> String {
+    let cidr = answer["Address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no Address in {answer}"));
+    cidr.split('/').next().unwrap_or(cidr).to_string()
+}
+
 /// A network namespace, deleted (with its links) on drop.
 pub struct Netns {
     pub name: String,
@@ -347,16 +400,7 @@ impl Server {
 
     /// `rustvlan state --json`, through the same binary a user runs.
     pub fn state(&self) -> StateDump {
-        let out = check(
-            self.command()
-                .arg("state")
-                .arg("--json")
-                .arg("--socket")
-                .arg(&self.socket)
-                .arg("--state-dir")
-                .arg(&self.state_dir),
-        );
-        serde_json::from_str(&out).expect("state --json prints a state dump")
+        serde_json::from_str(&self.state_text()).expect("state --json prints a state dump")
     }
 
     /// Waits until the links queued for deletion (DeleteEndpoint answers before the
