@@ -334,8 +334,9 @@ fn main() {
         return;
     }
     let smoke = flag("--smoke");
-    let out =
-        PathBuf::from(value("--out").unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/bench-report").to_string()));
+    let out = PathBuf::from(
+        value("--out").unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/bench-report").to_string()),
+    );
     let only: Option<Vec<String>> = value("--only").map(|v| v.split(',').map(str::to_string).collect());
     let rustvlan = PathBuf::from(value("--rustvlan").unwrap_or_else(|| env!("CARGO_BIN_EXE_rustvlan").to_string()));
     let merge = flag("--merge");
