@@ -1,32 +1,92 @@
-//! `rustvlan state`.
+//! `rustvlan state`, `rustvlan status` and `rustvlan metrics`.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
 use crate::dump::{LinkPlace, StateDump};
+use crate::kernel::NetlinkKernel;
 use crate::model::ParentKind;
+use crate::status::{Source, StatusReport, observe};
 use crate::store::Store;
 use crate::util::short_id;
 
 /// Asks the running plugin for its state; with none running, reads the store itself.
 pub async fn show_state(socket: &Path, state_dir: &Path, as_json: bool) -> anyhow::Result<()> {
-    let dump: StateDump = match crate::client::post(socket, "/Rustvlan.State", "").await {
-        Ok((200, body)) => serde_json::from_slice(&body).context("the plugin's answer is not a state dump")?,
-        Ok((status, body)) => bail!("the plugin answered {status}: {}", String::from_utf8_lossy(&body)),
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some() => read_store(state_dir).with_context(|| {
-            format!(
-                "no plugin answers on {} ({e}), and reading the store failed",
-                socket.display()
-            )
-        })?,
-        Err(e) => return Err(e),
-    };
+    let (dump, _) = load_state(socket, state_dir).await?;
     if as_json {
         println!("{}", dump.to_json_pretty());
     } else {
         print_summary(&dump);
     }
+    Ok(())
+}
+
+/// The state from the running plugin, or from the store when no plugin answers.
+async fn load_state(socket: &Path, state_dir: &Path) -> anyhow::Result<(StateDump, Source)> {
+    match crate::client::post(socket, "/Rustvlan.State", "").await {
+        Ok((200, body)) => Ok((
+            serde_json::from_slice(&body).context("the plugin's answer is not a state dump")?,
+            Source::Plugin,
+        )),
+        Ok((status, body)) => bail!("the plugin answered {status}: {}", String::from_utf8_lossy(&body)),
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some() => {
+            let dump = read_store(state_dir).with_context(|| {
+                format!(
+                    "no plugin answers on {} ({e}), and reading the store failed",
+                    socket.display()
+                )
+            })?;
+            Ok((dump, Source::Store))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// How long `status` waits before looking again at drift it found: long enough for a
+/// container start or stop under way to finish its calls.
+const SECOND_LOOK: Duration = Duration::from_millis(500);
+
+/// `rustvlan status`: prints the report; Ok(true) when there is drift.
+pub async fn show_status(socket: &Path, state_dir: &Path, as_json: bool) -> anyhow::Result<bool> {
+    let kernel = NetlinkKernel::connect()?;
+    let look = || async {
+        let (records, source) = load_state(socket, state_dir).await?;
+        let seen = observe(&kernel, &records)
+            .await
+            .context("asking the kernel for its links")?;
+        anyhow::Ok(StatusReport::build(&records.records(), &seen, source))
+    };
+    let mut report = look().await?;
+    if !report.drift.is_empty() {
+        // Records and kernel are read one after the other: drift is only what a second
+        // look confirms, so that a container starting or stopping meanwhile is not news.
+        tokio::time::sleep(SECOND_LOOK).await;
+        let first = report;
+        report = look().await?;
+        report.confirm_drift(&first);
+    }
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("a status report always serializes")
+        );
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(!report.drift.is_empty())
+}
+
+/// `rustvlan metrics`: what `GET /metrics` answers on the plugin's socket.
+pub async fn show_metrics(socket: &Path) -> anyhow::Result<()> {
+    let (status, body) = crate::client::get(socket, "/metrics")
+        .await
+        .with_context(|| format!("no plugin answers on {}", socket.display()))?;
+    if status != 200 {
+        bail!("the plugin answered {status}: {}", String::from_utf8_lossy(&body));
+    }
+    print!("{}", String::from_utf8_lossy(&body));
     Ok(())
 }
 

@@ -36,7 +36,20 @@ impl Client {
         result
     }
 
+    /// GETs `path` (like `/metrics`).
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+        let result = self.send(hyper::Method::GET, path, Bytes::new()).await;
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
     async fn try_post(&mut self, path: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
+        self.send(hyper::Method::POST, path, body).await
+    }
+
+    async fn send(&mut self, method: hyper::Method, path: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             let stream = UnixStream::connect(&self.socket).await?;
             let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -47,7 +60,9 @@ impl Client {
         }
         let sender = self.sender.as_mut().expect("connected above");
         sender.ready().await.context("connection to the plugin")?;
-        let request = Request::post(path)
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, "rustvlan")
             .body(Full::new(body))
             .context("building the request")?;
@@ -61,6 +76,11 @@ impl Client {
             .to_bytes();
         Ok((status, body))
     }
+}
+
+/// One GET on a connection of its own.
+pub async fn get(socket: &Path, path: &str) -> anyhow::Result<(u16, Bytes)> {
+    Client::new(socket).get(path).await
 }
 
 /// One call on a connection of its own.

@@ -47,6 +47,9 @@ pub struct PoolDump {
     pub pool: IpNetwork,
     pub sub_pool: Option<IpNetwork>,
     pub options: BTreeMap<String, String>,
+    /// The rustvlan network using the pool, once its CreateNetwork came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
     /// The last address handed out; the next dynamic one comes after it.
     pub cursor: Option<IpAddr>,
     pub addresses: BTreeMap<IpAddr, AddressUse>,
@@ -129,6 +132,9 @@ impl<K: Kernel> Plugin<K> {
     /// The store's records as `rustvlan state --json` prints them, plus what the kernel
     /// shows of them now. Read under the state lock so that no request is half in.
     pub async fn dump(&self) -> Result<StateDump> {
+        // The store is read, not the memory: first let every write so far reach it (the
+        // sandbox notes of Join and Leave do not wait for the disk themselves).
+        self.commit(|_| Ok(((), Vec::new()))).await?;
         let mut dump = {
             let state = self.state();
             let mut dump = self.store.records().map_err(|e| Error::store(&e))?.to_dump();

@@ -23,6 +23,20 @@ pub enum ErrorKind {
     Store,
 }
 
+impl ErrorKind {
+    /// As the `outcome` label of the request metrics names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Exhausted => "exhausted",
+            ErrorKind::Kernel => "kernel",
+            ErrorKind::Store => "store",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Error {
     pub kind: ErrorKind,

@@ -46,18 +46,45 @@ enum Command {
         /// Prefix length of the subnets picked from --default-pool.
         #[arg(long, env = "RUSTVLAN_DEFAULT_POOL_SIZE", default_value_t = 24, value_parser = clap::value_parser!(u8).range(1..=30))]
         default_pool_size: u8,
+        /// Also serve Prometheus metrics (`GET /metrics`, nothing else) over TCP on this
+        /// address, like 127.0.0.1:9477. None by default: the plugin socket serves
+        /// /metrics too, and rustvlan opens no TCP port unless asked.
+        #[arg(long, env = "RUSTVLAN_METRICS_LISTEN", value_parser = parse_listen)]
+        metrics_listen: Option<MetricsListen>,
     },
     /// Show networks, endpoints, pools and addresses: from the running plugin if one
     /// answers on the socket, else straight from the store.
     State {
-        #[arg(long, env = "RUSTVLAN_SOCKET", default_value = "/run/docker/plugins/rustvlan.sock")]
-        socket: PathBuf,
-        #[arg(long, env = "RUSTVLAN_STATE_DIR", default_value = "/var/lib/rustvlan")]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        at: Location,
         /// Print the full state as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Networks, pools, endpoints and where their links are, and drift: what the
+    /// kernel shows that the records do not (and the reverse). Exits 0 when there is no
+    /// drift, 1 when there is, 2 when the check itself failed.
+    Status {
+        #[command(flatten)]
+        at: Location,
+        /// Print the report as JSON (documented in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the running plugin's Prometheus metrics (GET /metrics on its socket).
+    Metrics {
+        #[arg(long, env = "RUSTVLAN_SOCKET", default_value = "/run/docker/plugins/rustvlan.sock")]
+        socket: PathBuf,
+    },
+}
+
+/// Where the plugin answers, and its store for when it does not.
+#[derive(clap::Args)]
+struct Location {
+    #[arg(long, env = "RUSTVLAN_SOCKET", default_value = "/run/docker/plugins/rustvlan.sock")]
+    socket: PathBuf,
+    #[arg(long, env = "RUSTVLAN_STATE_DIR", default_value = "/var/lib/rustvlan")]
+    state_dir: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +98,7 @@ fn main() -> ExitCode {
             default_pool,
             default_pool_size,
             reclaim_after,
+            metrics_listen,
         } => {
             // At debug and below, every request's span also logs how long it was busy and
             // how long it waited when it closes.
@@ -101,14 +129,26 @@ fn main() -> ExitCode {
                     v4_range: default_pool,
                     v4_prefix: default_pool_size,
                 },
+                metrics_listen: metrics_listen.and_then(|m| m.0),
             };
             runtime().and_then(|rt| rt.block_on(serve(config)))
         }
-        Command::State {
-            socket,
-            state_dir,
-            json,
-        } => runtime().and_then(|rt| rt.block_on(rustvlan::cli::show_state(&socket, &state_dir, json))),
+        Command::State { at, json } => {
+            runtime().and_then(|rt| rt.block_on(rustvlan::cli::show_state(&at.socket, &at.state_dir, json)))
+        }
+        Command::Status { at, json } => {
+            let checked =
+                runtime().and_then(|rt| rt.block_on(rustvlan::cli::show_status(&at.socket, &at.state_dir, json)));
+            return match checked {
+                Ok(false) => ExitCode::SUCCESS,
+                Ok(true) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("rustvlan: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Metrics { socket } => runtime().and_then(|rt| rt.block_on(rustvlan::cli::show_metrics(&socket))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,6 +157,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--metrics-listen`: an address and port, or empty for none (a managed plugin's
+/// settings can only empty a variable).
+#[derive(Clone)]
+struct MetricsListen(Option<std::net::SocketAddr>);
+
+fn parse_listen(text: &str) -> Result<MetricsListen, String> {
+    if text.is_empty() {
+        return Ok(MetricsListen(None));
+    }
+    text.parse().map(|a| MetricsListen(Some(a))).map_err(|_| {
+        format!("{text:?} is not an address and port like 127.0.0.1:9477 or [::1]:9477 (a host name is not taken)")
+    })
 }
 
 /// `90`, `90s`, `10m`, `1h`.

@@ -242,6 +242,11 @@ pub struct EndpointRecord {
     pub ipv4: Option<IpNetwork>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<IpNetwork>,
+    /// The container's network namespace (Join's SandboxKey) while the endpoint is
+    /// joined, so that `rustvlan status` can look for its link there. Recorded without
+    /// waiting for the disk (see [`crate::plugin::Plugin::note`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 /// A link whose endpoint is gone and that is being deleted off the request path (the

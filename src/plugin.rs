@@ -5,14 +5,18 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, Metered};
+use crate::metrics::{LinkOpMetrics, Metrics};
+use crate::model::EndpointRecord;
 use crate::state::{Change, State};
 use crate::store::Store;
 
 pub struct Plugin<K> {
     state: Mutex<State>,
     pub(crate) store: Arc<Store>,
-    pub(crate) kernel: K,
+    /// Every link operation is counted and timed (see [`crate::metrics`]).
+    pub(crate) kernel: Metered<K>,
+    pub(crate) metrics: Metrics,
     /// CreateNetwork and DeleteNetwork make and remove parents; they take this for
     /// writing so that no Join builds a child on a parent being removed. Endpoint work
     /// takes it for reading and runs concurrently.
@@ -28,10 +32,13 @@ pub struct Plugin<K> {
 
 impl<K: Kernel> Plugin<K> {
     pub fn new(state: State, store: Arc<Store>, kernel: K, group: u32) -> Self {
+        let link_metrics = LinkOpMetrics::default();
+        let metrics = Metrics::new(store.metrics(), &link_metrics);
         Plugin {
             state: Mutex::new(state),
             store,
-            kernel,
+            kernel: Metered::new(kernel, link_metrics),
+            metrics,
             topology: tokio::sync::RwLock::new(()),
             group,
             sweep_marks: Mutex::new(Default::default()),
@@ -43,6 +50,39 @@ impl<K: Kernel> Plugin<K> {
     /// Short critical sections only: never held across an await.
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The metrics in the Prometheus text format, the gauges read from the state now.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode(|| self.state())
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Records where an endpoint's link went (`Some(sandbox)` at Join, None at Leave),
+    /// for `rustvlan status`. A hint, not an answer dockerd relies on, so Join does not
+    /// wait for the disk (an fsync would cost every container start): the change goes
+    /// to disk with the next commit, the next `rustvlan state` or `status`, or the flush
+    /// at shutdown. A crash before that loses only the hint (status then shows the
+    /// endpoint as not joined, and does not look for its link).
+    pub(crate) fn note_sandbox(&self, endpoint_id: &str, sandbox: Option<String>) {
+        let mut state = self.state();
+        let Some(endpoint) = state.endpoints.get(endpoint_id) else {
+            return; // deleted meanwhile, or never known
+        };
+        if endpoint.sandbox == sandbox {
+            return;
+        }
+        let change = Change::PutEndpoint(EndpointRecord {
+            sandbox,
+            ..endpoint.clone()
+        });
+        match self.store.write(std::slice::from_ref(&change)) {
+            Ok(_) => state.apply_owned(change),
+            Err(e) => tracing::warn!("not recording where the endpoint's link went: {e:#}"),
+        }
     }
 
     /// Plans against the current state, persists the plan's changes, applies them in

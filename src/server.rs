@@ -1,16 +1,17 @@
 //! `rustvlan serve`: open the store, reconcile with the kernel, listen on the socket,
 //! and stop cleanly on SIGTERM/SIGINT.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::api::router;
+use crate::api::{metrics_router, router};
 use crate::kernel::NetlinkKernel;
 use crate::plugin::Plugin;
 use crate::store::{PoolDefaults, Store};
@@ -24,6 +25,8 @@ pub struct ServeConfig {
     pub reclaim_after: Duration,
     pub state_dir: PathBuf,
     pub pool_defaults: PoolDefaults,
+    /// Also serve `GET /metrics` over TCP here (only when the operator asks).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How long in-flight requests get to finish after SIGTERM. dockerd keeps idle
@@ -53,6 +56,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     spawn_sweeper(Arc::clone(&plugin), config.reclaim_after).await;
     tokio::spawn(Arc::clone(&plugin).run_deleter());
 
+    // Bound before the plugin sockets, so that a taken port stops start-up with a clear
+    // error (and no socket left behind) instead of leaving a plugin nobody can scrape.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen for metrics on {addr}; choose another --metrics-listen, or none")
+        })?),
+        None => None,
+    };
     let mut sockets = vec![config.socket.clone()];
     let mut listeners = vec![bind_socket(&config.socket)?];
     if let Some(extra) = &config.extra_socket {
@@ -66,13 +77,30 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     }
     let names: Vec<String> = sockets.iter().map(|s| s.display().to_string()).collect();
-    tracing::info!(sockets = ?names, startup_ms = started.elapsed().as_millis() as u64, "listening");
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    tracing::info!(
+        sockets = ?names,
+        metrics = ?metrics_addr,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "listening"
+    );
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = router(plugin);
+    let app = router(Arc::clone(&plugin));
     let mut servers = tokio::task::JoinSet::new();
+    if let Some(listener) = metrics_listener {
+        let mut stop = stop_rx.clone();
+        let shutdown = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        servers.spawn(
+            axum::serve(listener, metrics_router(plugin))
+                .with_graceful_shutdown(shutdown)
+                .into_future(),
+        );
+    }
     for listener in listeners {
         let mut stop = stop_rx.clone();
         let shutdown = async move {

@@ -599,3 +599,206 @@ fn calls_whose_connection_broke_are_retried_and_change_nothing() {
         "calls_whose_connection_broke_are_retried_and_change_nothing",
     );
 }
+
+/// A Prometheus server, started with a scrape config of its own, killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    address: String,
+    _dir: TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Prometheus {
+    /// Scrapes `target` (host:port) every second.
+    fn start(target: &str) -> Prometheus {
+        let dir = TempDir::new();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: rustvlan\n    \
+                 static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={address}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting prometheus (Debian package prometheus; scripts/test.sh installs it)");
+        Prometheus {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// An instant query through the HTTP API: the first result's value.
+    fn query(&self, query: &str) -> Option<f64> {
+        let out = common::run(std::process::Command::new("curl").args([
+            "-sf",
+            "--get",
+            "--data-urlencode",
+            &format!("query={query}"),
+            &format!("http://{}/api/v1/query", self.address),
+        ]));
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        answer["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Waits until the query answers `expected`; returns what it answered last.
+    fn wait_for(&self, query: &str, expected: f64) -> Option<f64> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let got = self.query(query);
+            if got == Some(expected) || std::time::Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+}
+
+/// `rustvlan status` against the plugin dockerd uses: exit code and screen.
+fn status(plugin: &Server) -> (i32, String) {
+    let out = common::run(
+        plugin
+            .command()
+            .arg("status")
+            .arg("--socket")
+            .arg(&plugin.socket)
+            .arg("--state-dir")
+            .arg(&plugin.state_dir),
+    );
+    (
+        out.status.code().expect("exited"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn prometheus_scrapes_the_pool_gauge_and_status_finds_a_link_deleted_in_a_container() {
+    let Some((_serial, _dir, mut plugin)) = setup() else {
+        return;
+    };
+    let metrics_port = free_port();
+    plugin.terminate();
+    plugin.extra_args = vec!["--metrics-listen".into(), format!("127.0.0.1:{metrics_port}")];
+    plugin.restart();
+    let prometheus = Prometheus::start(&format!("127.0.0.1:{metrics_port}"));
+
+    let mut scene = Scene::new("m");
+    scene.network(
+        "rvnet-m",
+        &["--subnet", "10.93.0.0/24", "-o", &format!("parent={}", scene.veth)],
+    );
+    let containers: Vec<String> = (1..=10)
+        .map(|n| scene.run(&format!("rv-e2e-m{n}"), "rvnet-m", &[]))
+        .collect();
+
+    // What the store holds: ten containers' addresses and the gateway.
+    let state = plugin.state();
+    let (pool_id, pool) = state
+        .pools
+        .iter()
+        .find(|(_, p)| p.pool.to_string() == "10.93.0.0/24")
+        .expect("the network's pool");
+    let containers_in_pool = pool.addresses.values().filter(|u| **u == AddressUse::Allocated).count();
+    assert_eq!(containers_in_pool, 10);
+    let allocated = pool.addresses.len() as f64;
+
+    // Prometheus reads the same through its query API...
+    let query = r#"rustvlan_pool_allocated_addresses{subnet="10.93.0.0/24"}"#;
+    let scraped = prometheus.wait_for(query, allocated);
+    assert_eq!(
+        scraped,
+        Some(allocated),
+        "Prometheus answered {scraped:?} for {query}; its log:\n{}",
+        prometheus.log()
+    );
+    assert_eq!(prometheus.wait_for("rustvlan_endpoints", 10.0), Some(10.0));
+    let starts = prometheus.wait_for(
+        r#"sum(rustvlan_requests_total{call="NetworkDriver.Join",outcome="ok"})"#,
+        10.0,
+    );
+    assert_eq!(starts, Some(10.0), "ten Joins counted");
+    // ...and the plugin's own socket says it too.
+    let socket_text = common::check(plugin.command().arg("metrics").arg("--socket").arg(&plugin.socket));
+    let series = format!(
+        r#"rustvlan_pool_allocated_addresses{{pool="{pool_id}",subnet="10.93.0.0/24",network="{}"}} "#,
+        &pool.claimed_by.as_deref().expect("claimed by its network")[..12]
+    );
+    let on_socket = socket_text
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(on_socket, Some(allocated), "{series}in:\n{socket_text}");
+    common::report(&format!(
+        "Prometheus {} read {query} = {allocated} after 10 containers (the socket's /metrics: {on_socket:?})",
+        prometheus.address
+    ));
+
+    // Clean: every endpoint's link found in its container.
+    let (code, screen) = status(&plugin);
+    assert_eq!(code, 0, "{screen}");
+    assert_eq!(screen.matches("eth0 in its container").count(), 10, "{screen}");
+
+    // One container's link deleted inside it, behind rustvlan's back.
+    let victim = &containers[3];
+    let sandbox = docker_ok(&["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", victim]);
+    let endpoint = docker_ok(&[
+        "inspect",
+        "-f",
+        r#"{{(index .NetworkSettings.Networks "rvnet-m").EndpointID}}"#,
+        victim,
+    ]);
+    common::check(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", sandbox.trim()))
+            .args(["ip", "link", "del", "eth0"]),
+    );
+    let (code, screen) = status(&plugin);
+    assert_eq!(code, 1, "{screen}");
+    assert!(
+        screen.contains(&format!("endpoint {} of network", &endpoint.trim()[..12]))
+            && screen.contains("its link is gone from the container's namespace"),
+        "{screen}"
+    );
+    common::report(&format!(
+        "rustvlan status after `ip link del eth0` inside {victim}:\n{screen}"
+    ));
+
+    scene.rm_containers();
+    plugin.settle();
+    let (code, screen) = status(&plugin);
+    assert_eq!(code, 0, "removing the containers ends the drift:\n{screen}");
+    remove_network("rvnet-m");
+    scene.networks.clear();
+    mark_ran(
+        "RUSTVLAN_E2E_MARKER",
+        "prometheus_scrapes_the_pool_gauge_and_status_finds_a_link_deleted_in_a_container",
+    );
+}

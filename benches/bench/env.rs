@@ -60,6 +60,8 @@ pub struct Plugin {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub log: PathBuf,
+    /// More `serve` arguments.
+    pub extra_args: Vec<String>,
 }
 
 impl Plugin {
@@ -70,6 +72,7 @@ impl Plugin {
             socket: socket.to_path_buf(),
             state_dir: dir.join("state"),
             log: dir.join("rustvlan.log"),
+            extra_args: Vec::new(),
         }
     }
 
@@ -92,6 +95,7 @@ impl Plugin {
                 "--log-level",
                 &std::env::var("RUSTVLAN_BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
             ])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -143,6 +147,14 @@ impl Plugin {
             let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
             let _ = child.wait();
         }
+    }
+
+    /// `GET /metrics` on the socket: how long it took (ms) and how many bytes it answered.
+    pub async fn scrape(&self) -> (f64, usize) {
+        let started = Instant::now();
+        let (status, body) = rustvlan::client::get(&self.socket, "/metrics").await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        (started.elapsed().as_secs_f64() * 1000.0, body.len())
     }
 
     /// Finishes the links queued for deletion now (DeleteEndpoint answers before the

@@ -15,12 +15,15 @@ pub async fn run(b: &Bench) -> Section {
     let (networks, per_network) = if b.smoke { (10, 10) } else { (100, 100) };
     let starts = if b.smoke { 3 } else { 15 };
 
-    // P5 idle: a fresh store, nothing to do.
+    // P5 idle: a fresh store, nothing to do. Metrics on: the TCP listener is open and
+    // every measurement of memory follows a scrape.
     let mut plugin = Plugin::new(&b.rustvlan, &dir.join("rustvlan.sock"), &dir);
+    plugin.extra_args = vec!["--metrics-listen".into(), "127.0.0.1:0".into()];
     plugin.start();
     plugin.stop();
     let empty_start = ms(plugin.start());
     std::thread::sleep(std::time::Duration::from_millis(500));
+    plugin.scrape().await;
     let (_, idle_peak) = plugin.memory_kib();
 
     // Populate with 64 clients: pools, gateways, networks, then endpoints.
@@ -80,6 +83,7 @@ pub async fn run(b: &Bench) -> Section {
         t.await.unwrap();
     }
     let populate_s = populate.elapsed().as_secs_f64();
+    let (scrape_ms, scrape_bytes) = plugin.scrape().await;
     let (_, populate_peak) = plugin.memory_kib();
     plugin.stop();
 
@@ -89,6 +93,7 @@ pub async fn run(b: &Bench) -> Section {
     for _ in 0..starts {
         start_ms.push(ms(plugin.start()));
         std::thread::sleep(std::time::Duration::from_millis(300));
+        plugin.scrape().await;
         loaded = plugin.memory_kib();
         plugin.stop();
     }
@@ -128,6 +133,7 @@ pub async fn run(b: &Bench) -> Section {
             "startup_ms": s.json(),
             "startup_ms_empty_store": round(empty_start),
             "peak_rss_mib": {"idle": round(idle_mb), "loaded": round(loaded_mb), "while_populating": round(populate_peak as f64 / 1024.0)},
+            "metrics": {"listen": "127.0.0.1:0", "scrape_ms": round(scrape_ms), "scrape_bytes": scrape_bytes},
             "binary_bytes": size,
             "plugin_layer_gzip_bytes": gz,
             "goals": {"startup <= 100 ms": met4, "idle <= 10 MB": met5a, "10k endpoints <= 30 MB": met5b},
@@ -139,6 +145,10 @@ pub async fn run(b: &Bench) -> Section {
                 format!("{:.1} ms ({:.1}–{:.1})", s.median, s.min, s.max),
             ),
             ("start-up, empty store".into(), format!("{empty_start:.1} ms")),
+            (
+                format!("GET /metrics with {networks} pools"),
+                format!("{scrape_ms:.1} ms, {:.1} KiB", scrape_bytes as f64 / 1024.0),
+            ),
             ("peak RSS idle".into(), format!("{idle_mb:.1} MiB")),
             (
                 format!("peak RSS serving {endpoints} endpoints"),
@@ -159,6 +169,7 @@ pub async fn run(b: &Bench) -> Section {
                 "Goal: start-up ≤ 100 ms with {endpoints} endpoints and {networks} networks. {:.1} ms, {how4}.",
                 s.median
             ),
+            "Metrics are on throughout P4 and P5: `--metrics-listen 127.0.0.1:0`, and a `GET /metrics` before every memory reading.".to_string(),
             format!("Goal: ≤ 10 MB idle. {idle_mb:.1} MiB peak, {how5a}."),
             format!(
                 "Goal: ≤ 30 MB with {endpoints} endpoints. {loaded_mb:.1} MiB peak serving them after a restart, {:.1} MiB peak while creating them: {how5b}.",

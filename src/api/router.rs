@@ -4,13 +4,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, post};
+use axum::routing::{MethodRouter, get, post};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -23,6 +24,7 @@ use super::wire::{
 };
 use crate::error::{Error, ErrorKind};
 use crate::kernel::Kernel;
+use crate::metrics::Metrics;
 use crate::plugin::Plugin;
 
 /// Largest request body accepted. dockerd's biggest, CreateNetwork, is a few KiB.
@@ -163,7 +165,31 @@ async fn read_body(body: Body) -> Result<Bytes, Error> {
 }
 
 /// Decodes, runs and answers one call inside a span that names its ids.
-async fn call<Req, Resp, Fut>(api: Api, method: &'static str, body: Body, handler: impl FnOnce(Req) -> Fut) -> Response
+/// Counted and timed in the request metrics by outcome.
+async fn call<Req, Resp, Fut>(
+    api: Api,
+    method: &'static str,
+    metrics: &Metrics,
+    body: Body,
+    handler: impl FnOnce(Req) -> Fut,
+) -> Response
+where
+    Req: DeserializeOwned + Ids,
+    Resp: Serialize,
+    Fut: Future<Output = Result<Resp, Error>>,
+{
+    let started = Instant::now();
+    let (response, outcome) = answer(api, method, body, handler).await;
+    metrics.observe_request(method, outcome, started.elapsed());
+    response
+}
+
+async fn answer<Req, Resp, Fut>(
+    api: Api,
+    method: &'static str,
+    body: Body,
+    handler: impl FnOnce(Req) -> Fut,
+) -> (Response, Result<(), ErrorKind>)
 where
     Req: DeserializeOwned + Ids,
     Resp: Serialize,
@@ -183,14 +209,14 @@ where
                 tracing::warn!("{e}");
                 let mut response = error_response(api, &e);
                 *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-                return response;
+                return (response, Err(e.kind));
             }
         };
         let request: Req = match decode(method, &bytes) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("{e}");
-                return error_response(api, &e);
+                return (error_response(api, &e), Err(e.kind));
             }
         };
         let span = tracing::Span::current();
@@ -204,10 +230,10 @@ where
             span.record("pool", id);
         }
         match handler(request).await {
-            Ok(answer) => json_response(StatusCode::OK, &answer),
+            Ok(answer) => (json_response(StatusCode::OK, &answer), Ok(())),
             Err(e) => {
                 tracing::warn!(kind = ?e.kind, "{}", e.chain());
-                error_response(api, &e)
+                (error_response(api, &e), Err(e.kind))
             }
         }
     }
@@ -216,10 +242,33 @@ where
 }
 
 /// Argument-less calls: whatever body comes (dockerd sends none) is ignored.
-fn constant<T: Serialize + Send + 'static, K: Kernel>(f: fn(&Plugin<K>) -> T) -> MethodRouter<Arc<Plugin<K>>> {
+fn constant<T: Serialize + Send + 'static, K: Kernel>(
+    method: &'static str,
+    f: fn(&Plugin<K>) -> T,
+) -> MethodRouter<Arc<Plugin<K>>> {
     rpc(post(move |State(plugin): State<Arc<Plugin<K>>>| async move {
-        json_response(StatusCode::OK, &f(&plugin))
+        let started = Instant::now();
+        let response = json_response(StatusCode::OK, &f(&plugin));
+        plugin.metrics().observe_request(method, Ok(()), started.elapsed());
+        response
     }))
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+async fn metrics<K: Kernel>(State(plugin): State<Arc<Plugin<K>>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        plugin.metrics_text(),
+    )
+        .into_response()
+}
+
+/// What `--metrics-listen` serves: `GET /metrics` and nothing else, never the plugin API.
+pub fn metrics_router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::<K>))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "only /metrics is served here\n") })
+        .with_state(plugin)
 }
 
 fn rpc<K: Kernel>(route: MethodRouter<Arc<Plugin<K>>>) -> MethodRouter<Arc<Plugin<K>>> {
@@ -234,7 +283,8 @@ fn rpc<K: Kernel>(route: MethodRouter<Arc<Plugin<K>>>) -> MethodRouter<Arc<Plugi
 macro_rules! route {
     ($api:expr, $name:literal, |$plugin:ident, $req:ident: $t:ty| $body:expr) => {
         rpc(post(|State($plugin): State<Arc<Plugin<K>>>, body: Body| async move {
-            call($api, $name, body, |$req: $t| async move { $body }).await
+            let counted = Arc::clone(&$plugin);
+            call($api, $name, counted.metrics(), body, |$req: $t| async move { $body }).await
         }))
     };
 }
@@ -244,12 +294,15 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
     Router::new()
         .route(
             "/Plugin.Activate",
-            constant(|_| ActivateResponse {
+            constant("Plugin.Activate", |_| ActivateResponse {
                 implements: vec!["NetworkDriver", "IpamDriver"],
             }),
         )
         // NetworkDriver
-        .route("/NetworkDriver.GetCapabilities", constant(Plugin::driver_capabilities))
+        .route(
+            "/NetworkDriver.GetCapabilities",
+            constant("NetworkDriver.GetCapabilities", Plugin::driver_capabilities),
+        )
         .route(
             "/NetworkDriver.GwAllocCheck",
             route!(Driver, "NetworkDriver.GwAllocCheck", |p, r: GwAllocCheckRequest| p
@@ -334,8 +387,14 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
             )),
         )
         // IpamDriver
-        .route("/IpamDriver.GetCapabilities", constant(Plugin::ipam_capabilities))
-        .route("/IpamDriver.GetDefaultAddressSpaces", constant(Plugin::address_spaces))
+        .route(
+            "/IpamDriver.GetCapabilities",
+            constant("IpamDriver.GetCapabilities", Plugin::ipam_capabilities),
+        )
+        .route(
+            "/IpamDriver.GetDefaultAddressSpaces",
+            constant("IpamDriver.GetDefaultAddressSpaces", Plugin::address_spaces),
+        )
         .route(
             "/IpamDriver.RequestPool",
             route!(Ipam, "IpamDriver.RequestPool", |p, r: RequestPoolRequest| p
@@ -380,6 +439,7 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
                 }
             })),
         )
+        .route("/metrics", get(metrics::<K>))
         .fallback(|uri: axum::http::Uri| async move {
             json_response(
                 StatusCode::NOT_FOUND,

@@ -222,6 +222,7 @@ fn plan_endpoint(
         mac_generated,
         ipv4,
         ipv6,
+        sandbox: None,
     })
 }
 

@@ -70,6 +70,7 @@ impl<K: Kernel> Plugin<K> {
                 Err(e) => return Err(explain_child_error(e, &network, &endpoint)),
             }
         }
+        self.note_sandbox(&endpoint.id, req.sandbox_key.clone().filter(|k| !k.is_empty()));
         tracing::debug!(endpoint = short_id(&endpoint.id), link = %endpoint.link_name, "joined");
         Ok(join_answer(&network, &endpoint))
     }
@@ -118,6 +119,7 @@ impl<K: Kernel> Plugin<K> {
 
     pub fn leave(&self, req: EndpointRequest) -> Empty {
         // dockerd moves the link back to the host itself; DeleteEndpoint removes it.
+        self.note_sandbox(&req.endpoint_id, None);
         tracing::debug!(endpoint = short_id(&req.endpoint_id), "leave");
         Empty {}
     }

@@ -98,6 +98,15 @@ impl<K: Kernel> Plugin<K> {
             }
         }
         report.endpoints_without_host_link = without_link;
+        for (action, n) in [
+            ("orphan_link_deleted", report.orphan_links_deleted.len()),
+            ("orphan_parent_deleted", report.orphan_parents_deleted.len()),
+            ("parent_recreated", report.parents_recreated.len()),
+            ("parent_missing", report.parents_missing.len()),
+            ("pending_delete_finished", report.pending_deletes_finished),
+        ] {
+            self.metrics.count_reconcile(action, n);
+        }
         tracing::info!(
             orphan_links_deleted = ?report.orphan_links_deleted,
             orphan_parents_deleted = ?report.orphan_parents_deleted,

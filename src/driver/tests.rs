@@ -1144,3 +1144,194 @@ async fn ipv6_only_networks_and_family_mismatches() {
     let joined = p.join(join(NET_A, EP_1)).await.unwrap();
     assert_eq!(joined.gateway, None);
 }
+
+/// `rustvlan status` against the fake kernel: the records beside what the kernel shows.
+mod status {
+    use super::*;
+    use crate::status::{Drift, LinkIs, Observation, Source, StatusReport, observe};
+
+    const SANDBOX: &str = "/var/run/docker/netns/x";
+
+    async fn report(p: &Plugin<FakeKernel>) -> StatusReport {
+        let records = p.dump().await.unwrap().records();
+        let seen: Observation = observe(&*p.kernel, &records).await.unwrap();
+        StatusReport::build(&records, &seen, Source::Plugin)
+    }
+
+    async fn joined_plugin(dir: &TempDir) -> Plugin<FakeKernel> {
+        let p = open(dir, kernel());
+        p.create_network(network(
+            NET_A,
+            json!({"parent": "eth0"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+        p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+            .await
+            .unwrap();
+        let joined = p.join(join(NET_A, EP_1)).await.unwrap();
+        p.kernel
+            .move_into(&joined.interface_name.src_name, std::path::Path::new(SANDBOX), "eth0");
+        p
+    }
+
+    #[tokio::test]
+    async fn a_joined_endpoint_is_found_in_its_container_and_nothing_drifts() {
+        let dir = temp_dir();
+        let p = joined_plugin(&dir).await;
+        let status = report(&p).await;
+        assert_eq!(status.drift, vec![], "{}", status.to_text());
+        assert_eq!(
+            status.endpoints[0].link_is,
+            LinkIs::Container {
+                sandbox: SANDBOX.into(),
+                name: "eth0".into()
+            }
+        );
+        assert_eq!(status.networks[0].endpoints, 1);
+        assert!(
+            status.pools.is_empty(),
+            "the network's pool came from no RequestPool here"
+        );
+    }
+
+    #[tokio::test]
+    async fn leave_forgets_the_sandbox() {
+        let dir = temp_dir();
+        let p = joined_plugin(&dir).await;
+        p.leave(ep_req(NET_A, EP_1));
+        let records = p.dump().await.unwrap();
+        assert_eq!(records.endpoints[EP_1].sandbox, None);
+        // dockerd moved the link back: in the host namespace again.
+        p.kernel.remove_namespace(std::path::Path::new(SANDBOX));
+        let status = report(&p).await;
+        assert_eq!(status.endpoints[0].link_is, LinkIs::NotJoined);
+        assert_eq!(status.drift, vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_link_deleted_in_the_container_is_drift() {
+        let dir = temp_dir();
+        let p = joined_plugin(&dir).await;
+        p.kernel.set_namespace(std::path::Path::new(SANDBOX), vec![]);
+        let status = report(&p).await;
+        assert_eq!(
+            status.drift,
+            vec![Drift::EndpointLinkGone {
+                endpoint: EP_1.into(),
+                network: NET_A.into(),
+                sandbox: SANDBOX.into()
+            }]
+        );
+        assert_eq!(status.endpoints[0].link_is, LinkIs::Missing);
+        assert!(
+            status
+                .to_text()
+                .contains("its link is gone from the container's namespace")
+        );
+    }
+
+    #[tokio::test]
+    async fn another_containers_link_on_the_same_parent_is_not_taken_for_ours() {
+        let dir = temp_dir();
+        let p = joined_plugin(&dir).await;
+        let mut links = p.kernel.links_in(std::path::Path::new(SANDBOX)).await.unwrap().unwrap();
+        // Same mark and parent, another MAC: a link of another endpoint.
+        links[0].mac = Some(crate::model::MacAddr([2, 0, 0, 0, 0, 9]));
+        p.kernel.set_namespace(std::path::Path::new(SANDBOX), links);
+        let status = report(&p).await;
+        assert!(
+            matches!(status.drift[..], [Drift::EndpointLinkGone { .. }]),
+            "{:?}",
+            status.drift
+        );
+    }
+
+    #[tokio::test]
+    async fn a_vanished_container_namespace_is_drift() {
+        let dir = temp_dir();
+        let p = joined_plugin(&dir).await;
+        p.kernel.remove_namespace(std::path::Path::new(SANDBOX));
+        let status = report(&p).await;
+        assert!(
+            matches!(status.drift[..], [Drift::ContainerGone { .. }]),
+            "{:?}",
+            status.drift
+        );
+    }
+
+    #[tokio::test]
+    async fn marked_links_nobody_owns_and_missing_parents_are_drift() {
+        let dir = temp_dir();
+        let p = joined_plugin(&dir).await;
+        let eth0 = p.kernel.get("eth0").unwrap();
+        // rvstray carries the mark; "theirs" is the same kind of link without it:
+        // someone else's, not drift.
+        for (name, group) in [("rvstray", p.group), ("theirs", 0)] {
+            p.kernel
+                .add_child(&ChildLink {
+                    name: name.into(),
+                    parent_index: eth0.index,
+                    mode: LinkMode::Macvlan {
+                        mode: MacvlanMode::Bridge,
+                    },
+                    mac: None,
+                    mtu: None,
+                    group,
+                })
+                .await
+                .unwrap();
+        }
+        let status = report(&p).await;
+        assert_eq!(
+            status.drift,
+            vec![Drift::OrphanLink {
+                link: "rvstray".into(),
+                link_kind: "macvlan".into()
+            }]
+        );
+        p.kernel.vanish("rvstray");
+        p.kernel.vanish("eth0");
+        let status = report(&p).await;
+        assert_eq!(
+            status.drift,
+            vec![Drift::ParentMissing {
+                parent: "eth0".into(),
+                networks: vec![NET_A.into()]
+            }]
+        );
+        assert!(matches!(status.endpoints[0].link_is, LinkIs::Unknown { .. }));
+    }
+
+    #[tokio::test]
+    async fn drift_seen_only_once_is_not_reported() {
+        let dir = temp_dir();
+        let p = joined_plugin(&dir).await;
+        p.kernel.set_namespace(std::path::Path::new(SANDBOX), vec![]);
+        let mut first = report(&p).await;
+        assert_eq!(first.drift.len(), 1);
+        // The container was removed meanwhile: the second look has no such endpoint.
+        p.leave(ep_req(NET_A, EP_1));
+        let second = report(&p).await;
+        first.confirm_drift(&second);
+        assert_eq!(first.drift, vec![]);
+    }
+
+    #[test]
+    fn pools_count_used_free_and_capacity() {
+        let records: crate::dump::StateDump = serde_json::from_value(json!({
+            "schema": 1, "next_pool_seq": 2, "default_v6_range": null, "link_group": 7,
+            "networks": {}, "endpoints": {}, "parents": {}, "pending_deletes": {},
+            "pools": {"rustvlan-local/10.9.0.0/24#1": {
+                "address_space": "rustvlan-local", "pool": "10.9.0.0/24", "sub_pool": "10.9.0.128/25",
+                "options": {}, "cursor": null,
+                "addresses": {"10.9.0.1": "gateway", "10.9.0.130": "allocated"}}}
+        }))
+        .unwrap();
+        let status = StatusReport::build(&records, &Observation::default(), Source::Store);
+        let pool = &status.pools[0];
+        assert_eq!((pool.used, pool.free, pool.capacity), (2, 252, 254));
+    }
+}

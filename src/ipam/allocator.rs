@@ -187,16 +187,14 @@ impl Pool {
             .expect("the pool's own prefix length is valid for its family")
     }
 
-    /// IPv4 reserves the network and broadcast addresses except in /31 and /32
-    /// (RFC 3021); IPv6 reserves the subnet-router anycast address (offset 0).
     fn usable(&self) -> (u128, u128) {
-        let last = last_offset(&self.record.pool);
-        match (self.family() == Family::V6, self.record.pool.prefix()) {
-            (false, p) if p <= 30 => (1, last - 1),
-            (false, _) => (0, last),
-            (true, 128) => (0, 0),
-            (true, _) => (1, last),
-        }
+        usable_offsets(&self.record.pool)
+    }
+
+    /// How many addresses the pool can hand out, its ip-range or not (static addresses
+    /// and gateways may lie outside the range).
+    pub fn capacity(&self) -> u128 {
+        pool_capacity(&self.record.pool)
     }
 
     /// Where dynamic addresses come from: the usable range, narrowed to the SubPool.
@@ -271,6 +269,25 @@ impl Pool {
     pub fn allocated_count(&self) -> u128 {
         self.allocated.len()
     }
+}
+
+/// The first and last offsets a pool may hand out. IPv4 reserves the network and
+/// broadcast addresses except in /31 and /32 (RFC 3021); IPv6 reserves the subnet-router
+/// anycast address (offset 0).
+fn usable_offsets(pool: &IpNetwork) -> (u128, u128) {
+    let last = last_offset(pool);
+    match (Family::of(pool) == Family::V6, pool.prefix()) {
+        (false, p) if p <= 30 => (1, last - 1),
+        (false, _) => (0, last),
+        (true, 128) => (0, 0),
+        (true, _) => (1, last),
+    }
+}
+
+/// How many addresses a pool of this subnet can hand out (an IPv6 /0 saturates).
+pub fn pool_capacity(pool: &IpNetwork) -> u128 {
+    let (lo, hi) = usable_offsets(pool);
+    (hi - lo).saturating_add(1)
 }
 
 /// `rustvlan-local/10.77.0.0/24#7`: readable, and unique for the life of the store.

@@ -155,6 +155,8 @@ impl<K: Kernel> Plugin<K> {
                 Ok(plan_sweep(state, &mut marks, now))
             })
             .await?;
+        self.metrics
+            .count_reclaimed(report.addresses_reclaimed.values().map(Vec::len).sum());
         if report.is_empty() {
             tracing::debug!(
                 addresses_marked = report.addresses_marked,

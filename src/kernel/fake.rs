@@ -22,6 +22,8 @@ struct Inner {
     missing_kinds: Vec<&'static str>,
     fail_next_add: Option<KernelError>,
     group_deletes: usize,
+    /// Other network namespaces (containers'), by path, with their links.
+    namespaces: std::collections::BTreeMap<std::path::PathBuf, Vec<LinkInfo>>,
 }
 
 fn err(errno: Errno, op: String) -> KernelError {
@@ -48,6 +50,7 @@ impl FakeKernel {
             group: 0,
             parent_index: None,
             up: true,
+            mac: None,
         });
     }
 
@@ -85,6 +88,27 @@ impl FakeKernel {
             .iter()
             .find(|l| l.name == name)
             .cloned()
+    }
+
+    /// Moves a link into the namespace at `netns` under `new_name`, as dockerd does at
+    /// Join; the namespace comes into being if it was not there.
+    pub fn move_into(&self, name: &str, netns: &std::path::Path, new_name: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        let position = inner.links.iter().position(|l| l.name == name).expect("no such link");
+        let mut link = inner.links.remove(position);
+        inner.children.retain(|(n, _)| n != name);
+        link.name = new_name.to_string();
+        inner.namespaces.entry(netns.to_path_buf()).or_default().push(link);
+    }
+
+    /// Makes an empty namespace at `netns`, or empties it.
+    pub fn set_namespace(&self, netns: &std::path::Path, links: Vec<LinkInfo>) {
+        self.inner.lock().unwrap().namespaces.insert(netns.to_path_buf(), links);
+    }
+
+    /// Removes the namespace at `netns` (its container is gone).
+    pub fn remove_namespace(&self, netns: &std::path::Path) {
+        self.inner.lock().unwrap().namespaces.remove(netns);
     }
 
     /// Removes a link behind rustvlan's back (a host reboot, dockerd moving it away).
@@ -127,6 +151,7 @@ impl Inner {
             group,
             parent_index: parent,
             up,
+            mac: None,
         });
         Ok(())
     }
@@ -155,6 +180,10 @@ impl Kernel for FakeKernel {
 
     async fn links(&self) -> KResult<Vec<LinkInfo>> {
         Ok(self.inner.lock().unwrap().links.clone())
+    }
+
+    async fn links_in(&self, netns: &std::path::Path) -> KResult<Option<Vec<LinkInfo>>> {
+        Ok(self.inner.lock().unwrap().namespaces.get(netns).cloned())
     }
 
     async fn add_child(&self, link: &ChildLink) -> KResult<()> {
@@ -194,6 +223,9 @@ impl Kernel for FakeKernel {
             return Err(err(Errno::EINVAL, format!("creating {kind} link {}", link.name)));
         }
         inner.add(&link.name, kind, Some(parent.index), mtu, link.group, false)?;
+        if let Some(made) = inner.links.last_mut() {
+            made.mac = link.mac;
+        }
         inner.children.push((link.name.clone(), link.mode));
         Ok(())
     }

@@ -6,11 +6,14 @@
 
 #[cfg(any(test, feature = "fake-kernel"))]
 pub mod fake;
+mod metered;
 mod netlink;
 
 use std::fmt;
 use std::future::Future;
+use std::path::Path;
 
+pub use metered::Metered;
 pub use netlink::NetlinkKernel;
 
 use crate::model::{LinkMode, MacAddr};
@@ -66,6 +69,8 @@ pub struct LinkInfo {
     /// IFLA_LINK: the lower device of a macvlan, ipvlan or VLAN link.
     pub parent_index: Option<u32>,
     pub up: bool,
+    /// IFLA_ADDRESS, when it is an Ethernet address.
+    pub mac: Option<MacAddr>,
 }
 
 /// A container's link, made in the host namespace at Join.
@@ -123,6 +128,9 @@ pub trait Kernel: Send + Sync + 'static {
     fn link(&self, name: &str) -> impl Future<Output = KResult<Option<LinkInfo>>> + Send;
     /// Every link of the namespace.
     fn links(&self) -> impl Future<Output = KResult<Vec<LinkInfo>>> + Send;
+    /// Every link of the network namespace bound at `netns` (a container's sandbox
+    /// key), or None when no namespace is there any more.
+    fn links_in(&self, netns: &Path) -> impl Future<Output = KResult<Option<Vec<LinkInfo>>>> + Send;
     /// A macvlan or ipvlan child, in one RTM_NEWLINK so that it exists fully set up or not
     /// at all. Left down: dockerd brings it up inside the container.
     fn add_child(&self, link: &ChildLink) -> impl Future<Output = KResult<()>> + Send;

@@ -1,5 +1,7 @@
 //! [`Kernel`] over rtnetlink.
 
+use std::path::Path;
+
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{
     IpVlanFlags, IpVlanMode, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, MacVlanMode,
@@ -7,7 +9,7 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::{Handle, LinkDummy, LinkIpVlan, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVlan};
 
 use super::{ChildLink, Errno, KResult, Kernel, KernelError, LinkInfo, LinkType};
-use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode};
+use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacAddr, MacvlanMode};
 
 /// The kernel handles a NETLINK_ROUTE request inside the sender's `sendmsg`, and a link
 /// move or delete holds it there for an RCU grace period (~16 ms) under the RTNL lock.
@@ -21,8 +23,22 @@ pub struct NetlinkKernel {
 
 /// Opens a NETLINK_ROUTE socket whose message loop runs on its own thread.
 pub(crate) fn connection_thread(name: &str) -> anyhow::Result<Handle> {
+    connection_thread_in(name, None)
+}
+
+/// Like [`connection_thread`], the socket opened in the network namespace `netns` (an
+/// open namespace file). A socket stays in the namespace it was opened in, and the
+/// thread that entered the namespace is the socket's own and ends with it, so the
+/// process's other threads never leave theirs.
+fn connection_thread_in(name: &str, netns: Option<std::fs::File>) -> anyhow::Result<Handle> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name(name.to_string()).spawn(move || {
+        if let Some(netns) = netns
+            && let Err(e) = nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+        {
+            let _ = tx.send(Err(anyhow::anyhow!("cannot enter the namespace: {}", e.desc())));
+            return;
+        }
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
             Ok(r) => r,
             Err(e) => {
@@ -82,6 +98,7 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
         group: 0,
         parent_index: None,
         up: msg.header.flags.contains(LinkFlags::Up),
+        mac: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -89,6 +106,7 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
             LinkAttribute::Mtu(m) => info.mtu = *m,
             LinkAttribute::Group(g) => info.group = *g,
             LinkAttribute::Link(l) => info.parent_index = Some(*l),
+            LinkAttribute::Address(bytes) => info.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let NlLinkInfo::Kind(kind) = i {
@@ -155,6 +173,35 @@ impl Kernel for NetlinkKernel {
             .await
             .map_err(|e| kernel_error("listing links", e))?;
         Ok(messages.iter().map(link_info).collect())
+    }
+
+    async fn links_in(&self, netns: &Path) -> KResult<Option<Vec<LinkInfo>>> {
+        let op = || format!("listing the links of namespace {}", netns.display());
+        let file = match std::fs::File::open(netns) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(KernelError {
+                    op: op(),
+                    errno: e.raw_os_error().map(Errno::from_raw),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        // Rare (`rustvlan status`): a socket of its own for each namespace, closed after.
+        let handle = connection_thread_in("netlink-netns", Some(file)).map_err(|e| KernelError {
+            op: op(),
+            errno: None,
+            reason: format!("{e:#}"),
+        })?;
+        let messages: Vec<LinkMessage> = handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| kernel_error(&op(), e))?;
+        Ok(Some(messages.iter().map(link_info).collect()))
     }
 
     async fn add_child(&self, link: &ChildLink) -> KResult<()> {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dump::{AddressUse, PoolDump, StateDump};
 use crate::ipam::{Ipam, IpamChange, IpamConfig, pool_id};
+use crate::metrics::StoreMetrics;
 use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PendingDelete, PoolRecord};
 use crate::state::{Change, State};
 
@@ -69,6 +70,7 @@ pub struct Store {
     /// Set when a write or flush failed: what is on disk may then lag what was answered,
     /// so no further change is accepted until a restart reloads the disk's truth.
     failed: StdMutex<Option<String>>,
+    metrics: StoreMetrics,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -189,6 +191,7 @@ impl Records {
                     pool: p.pool,
                     sub_pool: p.sub_pool,
                     options: p.options.clone(),
+                    claimed_by: p.claimed_by.clone(),
                     cursor: self.cursors.get(&p.seq).copied(),
                     addresses,
                 };
@@ -246,6 +249,7 @@ impl Store {
             marker_wanted: AtomicBool::new(false),
             marker_running: AtomicBool::new(false),
             failed: StdMutex::new(None),
+            metrics: StoreMetrics::default(),
         })
     }
 
@@ -540,12 +544,21 @@ impl Store {
 
     /// Writes the queue and makes it durable; returns the ticket now on disk.
     fn commit_queue(&self) -> anyhow::Result<u64> {
+        let started = std::time::Instant::now();
+        let already_durable = *self.flushed.borrow();
         let (changes, target) = self.take_queue();
         if !changes.is_empty() {
             self.apply(&changes, target)?;
         }
         self.flush_log()?;
+        self.metrics
+            .observe_commit(target.saturating_sub(already_durable), changes.len(), started.elapsed());
         Ok(target)
+    }
+
+    /// The group commits' metrics, for the registry.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
     }
 
     /// Makes everything written so far durable. sled 0.34's flush writes its log with

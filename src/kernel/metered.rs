@@ -1,0 +1,79 @@
+//! A [`Kernel`] that counts and times every operation of the kernel it wraps, for the
+//! `rustvlan_link_operations_*` metrics.
+
+use std::future::Future;
+use std::ops::Deref;
+use std::path::Path;
+use std::time::Instant;
+
+use super::{ChildLink, KResult, Kernel, LinkInfo};
+use crate::metrics::{LinkOp, LinkOpMetrics};
+
+pub struct Metered<K> {
+    inner: K,
+    metrics: LinkOpMetrics,
+}
+
+impl<K> Metered<K> {
+    pub fn new(inner: K, metrics: LinkOpMetrics) -> Self {
+        Metered { inner, metrics }
+    }
+}
+
+/// The wrapped kernel, for tests that look at the fake one.
+impl<K> Deref for Metered<K> {
+    type Target = K;
+    fn deref(&self) -> &K {
+        &self.inner
+    }
+}
+
+impl<K: Kernel> Metered<K> {
+    async fn timed<T>(&self, op: LinkOp, call: impl Future<Output = KResult<T>>) -> KResult<T> {
+        let started = Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.errno),
+        };
+        self.metrics.observe(op, outcome, started.elapsed());
+        result
+    }
+}
+
+impl<K: Kernel> Kernel for Metered<K> {
+    async fn link(&self, name: &str) -> KResult<Option<LinkInfo>> {
+        self.timed(LinkOp::Get, self.inner.link(name)).await
+    }
+
+    async fn links(&self) -> KResult<Vec<LinkInfo>> {
+        self.timed(LinkOp::Dump, self.inner.links()).await
+    }
+
+    async fn links_in(&self, netns: &Path) -> KResult<Option<Vec<LinkInfo>>> {
+        self.timed(LinkOp::DumpNamespace, self.inner.links_in(netns)).await
+    }
+
+    async fn add_child(&self, link: &ChildLink) -> KResult<()> {
+        self.timed(LinkOp::AddChild, self.inner.add_child(link)).await
+    }
+
+    async fn add_vlan(&self, name: &str, base_index: u32, id: u16, group: u32) -> KResult<()> {
+        self.timed(LinkOp::AddVlan, self.inner.add_vlan(name, base_index, id, group))
+            .await
+    }
+
+    async fn add_dummy(&self, name: &str, mtu: Option<u32>, group: u32) -> KResult<()> {
+        self.timed(LinkOp::AddDummy, self.inner.add_dummy(name, mtu, group))
+            .await
+    }
+
+    async fn delete(&self, index: u32) -> KResult<bool> {
+        self.timed(LinkOp::Delete, self.inner.delete(index)).await
+    }
+
+    async fn delete_links(&self, indices: &[u32], trash_group: u32) -> KResult<()> {
+        self.timed(LinkOp::DeleteBatch, self.inner.delete_links(indices, trash_group))
+            .await
+    }
+}
