@@ -200,8 +200,22 @@ fn cases() -> Vec<Case> {
             "/IpamDriver.RequestPool",
             json!({"AddressSpace": "rustvlan-local", "Pool": "10.81.0.0/24", "Options": {"ipamfoo": "bar"}}),
             400,
-            "unknown IPAM option ipamfoo; valid IPAM options: none (namespaced keys such as com.example.key are \
+            "unknown IPAM option ipamfoo; valid IPAM options: segment (namespaced keys such as com.example.key are \
              accepted and ignored)",
+        ),
+        case(
+            "/IpamDriver.RequestPool",
+            json!({"AddressSpace": "rustvlan-local", "Pool": "10.81.0.0/24", "Options": {"segment": ""}}),
+            400,
+            "--ipam-opt segment=\"\" is not a segment name: use 1 to 64 letters, digits, '-', '_' or '.', the same on \
+             every network of that L2 segment",
+        ),
+        case(
+            "/IpamDriver.RequestPool",
+            json!({"AddressSpace": "rustvlan-local", "Pool": "10.81.0.0/24", "Options": {"segment": "site a"}}),
+            400,
+            "--ipam-opt segment=\"site a\" is not a segment name: use 1 to 64 letters, digits, '-', '_' or '.', the \
+             same on every network of that L2 segment",
         ),
         case(
             "/NetworkDriver.CreateEndpoint",

@@ -330,7 +330,7 @@ fn bare_unknown_keys_are_refused_and_namespaced_ones_accepted() {
     );
     let err = refused(&["--ipam-opt", "colour=blue"]);
     assert!(
-        err.contains("unknown IPAM option colour; valid IPAM options: none"),
+        err.contains("unknown IPAM option colour; valid IPAM options: segment"),
         "{err}"
     );
     // Pool ids are never reused, so the sequence may move: on 20.10 the refusal comes at
@@ -801,4 +801,78 @@ fn prometheus_scrapes_the_pool_gauge_and_status_finds_a_link_deleted_in_a_contai
         "RUSTVLAN_E2E_MARKER",
         "prometheus_scrapes_the_pool_gauge_and_status_finds_a_link_deleted_in_a_container",
     );
+}
+
+/// moby's TestMacvlanIPAMOverlap against rustvlan: two networks of one subnet on two
+/// parents (one LAN reached twice) never hand out one address twice, and share the
+/// gateway; `--ipam-opt segment=` keeps apart two LANs that really reuse a subnet.
+#[test]
+fn networks_of_one_subnet_share_one_address_plan() {
+    let Some((_serial, _dir, plugin)) = setup() else {
+        return;
+    };
+    let mut scene = Scene::new("o");
+    let second = common::Veth::new("e2eo2");
+    let subnet = ["--subnet", "192.168.77.0/24"];
+    scene.network(
+        "rvnet-o1",
+        &[&subnet[..], &["-o", &format!("parent={}", scene.veth)]].concat(),
+    );
+    scene.network(
+        "rvnet-o2",
+        &[&subnet[..], &["-o", &format!("parent={}", second.0)]].concat(),
+    );
+    let mut seen = BTreeSet::new();
+    for n in 0..3 {
+        for net in ["rvnet-o1", "rvnet-o2"] {
+            let c = scene.run(&format!("rv-e2e-{net}-{n}"), net, &[]);
+            let ip = ipv4_of(&c);
+            assert!(seen.insert(ip.clone()), "{ip} handed out twice: {seen:?}");
+        }
+    }
+    let gateway = |net: &str| docker_ok(&["network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", net]);
+    assert_eq!(gateway("rvnet-o1"), gateway("rvnet-o2"), "one LAN, one router");
+    // An --ip the other network holds is refused, naming why.
+    let taken = seen.iter().next().unwrap().split('/').next().unwrap().to_string();
+    let refused = common::docker::docker(&[
+        "run",
+        "--rm",
+        "--net",
+        "rvnet-o2",
+        "--ip",
+        &taken,
+        &common::docker::image(),
+        "true",
+    ]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("on the same subnet 192.168.77.0/24"),
+        "{err}"
+    );
+    // A third network on its own segment starts over.
+    scene.network(
+        "rvnet-o3",
+        &[
+            "--subnet",
+            "192.168.77.0/24",
+            "--ipam-opt",
+            "segment=lab",
+            "-o",
+            &format!("parent={}", second.0),
+        ],
+    );
+    let c = scene.run("rv-e2e-o3", "rvnet-o3", &[]);
+    assert_eq!(ipv4_of(&c), "192.168.77.2/24");
+    common::report(&format!(
+        "one subnet on two parents: 6 containers, 6 addresses {seen:?}; gateway {}",
+        gateway("rvnet-o1").trim()
+    ));
+    scene.rm_containers();
+    plugin.settle();
+    for net in ["rvnet-o1", "rvnet-o2", "rvnet-o3"] {
+        remove_network(net);
+    }
+    scene.networks.clear();
+    assert!(plugin.state().holds_nothing());
+    mark_ran("RUSTVLAN_E2E_MARKER", "networks_of_one_subnet_share_one_address_plan");
 }

@@ -13,7 +13,7 @@
 //! CreateNetwork. Pools without an explicit subnet are carved from the default ranges
 //! and never overlap any existing pool.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -77,11 +77,57 @@ pub struct PoolRequest {
     pub family: Family,
 }
 
+/// `--ipam-opt segment=NAME`: keeps apart two L2 segments that really reuse a subnet.
+pub const SEGMENT_OPTION: &str = "segment";
+
 #[derive(Debug, Clone)]
 pub struct Ipam {
     config: IpamConfig,
     pools: BTreeMap<u64, Pool>,
     next_seq: u64,
+    /// The address plans pools share: every pool of one subnet and segment takes its
+    /// addresses from one plan, as Docker's own IPAM does for macvlan networks whose
+    /// subnets overlap, so that two networks on one LAN never hand out one address.
+    plans: HashMap<PlanKey, Plan>,
+}
+
+/// A subnet and its segment name (empty for none).
+type PlanKey = (IpNetwork, String);
+
+fn plan_key(record: &PoolRecord) -> PlanKey {
+    (
+        record.pool,
+        record.options.get(SEGMENT_OPTION).cloned().unwrap_or_default(),
+    )
+}
+
+/// The union of the allocations of a plan's pools, by offset in the subnet.
+#[derive(Debug, Clone, Default)]
+struct Plan {
+    taken: AddressSet,
+    /// Offsets more than one pool holds (a gateway the networks share), and how many
+    /// holders there are beyond the first.
+    shared: BTreeMap<u128, u32>,
+}
+
+impl Plan {
+    fn add(&mut self, offset: u128) {
+        if !self.taken.insert(offset) {
+            *self.shared.entry(offset).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, offset: u128) {
+        match self.shared.get_mut(&offset) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.shared.remove(&offset);
+            }
+            None => {
+                self.taken.remove(offset);
+            }
+        }
+    }
 }
 
 fn addr_bits(ip: IpAddr) -> u128 {
@@ -243,17 +289,23 @@ impl Pool {
         Ok(offset)
     }
 
+    /// The gateway another pool of the plan already has, if any.
+    fn shared_gateway<'a>(&self, siblings: impl Iterator<Item = &'a Pool>) -> Option<u128> {
+        siblings.flat_map(|p| p.gateways.iter().copied()).min()
+    }
+
     /// The next free dynamic address after the last one handed out, wrapping around, so
     /// that a just-released address is not handed straight back.
-    fn next_dynamic(&self) -> Option<u128> {
+    /// `taken`: what the pool's plan holds.
+    fn next_dynamic(&self, taken: &AddressSet) -> Option<u128> {
         let (lo, hi) = self.dynamic_range();
         let start = match self.cursor {
             Some(c) if c >= lo && c < hi => c + 1,
             _ => lo,
         };
-        self.allocated
+        taken
             .first_free(start, hi)
-            .or_else(|| self.allocated.first_free(lo, start.saturating_sub(1)))
+            .or_else(|| taken.first_free(lo, start.saturating_sub(1)))
     }
 
     pub fn is_gateway(&self, ip: IpAddr) -> bool {
@@ -301,6 +353,7 @@ impl Ipam {
             config,
             pools: BTreeMap::new(),
             next_seq: 1,
+            plans: HashMap::new(),
         }
     }
 
@@ -483,15 +536,47 @@ impl Ipam {
             .lookup(pool_id)?
             .ok_or_else(|| Error::not_found(format!("unknown pool ID {pool_id:?}")))?;
         let seq = pool.record.seq;
+        let key = plan_key(&pool.record);
+        let siblings = || {
+            self.pools
+                .values()
+                .filter(|p| p.record.seq != seq && plan_key(&p.record) == key)
+        };
+        let empty = AddressSet::default();
+        let taken = self.plans.get(&key).map_or(&empty, |plan| &plan.taken);
         let mut changes = Vec::with_capacity(2);
         let offset = match address {
-            Some(ip) => pool.check_named(ip)?,
+            Some(ip) => {
+                let offset = pool.check_named(ip)?;
+                if taken.contains(offset) {
+                    let holders: Vec<&Pool> = siblings().filter(|p| p.allocated.contains(offset)).collect();
+                    // A gateway is the LAN's router: the networks of one subnet share it.
+                    let shared_gateway = gateway && holders.iter().all(|p| p.gateways.contains(&offset));
+                    if !shared_gateway {
+                        let network = holders
+                            .iter()
+                            .find_map(|p| p.record.claimed_by.as_deref())
+                            .map(|n| format!("network {}", crate::util::short_id(n)))
+                            .unwrap_or_else(|| "another network".to_string());
+                        return Err(Error::conflict(format!(
+                            "address {ip} is already in use by {network} on the same subnet {} (networks with one \
+                             subnet share one address plan; --ipam-opt segment=NAME keeps apart two L2 segments that \
+                             reuse a subnet)",
+                            pool.record.pool
+                        )));
+                    }
+                }
+                offset
+            }
             None => {
                 let found = if gateway {
-                    let (lo, hi) = pool.dynamic_range();
-                    pool.allocated.first_free(lo, hi)
+                    // The gateway the plan's other networks have, or the first free one.
+                    pool.shared_gateway(siblings()).or_else(|| {
+                        let (lo, hi) = pool.dynamic_range();
+                        taken.first_free(lo, hi)
+                    })
                 } else {
-                    pool.next_dynamic()
+                    pool.next_dynamic(taken)
                 };
                 let offset =
                     found.ok_or_else(|| Error::exhausted(format!("no free address left in {}", pool.describe())))?;
@@ -548,13 +633,25 @@ impl Ipam {
                 }
             }
             IpamChange::DelPool(seq) => {
-                self.pools.remove(seq);
+                if let Some(pool) = self.pools.remove(seq) {
+                    let key = plan_key(&pool.record);
+                    if let Some(plan) = self.plans.get_mut(&key) {
+                        for o in pool.allocated.iter() {
+                            plan.remove(o);
+                        }
+                        if plan.taken.is_empty() {
+                            self.plans.remove(&key);
+                        }
+                    }
+                }
             }
             IpamChange::PutAddress { pool, ip, gateway } => {
                 if let Some(p) = self.pools.get_mut(pool)
                     && let Some(o) = p.offset(*ip)
                 {
-                    p.allocated.insert(o);
+                    if p.allocated.insert(o) {
+                        self.plans.entry(plan_key(&p.record)).or_default().add(o);
+                    }
                     if *gateway {
                         p.gateways.insert(o);
                     }
@@ -564,7 +661,15 @@ impl Ipam {
                 if let Some(p) = self.pools.get_mut(pool)
                     && let Some(o) = p.offset(*ip)
                 {
-                    p.allocated.remove(o);
+                    if p.allocated.remove(o) {
+                        let key = plan_key(&p.record);
+                        if let Some(plan) = self.plans.get_mut(&key) {
+                            plan.remove(o);
+                            if plan.taken.is_empty() {
+                                self.plans.remove(&key);
+                            }
+                        }
+                    }
                     p.gateways.remove(&o);
                 }
             }
@@ -796,7 +901,8 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, "rustvlan-local/10.123.0.0/24#1");
         assert_eq!(take(&mut ipam, &a, Some("10.123.0.9"), false).unwrap(), "10.123.0.9/24");
-        assert_eq!(take(&mut ipam, &b, Some("10.123.0.9"), false).unwrap(), "10.123.0.9/24");
+        // Two pools, one address plan (see pools_of_one_subnet_share_one_address_plan).
+        assert!(take(&mut ipam, &b, Some("10.123.0.9"), false).is_err());
         pool(&mut ipam, "10.123.2.0/23", "");
         let c = pool(&mut ipam, "", "");
         assert_eq!(c, "rustvlan-local/10.123.1.0/24#4");
@@ -864,5 +970,92 @@ mod tests {
         commit(&mut ipam, &changes);
         assert!(ipam.plan_release_pool(&id).unwrap().is_empty());
         assert!(ipam.pool(1).is_none());
+    }
+
+    fn pool_in_segment(ipam: &mut Ipam, cidr: &str, segment: &str) -> String {
+        let req = PoolRequest {
+            address_space: LOCAL_ADDRESS_SPACE.into(),
+            pool: cidr.into(),
+            options: [(SEGMENT_OPTION.to_string(), segment.to_string())].into(),
+            family: Family::V4,
+            ..Default::default()
+        };
+        let (record, changes) = ipam.plan_request_pool(&req).unwrap();
+        commit(ipam, &changes);
+        pool_id(&record)
+    }
+
+    /// moby's TestMacvlanIPAMOverlap: two networks of one subnet on two parents.
+    #[test]
+    fn pools_of_one_subnet_share_one_address_plan() {
+        let mut ipam = Ipam::new(config());
+        let a = pool(&mut ipam, "192.168.0.0/24", "");
+        let b = pool(&mut ipam, "192.168.0.0/24", "");
+        assert_eq!(take(&mut ipam, &a, None, true).unwrap(), "192.168.0.1/24");
+        // The second network gets the same gateway, dynamically or by name.
+        assert_eq!(take(&mut ipam, &b, None, true).unwrap(), "192.168.0.1/24");
+        assert_eq!(take(&mut ipam, &a, None, false).unwrap(), "192.168.0.2/24");
+        assert_eq!(take(&mut ipam, &b, None, false).unwrap(), "192.168.0.3/24");
+        assert_eq!(take(&mut ipam, &a, None, false).unwrap(), "192.168.0.4/24");
+        let err = take(&mut ipam, &b, Some("192.168.0.2"), false).unwrap_err();
+        assert_eq!(err.kind, crate::error::ErrorKind::Conflict);
+        assert!(
+            err.message.starts_with(
+                "address 192.168.0.2 is already in use by another network on the same subnet 192.168.0.0/24"
+            ),
+            "{}",
+            err.message
+        );
+        // A container may not take the shared gateway.
+        assert!(take(&mut ipam, &b, Some("192.168.0.1"), false).is_err());
+        // One network's release frees the address for both; the shared gateway stays
+        // taken while either network has it.
+        give_back(&mut ipam, &a, "192.168.0.2");
+        assert_eq!(
+            take(&mut ipam, &b, Some("192.168.0.2"), false).unwrap(),
+            "192.168.0.2/24"
+        );
+        give_back(&mut ipam, &a, "192.168.0.1");
+        assert!(
+            take(&mut ipam, &a, Some("192.168.0.1"), false).is_err(),
+            "b still has it"
+        );
+        // Removing a pool gives its addresses back to the plan.
+        let changes = ipam.plan_release_pool(&b).unwrap();
+        commit(&mut ipam, &changes);
+        assert_eq!(
+            take(&mut ipam, &a, Some("192.168.0.1"), true).unwrap(),
+            "192.168.0.1/24"
+        );
+        assert_eq!(
+            take(&mut ipam, &a, Some("192.168.0.3"), false).unwrap(),
+            "192.168.0.3/24"
+        );
+    }
+
+    #[test]
+    fn a_segment_keeps_apart_two_lans_that_reuse_a_subnet() {
+        let mut ipam = Ipam::new(config());
+        let a = pool_in_segment(&mut ipam, "192.168.0.0/24", "site-a");
+        let b = pool_in_segment(&mut ipam, "192.168.0.0/24", "site-b");
+        let c = pool(&mut ipam, "192.168.0.0/24", "");
+        assert_eq!(take(&mut ipam, &a, None, false).unwrap(), "192.168.0.1/24");
+        assert_eq!(take(&mut ipam, &b, None, false).unwrap(), "192.168.0.1/24");
+        assert_eq!(take(&mut ipam, &c, None, false).unwrap(), "192.168.0.1/24");
+    }
+
+    #[test]
+    fn pools_of_one_subnet_with_their_own_ip_ranges_never_collide() {
+        let mut ipam = Ipam::new(config());
+        let a = pool(&mut ipam, "10.5.0.0/24", "10.5.0.0/25");
+        let b = pool(&mut ipam, "10.5.0.0/24", "");
+        let mut seen = BTreeSet::new();
+        while let Ok(cidr) = take(&mut ipam, &a, None, false) {
+            assert!(seen.insert(cidr));
+        }
+        while let Ok(cidr) = take(&mut ipam, &b, None, false) {
+            assert!(seen.insert(cidr), "handed out twice");
+        }
+        assert_eq!(seen.len(), 254, "the whole subnet, each address once");
     }
 }

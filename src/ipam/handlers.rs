@@ -8,15 +8,18 @@ use crate::api::wire::{
     ReleaseAddressRequest, ReleasePoolRequest, RequestAddressRequest, RequestAddressResponse, RequestPoolRequest,
     RequestPoolResponse,
 };
+use crate::error::Error;
 use crate::error::Result;
-use crate::ipam::{Allocations, GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, PoolRequest, parse_address, pool_id};
+use crate::ipam::{
+    Allocations, GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, PoolRequest, SEGMENT_OPTION, parse_address, pool_id,
+};
 use crate::kernel::Kernel;
 use crate::keys::check_option_keys;
 use crate::model::Family;
 use crate::plugin::Plugin;
 
-/// Bare `--ipam-opt` keys rustvlan's IPAM understands: none yet.
-const IPAM_KEYS: &[&str] = &[];
+/// Bare `--ipam-opt` keys rustvlan's IPAM understands.
+const IPAM_KEYS: &[&str] = &[SEGMENT_OPTION];
 
 impl<K: Kernel> Plugin<K> {
     pub fn ipam_capabilities(&self) -> IpamCapabilities {
@@ -38,6 +41,9 @@ impl<K: Kernel> Plugin<K> {
     pub async fn request_pool(&self, req: RequestPoolRequest) -> Result<RequestPoolResponse> {
         if let Some(options) = &req.options {
             check_option_keys("IPAM option", options.keys().map(String::as_str), IPAM_KEYS)?;
+            if let Some(segment) = options.get(SEGMENT_OPTION) {
+                check_segment(segment)?;
+            }
         }
         let request = PoolRequest {
             address_space: req.address_space,
@@ -96,5 +102,20 @@ impl<K: Kernel> Plugin<K> {
             tracing::debug!(pool_id = %req.pool_id, address = %ip, "release of an address not allocated: nothing to do");
         }
         Ok(Empty {})
+    }
+}
+
+/// A segment names an L2 segment: a short word, the same on every host of it.
+fn check_segment(segment: &str) -> Result<()> {
+    let fine = (1..=64).contains(&segment.len())
+        && segment
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if fine {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "--ipam-opt segment={segment:?} is not a segment name: use 1 to 64 letters, digits, '-', '_' or '.', the same on every network of that L2 segment"
+        )))
     }
 }
