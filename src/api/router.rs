@@ -158,10 +158,33 @@ fn decode<T: DeserializeOwned + Ids>(method: &str, body: &Bytes) -> Result<T, Er
     Ok(value)
 }
 
+/// How much of a too-large body is read and dropped before the refusal is sent: a client
+/// still writing when the connection closes sees a broken pipe instead of the answer.
+const DRAIN_LIMIT: usize = 16 * MAX_BODY;
+
 async fn read_body(body: Body) -> Result<Bytes, Error> {
-    axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|_| Error::invalid(format!("request body is larger than {} KiB", MAX_BODY / 1024)))
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::invalid(format!("reading the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY {
+                bytes.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(Error::invalid(format!(
+            "request body is larger than {} KiB",
+            MAX_BODY / 1024
+        )));
+    }
+    Ok(Bytes::from(bytes))
 }
 
 /// Decodes, runs and answers one call inside a span that names its ids.
