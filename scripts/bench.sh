@@ -17,7 +17,7 @@ say() { printf '[bench.sh] %s\n' "$*" >&2; }
 
 smoke=false
 [[ ${1:-} == --smoke ]] && smoke=true
-rv_need_pkgs iproute2 docker.io busybox-static containernetworking-plugins iperf3 iputils-ping util-linux python3
+rv_need_pkgs iproute2 docker.io busybox-static containernetworking-plugins iperf3 iputils-ping util-linux python3 protobuf-compiler libprotobuf-dev
 
 work=$(mktemp -d /tmp/rvbench.XXXXXX)
 cleanup() {

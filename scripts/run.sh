@@ -26,6 +26,8 @@ stop() {
 
 if [[ ${1:-} == stop ]]; then stop; say stopped; exit 0; fi
 
+# protoc: the etcd client's protocol buffers are compiled at build time.
+{ command -v protoc && [[ -e /usr/include/google/protobuf/descriptor.proto ]]; } >/dev/null || { source scripts/lib/env.sh; rv_need_pkgs protobuf-compiler libprotobuf-dev; }
 say "cargo build --release"
 cargo build --release
 stop

@@ -56,7 +56,7 @@ pub async fn show_status(socket: &Path, state_dir: &Path, as_json: bool) -> anyh
         let seen = observe(&kernel, &records)
             .await
             .context("asking the kernel for its links")?;
-        anyhow::Ok(StatusReport::build(&records.records(), &seen, source))
+        anyhow::Ok(StatusReport::build(&records, &seen, source))
     };
     let mut report = look().await?;
     if !report.drift.is_empty() {
@@ -87,6 +87,40 @@ pub async fn show_metrics(socket: &Path) -> anyhow::Result<()> {
         bail!("the plugin answered {status}: {}", String::from_utf8_lossy(&body));
     }
     print!("{}", String::from_utf8_lossy(&body));
+    Ok(())
+}
+
+/// `rustvlan hosts`.
+pub async fn show_hosts(config: &crate::etcd::EtcdConfig, as_json: bool) -> anyhow::Result<()> {
+    let etcd = crate::etcd::Etcd::connect(config).await?;
+    let hosts = etcd.hosts().await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&hosts).expect("serializes"));
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<5}  {:<20}  {:>11}  STARTED",
+        "HOST", "LIVE", "HOSTNAME", "ADDRESSES"
+    );
+    for h in hosts {
+        let (hostname, started) = match &h.record {
+            Some(r) => (r.hostname.clone(), r.started.to_string()),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        let live = if h.live { "yes" } else { "no" };
+        println!(
+            "{:<36}  {live:<5}  {hostname:<20}  {:>11}  {started}",
+            h.id, h.allocations
+        );
+    }
+    Ok(())
+}
+
+/// `rustvlan reclaim --host ID`.
+pub async fn reclaim_host(config: &crate::etcd::EtcdConfig, host: &str) -> anyhow::Result<()> {
+    let etcd = crate::etcd::Etcd::connect(config).await?;
+    let released = etcd.reclaim_host(host).await?;
+    println!("released {released} addresses host {host} held");
     Ok(())
 }
 

@@ -27,6 +27,9 @@ pub struct StateDump {
     pub parents: BTreeMap<String, ParentRecord>,
     /// Links queued for deletion, by name.
     pub pending_deletes: BTreeMap<String, PendingDelete>,
+    /// Shared addresses released here whose etcd claims are still to be deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_releases: Vec<crate::model::SharedRelease>,
     /// By pool id (`rustvlan-local/10.0.0.0/24#3`).
     pub pools: BTreeMap<String, PoolDump>,
     /// Addresses recorded for a pool that no longer exists: a store bug, shown if any.
@@ -39,6 +42,19 @@ pub struct StateDump {
     /// Only from a running plugin: what the kernel shows of the records now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelView>,
+    /// Only from a running plugin with `--etcd-endpoints`: shared pools' health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedDump>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedDump {
+    pub host_id: String,
+    pub endpoints: String,
+    /// Connected to etcd since start-up.
+    pub connected: bool,
+    /// Addresses this host records that another host holds in etcd.
+    pub conflicts: Vec<crate::ipam::shared::SharedConflict>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +121,7 @@ impl StateDump {
         StateDump {
             unbound_addresses: None,
             kernel: None,
+            shared: None,
             ..self.clone()
         }
     }
@@ -148,6 +165,12 @@ impl<K: Kernel> Plugin<K> {
             dump
         };
         dump.kernel = Some(self.kernel_view().await);
+        dump.shared = self.shared.as_ref().map(|s| SharedDump {
+            host_id: s.host().to_string(),
+            endpoints: s.endpoints().to_string(),
+            connected: s.is_connected(),
+            conflicts: s.conflicts(),
+        });
         Ok(dump)
     }
 }

@@ -21,6 +21,8 @@ pub enum ErrorKind {
     Kernel,
     /// The state store could not be read or written.
     Store,
+    /// A service rustvlan depends on (etcd) did not answer.
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -33,6 +35,7 @@ impl ErrorKind {
             ErrorKind::Exhausted => "exhausted",
             ErrorKind::Kernel => "kernel",
             ErrorKind::Store => "store",
+            ErrorKind::Unavailable => "unavailable",
         }
     }
 }
@@ -105,6 +108,10 @@ impl Error {
     }
 
     /// A store failure, with the whole cause chain in the message.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+
     pub fn store(err: &anyhow::Error) -> Self {
         Self::new(ErrorKind::Store, format!("state store: {err:#}"))
     }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod driver;
 pub mod dump;
 pub mod error;
+pub mod etcd;
 pub mod ipam;
 pub mod kernel;
 pub mod keys;

@@ -51,6 +51,24 @@ enum Command {
         /// /metrics too, and rustvlan opens no TCP port unless asked.
         #[arg(long, env = "RUSTVLAN_METRICS_LISTEN", value_parser = parse_listen)]
         metrics_listen: Option<MetricsListen>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// The hosts sharing pools through etcd: live or not, and how many addresses each holds.
+    Hosts {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Releases every address a dead host holds in etcd (refused while it is live).
+    Reclaim {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// The dead host's id, as `rustvlan hosts` lists it.
+        #[arg(long = "host")]
+        dead_host: String,
     },
     /// Show networks, endpoints, pools and addresses: from the running plugin if one
     /// answers on the socket, else straight from the store.
@@ -78,6 +96,63 @@ enum Command {
     },
 }
 
+/// etcd, for pools shared across hosts. Without endpoints every pool is this host's own.
+#[derive(clap::Args, Clone)]
+struct EtcdArgs {
+    /// etcd client URLs, comma-separated (http://10.0.0.5:2379,…). Empty: no shared pools.
+    #[arg(long, env = "RUSTVLAN_ETCD_ENDPOINTS", default_value = "", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Where rustvlan's keys live in etcd.
+    #[arg(long, env = "RUSTVLAN_ETCD_PREFIX", default_value = "/rustvlan")]
+    etcd_prefix: String,
+    /// CA certificate (PEM) that etcd's server certificate is checked against.
+    #[arg(long, env = "RUSTVLAN_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM), with --etcd-key.
+    #[arg(long, env = "RUSTVLAN_ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// Client key (PEM), with --etcd-cert.
+    #[arg(long, env = "RUSTVLAN_ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
+    /// This host's id among those sharing pools; default: /etc/machine-id.
+    #[arg(long, env = "RUSTVLAN_HOST_ID", default_value = "")]
+    host_id: String,
+}
+
+impl EtcdArgs {
+    fn config(&self) -> Result<Option<rustvlan::etcd::EtcdConfig>, String> {
+        let endpoints: Vec<String> = self.etcd_endpoints.iter().filter(|e| !e.is_empty()).cloned().collect();
+        if endpoints.is_empty() {
+            return Ok(None);
+        }
+        let host_id = if self.host_id.is_empty() {
+            std::fs::read_to_string("/etc/machine-id")
+                .map(|id| id.trim().to_string())
+                .map_err(|e| format!("no --host-id, and /etc/machine-id cannot be read ({e}): give --host-id"))?
+        } else {
+            self.host_id.clone()
+        };
+        if host_id.is_empty() || host_id.contains('/') || host_id.len() > 64 {
+            return Err(format!("--host-id {host_id:?} must be 1 to 64 characters without '/'"));
+        }
+        Ok(Some(rustvlan::etcd::EtcdConfig {
+            endpoints,
+            prefix: self.etcd_prefix.clone(),
+            host_id,
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+        }))
+    }
+
+    /// For the commands that need etcd.
+    fn required(&self) -> anyhow::Result<rustvlan::etcd::EtcdConfig> {
+        self.config()
+            .map_err(anyhow::Error::msg)?
+            .ok_or_else(|| anyhow::anyhow!("give --etcd-endpoints (or RUSTVLAN_ETCD_ENDPOINTS)"))
+    }
+}
+
 /// Where the plugin answers, and its store for when it does not.
 #[derive(clap::Args)]
 struct Location {
@@ -99,6 +174,7 @@ fn main() -> ExitCode {
             default_pool_size,
             reclaim_after,
             metrics_listen,
+            etcd,
         } => {
             // At debug and below, every request's span also logs how long it was busy and
             // how long it waited when it closes.
@@ -114,6 +190,13 @@ fn main() -> ExitCode {
                 .with_ansi(false)
                 .with_target(false)
                 .init();
+            let etcd = match etcd.config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("rustvlan: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             if default_pool_size < default_pool.prefix() {
                 eprintln!(
                     "rustvlan: --default-pool-size /{default_pool_size} is larger than --default-pool {default_pool}"
@@ -130,6 +213,7 @@ fn main() -> ExitCode {
                     v4_prefix: default_pool_size,
                 },
                 metrics_listen: metrics_listen.and_then(|m| m.0),
+                etcd,
             };
             runtime().and_then(|rt| rt.block_on(serve(config)))
         }
@@ -149,6 +233,12 @@ fn main() -> ExitCode {
             };
         }
         Command::Metrics { socket } => runtime().and_then(|rt| rt.block_on(rustvlan::cli::show_metrics(&socket))),
+        Command::Hosts { etcd, json } => etcd
+            .required()
+            .and_then(|c| runtime().and_then(|rt| rt.block_on(rustvlan::cli::show_hosts(&c, json)))),
+        Command::Reclaim { etcd, dead_host } => etcd
+            .required()
+            .and_then(|c| runtime().and_then(|rt| rt.block_on(rustvlan::cli::reclaim_host(&c, &dead_host)))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

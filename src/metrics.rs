@@ -142,6 +142,39 @@ fn errno_label(errno: Errno) -> &'static str {
     }
 }
 
+/// etcd calls (shared pools): counted by outcome and timed. Shared with [`crate::etcd::Etcd`].
+#[derive(Clone, Debug)]
+pub struct EtcdMetrics {
+    count: Family<EtcdLabels, Counter>,
+    duration: HistogramFamily<OpLabels>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EtcdLabels {
+    pub op: &'static str,
+    /// `ok` or `error` (unreachable, no quorum, timed out).
+    pub outcome: &'static str,
+}
+
+impl Default for EtcdMetrics {
+    fn default() -> Self {
+        EtcdMetrics {
+            count: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+        }
+    }
+}
+
+impl EtcdMetrics {
+    pub fn observe(&self, op: &'static str, ok: bool, took: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.count.get_or_create(&EtcdLabels { op, outcome }).inc();
+        self.duration
+            .get_or_create(&OpLabels { op })
+            .observe(took.as_secs_f64());
+    }
+}
+
 /// The store's group commits: how long each took and how much it carried.
 #[derive(Clone, Debug)]
 pub struct StoreMetrics {
@@ -207,6 +240,10 @@ pub struct Metrics {
     parents_made: Gauge,
     reconcile_actions: Family<ActionLabels, Counter>,
     addresses_reclaimed: Counter,
+    shared_releases_pending: Gauge,
+    pub(crate) shared_conflicts: Gauge,
+    pub(crate) etcd_connected: Gauge,
+    pub(crate) etcd: EtcdMetrics,
     /// One scrape at a time: a scrape clears and refills the state gauges.
     scrape: Mutex<()>,
 }
@@ -294,6 +331,36 @@ impl Metrics {
             "Addresses released by the sweep because nothing used them for the grace period",
             addresses_reclaimed.clone(),
         );
+        let etcd = EtcdMetrics::default();
+        registry.register(
+            "etcd_operations",
+            "etcd calls of shared pools, by operation and outcome",
+            etcd.count.clone(),
+        );
+        registry.register_with_unit(
+            "etcd_operation_duration",
+            "Time an etcd call took",
+            Unit::Seconds,
+            etcd.duration.clone(),
+        );
+        let etcd_connected = Gauge::default();
+        registry.register(
+            "etcd_connected",
+            "1 once this host reached etcd since start-up (shared pools configured), else 0",
+            etcd_connected.clone(),
+        );
+        let shared_releases_pending = Gauge::default();
+        registry.register(
+            "shared_releases_pending",
+            "Shared addresses released here whose etcd claims are still to be deleted",
+            shared_releases_pending.clone(),
+        );
+        let shared_conflicts = Gauge::default();
+        registry.register(
+            "shared_conflicts",
+            "Addresses this host records in shared pools that another host holds in etcd",
+            shared_conflicts.clone(),
+        );
         let start_time = Gauge::<f64, AtomicU64>::default();
         start_time.set(
             SystemTime::now()
@@ -326,6 +393,10 @@ impl Metrics {
             parents_made,
             reconcile_actions,
             addresses_reclaimed,
+            shared_releases_pending,
+            shared_conflicts,
+            etcd_connected,
+            etcd,
             scrape: Mutex::new(()),
         }
     }
@@ -376,6 +447,7 @@ impl Metrics {
         self.endpoints.set(state.endpoints.len() as i64);
         self.pending_deletes.set(state.pending.len() as i64);
         self.parents_made.set(state.parents.len() as i64);
+        self.shared_releases_pending.set(state.shared_releases.len() as i64);
         self.pool_capacity.clear();
         self.pool_allocated.clear();
         for pool in state.ipam.pools() {

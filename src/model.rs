@@ -282,6 +282,25 @@ pub struct PoolRecord {
     /// nothing uses. Pools used by another driver are never claimed nor swept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_by: Option<String>,
+    /// Its addresses are claimed in etcd too, in the plan of its subnet and segment that
+    /// every host shares (see [`crate::etcd`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
+}
+
+/// A shared address released here whose claim in etcd is still to be deleted (etcd was
+/// unreachable, or the delete is under way). The address stays claimed meanwhile: a
+/// leak until etcd is back, never a duplicate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedRelease {
+    pub plan: String,
+    pub ip: std::net::IpAddr,
+}
+
+impl SharedRelease {
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.plan, self.ip)
+    }
 }
 
 /// An Ethernet address, shown and parsed as `02:42:0a:4d:00:02`.

@@ -26,6 +26,8 @@ pub struct Plugin<K> {
     pub(crate) sweep_marks: Mutex<crate::ipam::reclaim::SweepMarks>,
     /// Deletes queued links in the background (see [`crate::driver::LinkReaper`]).
     pub(crate) reaper: crate::driver::LinkReaper,
+    /// Shared pools through etcd, when `--etcd-endpoints` is given.
+    pub(crate) shared: Option<Arc<crate::ipam::SharedPlans>>,
     /// Parent name -> interface index, so that Join costs one netlink round trip.
     pub(crate) parent_indexes: Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -43,6 +45,7 @@ impl<K: Kernel> Plugin<K> {
             group,
             sweep_marks: Mutex::new(Default::default()),
             reaper: Default::default(),
+            shared: None,
             parent_indexes: Mutex::new(Default::default()),
         }
     }
@@ -50,6 +53,12 @@ impl<K: Kernel> Plugin<K> {
     /// Short critical sections only: never held across an await.
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Allocates shared pools through etcd.
+    pub fn with_shared(mut self, shared: crate::ipam::SharedPlans) -> Self {
+        self.shared = Some(Arc::new(shared));
+        self
     }
 
     /// The metrics in the Prometheus text format, the gauges read from the state now.
@@ -94,7 +103,8 @@ impl<K: Kernel> Plugin<K> {
     pub(crate) async fn commit<T>(&self, plan: impl FnOnce(&State) -> Result<(T, Vec<Change>)>) -> Result<T> {
         let (answer, ticket) = {
             let mut state = self.state();
-            let (answer, changes) = plan(&state)?;
+            let (answer, mut changes) = plan(&state)?;
+            self.shared_bookkeeping(&state, &mut changes);
             let ticket = self.store.write(&changes).map_err(|e| Error::store(&e))?;
             state.apply_all(changes);
             (answer, ticket)

@@ -12,6 +12,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::api::{metrics_router, router};
+use crate::etcd::Etcd;
+use crate::ipam::SharedPlans;
 use crate::kernel::NetlinkKernel;
 use crate::plugin::Plugin;
 use crate::store::{PoolDefaults, Store};
@@ -27,6 +29,8 @@ pub struct ServeConfig {
     pub pool_defaults: PoolDefaults,
     /// Also serve `GET /metrics` over TCP here (only when the operator asks).
     pub metrics_listen: Option<SocketAddr>,
+    /// Shared pools through etcd (`--etcd-endpoints`).
+    pub etcd: Option<crate::etcd::EtcdConfig>,
 }
 
 /// How long in-flight requests get to finish after SIGTERM. dockerd keeps idle
@@ -47,7 +51,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         "state loaded"
     );
     let kernel = NetlinkKernel::connect()?;
-    let plugin = Arc::new(Plugin::new(state, Arc::clone(&store), kernel, loaded.link_group));
+    let mut plugin = Plugin::new(state, Arc::clone(&store), kernel, loaded.link_group);
+    if let Some(etcd) = &config.etcd {
+        plugin = plugin.with_shared(SharedPlans::new(&etcd.host_id, &etcd.endpoints.join(",")));
+    }
+    let plugin = Arc::new(plugin);
+    if let Some(etcd) = config.etcd.clone() {
+        connect_etcd(&plugin, etcd).await?;
+        tokio::spawn(Arc::clone(&plugin).drain_shared_releases());
+    }
     if let Err(e) = plugin.reconcile().await {
         // Serving without a reconcile is better than not serving: dockerd's calls still
         // work, and the next start retries.
@@ -88,6 +100,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let retiring = plugin.shared.clone();
     let app = router(Arc::clone(&plugin));
     let mut servers = tokio::task::JoinSet::new();
     if let Some(listener) = metrics_listener {
@@ -127,6 +140,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::debug!("connections still open after the drain period; closing them");
         servers.abort_all();
     }
+    if let Some(etcd) = retiring.as_ref().and_then(|s| s.etcd().ok()) {
+        etcd.retire().await;
+    }
     let flushed = store.flush();
     for socket in &sockets {
         remove_socket(socket);
@@ -134,6 +150,63 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     flushed?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connects to etcd and announces this host. A host id another live machine uses stops
+/// start-up; an unreachable etcd does not (local pools work, shared pools answer that etcd
+/// is unreachable) and is retried in the background.
+async fn connect_etcd(plugin: &Arc<Plugin<NetlinkKernel>>, config: crate::etcd::EtcdConfig) -> anyhow::Result<()> {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let metrics = plugin.metrics().etcd.clone();
+    async fn attempt(
+        config: crate::etcd::EtcdConfig,
+        hostname: String,
+        metrics: crate::metrics::EtcdMetrics,
+    ) -> Result<Etcd, crate::etcd::EtcdError> {
+        let etcd = Etcd::connect(&config).await?.metered(metrics);
+        etcd.register(&hostname).await?;
+        Ok(etcd)
+    }
+    let shared = plugin.shared.clone().expect("made above");
+    let later = Arc::clone(plugin);
+    match attempt(config.clone(), hostname.clone(), metrics.clone()).await {
+        Ok(etcd) => {
+            tracing::info!(host_id = %config.host_id, endpoints = %etcd.endpoints(), "connected to etcd: shared pools on");
+            shared.connected(etcd, plugin.metrics());
+            spawn_shared_check(plugin);
+        }
+        Err(e) if e.message.contains("give each host its own --host-id") => bail!("{e}"),
+        Err(e) => {
+            tracing::warn!("{e}; shared pools wait for etcd, local pools work; retrying in the background");
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    match attempt(config.clone(), hostname.clone(), metrics.clone()).await {
+                        Ok(etcd) => {
+                            tracing::info!(host_id = %config.host_id, "connected to etcd: shared pools on");
+                            shared.connected(etcd, later.metrics());
+                            spawn_shared_check(&later);
+                            return;
+                        }
+                        Err(e) => tracing::debug!("{e}"),
+                    }
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks this host's shared claims against etcd, off the start-up path.
+fn spawn_shared_check(plugin: &Arc<Plugin<NetlinkKernel>>) {
+    let plugin = Arc::clone(plugin);
+    tokio::spawn(async move {
+        if let Err(e) = plugin.reconcile_shared().await {
+            tracing::warn!("checking this host's shared claims against etcd failed: {e}");
+        }
+    });
 }
 
 /// Sweeps unused addresses: once now (marking, or with a zero grace releasing), then

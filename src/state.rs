@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::ipam::{Ipam, IpamChange};
-use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PendingDelete};
+use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PendingDelete, SharedRelease};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -19,6 +19,9 @@ pub enum Change {
     DelParent(String),
     PutPending(PendingDelete),
     DelPending(String),
+    PutSharedRelease(SharedRelease),
+    /// By [`SharedRelease::key`].
+    DelSharedRelease(String),
     Ipam(IpamChange),
 }
 
@@ -30,6 +33,8 @@ pub struct State {
     pub parents: BTreeMap<String, ParentRecord>,
     /// Links being deleted in the background, by name.
     pub pending: BTreeMap<String, PendingDelete>,
+    /// Shared addresses released here whose etcd claims are still to be deleted.
+    pub shared_releases: BTreeMap<String, SharedRelease>,
     pub ipam: Ipam,
     /// Host link name -> endpoint id, so that names stay unique without a scan.
     link_names: HashMap<String, String>,
@@ -42,6 +47,7 @@ impl State {
             endpoints: BTreeMap::new(),
             parents: BTreeMap::new(),
             pending: BTreeMap::new(),
+            shared_releases: BTreeMap::new(),
             ipam,
             link_names: HashMap::new(),
         }
@@ -83,6 +89,12 @@ impl State {
             }
             Change::DelPending(name) => {
                 self.pending.remove(&name);
+            }
+            Change::PutSharedRelease(r) => {
+                self.shared_releases.insert(r.key(), r);
+            }
+            Change::DelSharedRelease(key) => {
+                self.shared_releases.remove(&key);
             }
             Change::Ipam(c) => self.ipam.apply(&c),
         }

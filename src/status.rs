@@ -164,6 +164,14 @@ pub enum Drift {
     },
     /// A network's parent interface does not exist.
     ParentMissing { parent: String, networks: Vec<String> },
+    /// An address this host records in a shared pool that another host holds in etcd.
+    SharedConflict {
+        plan: String,
+        ip: std::net::IpAddr,
+        held_by: String,
+    },
+    /// Shared pools are configured and etcd has not answered since start-up.
+    EtcdUnreachable { endpoints: String },
 }
 
 impl fmt::Display for Drift {
@@ -200,6 +208,15 @@ impl fmt::Display for Drift {
                  removed (dockerd crashed?); `docker network disconnect -f` or restarting dockerd removes it",
                 short_id(endpoint),
                 short_id(network)
+            ),
+            Drift::SharedConflict { plan, ip, held_by } => write!(
+                f,
+                "address {ip} of shared plan {plan}: recorded here, but held by host {held_by} in etcd (it was reclaimed \
+                 while this host was away); the container using it here must move to another address"
+            ),
+            Drift::EtcdUnreachable { endpoints } => write!(
+                f,
+                "etcd unreachable ({endpoints}) since start-up: shared pools cannot allocate; local pools work"
             ),
             Drift::ParentMissing { parent, networks } => {
                 let networks: Vec<&str> = networks.iter().map(|n| short_id(n)).collect();
@@ -313,6 +330,18 @@ impl StatusReport {
             })
             .collect();
 
+        if let Some(shared) = &records.shared {
+            if !shared.connected {
+                drift.push(Drift::EtcdUnreachable {
+                    endpoints: shared.endpoints.clone(),
+                });
+            }
+            drift.extend(shared.conflicts.iter().map(|c| Drift::SharedConflict {
+                plan: c.plan.clone(),
+                ip: c.ip,
+                held_by: c.held_by.clone(),
+            }));
+        }
         for (parent, networks) in missing_parents {
             drift.push(Drift::ParentMissing {
                 parent: parent.to_string(),

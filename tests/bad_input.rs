@@ -200,7 +200,7 @@ fn cases() -> Vec<Case> {
             "/IpamDriver.RequestPool",
             json!({"AddressSpace": "rustvlan-local", "Pool": "10.81.0.0/24", "Options": {"ipamfoo": "bar"}}),
             400,
-            "unknown IPAM option ipamfoo; valid IPAM options: segment (namespaced keys such as com.example.key are \
+            "unknown IPAM option ipamfoo; valid IPAM options: segment, scope (namespaced keys such as com.example.key are \
              accepted and ignored)",
         ),
         case(

@@ -330,7 +330,7 @@ fn bare_unknown_keys_are_refused_and_namespaced_ones_accepted() {
     );
     let err = refused(&["--ipam-opt", "colour=blue"]);
     assert!(
-        err.contains("unknown IPAM option colour; valid IPAM options: segment"),
+        err.contains("unknown IPAM option colour; valid IPAM options: segment, scope"),
         "{err}"
     );
     // Pool ids are never reused, so the sequence may move: on 20.10 the refusal comes at

@@ -51,6 +51,7 @@ fn error_response(api: Api, err: &Error) -> Response {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Conflict | ErrorKind::Exhausted => StatusCode::CONFLICT,
         ErrorKind::Kernel | ErrorKind::Store => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     };
     let body = match api {
         Api::Driver => json!({ "Err": err.message }),

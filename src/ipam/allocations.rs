@@ -41,10 +41,9 @@ pub struct LocalAllocations<'a, K> {
     plugin: &'a Plugin<K>,
 }
 
-impl<K: Kernel> Plugin<K> {
-    /// Where this plugin's pools are allocated.
-    pub fn allocations(&self) -> LocalAllocations<'_, K> {
-        LocalAllocations { plugin: self }
+impl<'a, K: Kernel> LocalAllocations<'a, K> {
+    pub fn new(plugin: &'a Plugin<K>) -> Self {
+        LocalAllocations { plugin }
     }
 }
 

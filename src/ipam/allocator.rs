@@ -94,6 +94,18 @@ pub struct Ipam {
 /// A subnet and its segment name (empty for none).
 type PlanKey = (IpNetwork, String);
 
+/// The name of a pool's plan in etcd: `10.0.0.0_24`, or `10.0.0.0_24@site-a` with a
+/// segment.
+pub fn plan_name(record: &PoolRecord) -> String {
+    let (subnet, segment) = plan_key(record);
+    let subnet = subnet.to_string().replace('/', "_");
+    if segment.is_empty() {
+        subnet
+    } else {
+        format!("{subnet}@{segment}")
+    }
+}
+
 fn plan_key(record: &PoolRecord) -> PlanKey {
     (
         record.pool,
@@ -296,16 +308,15 @@ impl Pool {
 
     /// The next free dynamic address after the last one handed out, wrapping around, so
     /// that a just-released address is not handed straight back.
-    /// `taken`: what the pool's plan holds.
-    fn next_dynamic(&self, taken: &AddressSet) -> Option<u128> {
+    /// `taken`: what the pool's plan holds; `avoid`: what other hosts hold.
+    fn next_dynamic(&self, taken: &AddressSet, avoid: &BTreeSet<u128>) -> Option<u128> {
         let (lo, hi) = self.dynamic_range();
         let start = match self.cursor {
             Some(c) if c >= lo && c < hi => c + 1,
             _ => lo,
         };
-        taken
-            .first_free(start, hi)
-            .or_else(|| taken.first_free(lo, start.saturating_sub(1)))
+        first_free_avoiding(taken, avoid, start, hi)
+            .or_else(|| first_free_avoiding(taken, avoid, lo, start.saturating_sub(1)))
     }
 
     pub fn is_gateway(&self, ip: IpAddr) -> bool {
@@ -320,6 +331,17 @@ impl Pool {
 
     pub fn allocated_count(&self) -> u128 {
         self.allocated.len()
+    }
+}
+
+/// The first offset in `from..=to` free in `taken` and not in `avoid`.
+fn first_free_avoiding(taken: &AddressSet, avoid: &BTreeSet<u128>, mut from: u128, to: u128) -> Option<u128> {
+    loop {
+        let found = taken.first_free(from, to)?;
+        if !avoid.contains(&found) {
+            return Some(found);
+        }
+        from = found.checked_add(1).filter(|f| *f <= to)?;
     }
 }
 
@@ -427,6 +449,7 @@ impl Ipam {
             sub_pool,
             options: req.options.clone(),
             claimed_by: None,
+            shared: false,
         };
         let probe = Pool::new(record.clone());
         let (lo, hi) = probe.dynamic_range();
@@ -532,6 +555,18 @@ impl Ipam {
         address: Option<IpAddr>,
         gateway: bool,
     ) -> Result<(IpNetwork, Vec<IpamChange>)> {
+        self.plan_request_address_avoiding(pool_id, address, gateway, &BTreeSet::new())
+    }
+
+    /// [`Ipam::plan_request_address`], a dynamic address never one of `avoid` (what
+    /// other hosts of a shared plan hold, or this host is claiming right now).
+    pub fn plan_request_address_avoiding(
+        &self,
+        pool_id: &str,
+        address: Option<IpAddr>,
+        gateway: bool,
+        avoid: &BTreeSet<IpAddr>,
+    ) -> Result<(IpNetwork, Vec<IpamChange>)> {
         let pool = self
             .lookup(pool_id)?
             .ok_or_else(|| Error::not_found(format!("unknown pool ID {pool_id:?}")))?;
@@ -544,6 +579,7 @@ impl Ipam {
         };
         let empty = AddressSet::default();
         let taken = self.plans.get(&key).map_or(&empty, |plan| &plan.taken);
+        let avoid: BTreeSet<u128> = avoid.iter().filter_map(|ip| pool.offset(*ip)).collect();
         let mut changes = Vec::with_capacity(2);
         let offset = match address {
             Some(ip) => {
@@ -573,10 +609,10 @@ impl Ipam {
                     // The gateway the plan's other networks have, or the first free one.
                     pool.shared_gateway(siblings()).or_else(|| {
                         let (lo, hi) = pool.dynamic_range();
-                        taken.first_free(lo, hi)
+                        first_free_avoiding(taken, &avoid, lo, hi)
                     })
                 } else {
-                    pool.next_dynamic(taken)
+                    pool.next_dynamic(taken, &avoid)
                 };
                 let offset =
                     found.ok_or_else(|| Error::exhausted(format!("no free address left in {}", pool.describe())))?;
@@ -617,6 +653,16 @@ impl Ipam {
         } else {
             Vec::new()
         })
+    }
+
+    /// Where a host starts handing out a new shared pool's addresses: a point of the
+    /// pool's range that `salt` (the host) picks, so that hosts allocating at once
+    /// rarely try the same address.
+    pub fn spread_start(record: &PoolRecord, salt: u64) -> Option<IpAddr> {
+        let pool = Pool::new(record.clone());
+        let (lo, hi) = pool.dynamic_range();
+        let span = (hi - lo).checked_add(1)?;
+        Some(pool.ip_at(lo + u128::from(salt) % span))
     }
 
     /// Applies a change that was planned and persisted. Changes that do not fit (an

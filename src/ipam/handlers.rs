@@ -11,7 +11,8 @@ use crate::api::wire::{
 use crate::error::Error;
 use crate::error::Result;
 use crate::ipam::{
-    Allocations, GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, PoolRequest, SEGMENT_OPTION, parse_address, pool_id,
+    Allocations, GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, PoolRequest, SCOPE_OPTION, SEGMENT_OPTION, parse_address,
+    pool_id,
 };
 use crate::kernel::Kernel;
 use crate::keys::check_option_keys;
@@ -19,7 +20,7 @@ use crate::model::Family;
 use crate::plugin::Plugin;
 
 /// Bare `--ipam-opt` keys rustvlan's IPAM understands.
-const IPAM_KEYS: &[&str] = &[SEGMENT_OPTION];
+const IPAM_KEYS: &[&str] = &[SEGMENT_OPTION, SCOPE_OPTION];
 
 impl<K: Kernel> Plugin<K> {
     pub fn ipam_capabilities(&self) -> IpamCapabilities {
@@ -43,6 +44,15 @@ impl<K: Kernel> Plugin<K> {
             check_option_keys("IPAM option", options.keys().map(String::as_str), IPAM_KEYS)?;
             if let Some(segment) = options.get(SEGMENT_OPTION) {
                 check_segment(segment)?;
+            }
+            if let Some(scope) = options.get(SCOPE_OPTION)
+                && scope != "local"
+                && scope != "shared"
+            {
+                return Err(Error::invalid(format!(
+                    "--ipam-opt scope={scope:?}: use scope=local (this host alone) or scope=shared (the default: shared \
+                     through etcd when rustvlan has --etcd-endpoints)"
+                )));
             }
         }
         let request = PoolRequest {

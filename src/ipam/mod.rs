@@ -10,7 +10,9 @@ mod allocations;
 mod allocator;
 mod handlers;
 pub mod reclaim;
+pub mod shared;
 
 pub use addrset::AddressSet;
 pub use allocations::{Allocations, LocalAllocations};
 pub use allocator::*;
+pub use shared::{PoolAllocations, SCOPE_OPTION, SharedPlans};

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::dump::{AddressUse, PoolDump, StateDump};
 use crate::ipam::{Ipam, IpamChange, IpamConfig, pool_id};
 use crate::metrics::StoreMetrics;
-use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PendingDelete, PoolRecord};
+use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PendingDelete, PoolRecord, SharedRelease};
 use crate::state::{Change, State};
 
 const SCHEMA_VERSION: u64 = 1;
@@ -40,6 +40,7 @@ const POOL: &str = "pool/";
 const CURSOR: &str = "cursor/";
 const ADDRESS: &str = "addr/";
 const PENDING: &str = "pending/";
+const SHARED_RELEASE: &str = "relq/";
 
 /// Settings for pools without an explicit subnet; the v6 range is chosen once per store.
 #[derive(Debug, Clone)]
@@ -133,6 +134,7 @@ pub struct Records {
     pub endpoints: BTreeMap<String, EndpointRecord>,
     pub parents: BTreeMap<String, ParentRecord>,
     pub pending: BTreeMap<String, PendingDelete>,
+    pub shared_releases: BTreeMap<String, SharedRelease>,
     pub pools: BTreeMap<u64, PoolRecord>,
     pub cursors: BTreeMap<u64, IpAddr>,
     pub addresses: BTreeMap<u64, BTreeMap<IpAddr, bool>>,
@@ -170,6 +172,7 @@ impl Records {
         out.extend(self.networks.into_values().map(Change::PutNetwork));
         out.extend(self.endpoints.into_values().map(Change::PutEndpoint));
         out.extend(self.pending.into_values().map(Change::PutPending));
+        out.extend(self.shared_releases.into_values().map(Change::PutSharedRelease));
         out
     }
 
@@ -213,10 +216,12 @@ impl Records {
             endpoints: self.endpoints.clone(),
             parents: self.parents.clone(),
             pending_deletes: self.pending.clone(),
+            shared_releases: self.shared_releases.values().cloned().collect(),
             pools,
             orphan_addresses,
             unbound_addresses: None,
             kernel: None,
+            shared: None,
         }
     }
 }
@@ -466,6 +471,7 @@ impl Store {
             Change::PutEndpoint(e) => put(format!("{ENDPOINT}{}", e.id), to_json(e)),
             Change::PutParent(p) => put(format!("{PARENT}{}", p.name), to_json(p)),
             Change::PutPending(p) => put(format!("{PENDING}{}", p.link_name), to_json(p)),
+            Change::PutSharedRelease(r) => put(format!("{SHARED_RELEASE}{}", r.key()), to_json(r)),
             Change::Ipam(IpamChange::PutPool(p)) => put(seq_key(POOL, p.seq), to_json(p)),
             Change::Ipam(IpamChange::PutAddress { pool, ip, gateway }) => {
                 put(address_key(*pool, *ip), to_json(&AddressValue { gateway: *gateway }))
@@ -476,6 +482,7 @@ impl Store {
             Change::DelEndpoint(id) => del(batch, format!("{ENDPOINT}{id}")),
             Change::DelParent(name) => del(batch, format!("{PARENT}{name}")),
             Change::DelPending(name) => del(batch, format!("{PENDING}{name}")),
+            Change::DelSharedRelease(key) => del(batch, format!("{SHARED_RELEASE}{key}")),
             Change::Ipam(IpamChange::DelAddress { pool, ip }) => del(batch, address_key(*pool, *ip)),
             Change::Ipam(IpamChange::DelPool(seq)) => {
                 del(batch, seq_key(POOL, *seq));
@@ -620,6 +627,12 @@ fn decode_record(r: &mut Records, key: &str, value: &[u8]) -> anyhow::Result<()>
             bail!("holds parent {}", p.name);
         }
         r.parents.insert(p.name.clone(), p);
+    } else if let Some(rest) = key.strip_prefix(SHARED_RELEASE) {
+        let release: SharedRelease = de(value)?;
+        if release.key() != rest {
+            bail!("holds the shared release {}", release.key());
+        }
+        r.shared_releases.insert(release.key(), release);
     } else if let Some(name) = key.strip_prefix(PENDING) {
         let p: PendingDelete = de(value)?;
         if p.link_name != name {

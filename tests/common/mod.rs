@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod etcd;
 pub mod harness;
 
 use std::path::{Path, PathBuf};
@@ -267,8 +268,17 @@ impl Server {
         Server::start_at(netns, dir, &dir.join("rustvlan.sock"))
     }
 
+    /// Like [`Server::start`], with more `serve` arguments.
+    pub fn start_with(netns: Option<&Netns>, dir: &Path, args: &[&str]) -> Server {
+        Server::start_full(netns, dir, &dir.join("rustvlan.sock"), args)
+    }
+
     /// Like [`Server::start`], with the socket at `socket`.
     pub fn start_at(netns: Option<&Netns>, dir: &Path, socket: &Path) -> Server {
+        Server::start_full(netns, dir, socket, &[])
+    }
+
+    fn start_full(netns: Option<&Netns>, dir: &Path, socket: &Path, args: &[&str]) -> Server {
         let mut server = Server {
             child: None,
             socket: socket.to_path_buf(),
@@ -279,7 +289,7 @@ impl Server {
                 .enable_all()
                 .build()
                 .unwrap(),
-            extra_args: Vec::new(),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.restart();
         server

@@ -1,0 +1,490 @@
+//! etcd: the only code that speaks to it. Shared address plans keep one key per claimed
+//! address, claimed in one transaction that fails if another host holds it, so no
+//! global lock and no read-modify-write of a whole range is ever needed.
+//!
+//! Keys, under `--etcd-prefix` (default `/rustvlan`), values JSON:
+//! - `v1/alloc/<plan>/<ip>`: who holds the address: `{"host":"<id>"}`, or
+//!   `{"shared":"gateway"}` for a gateway or aux address every host of the plan reserves;
+//! - `v1/byhost/<host>/<plan>/<ip>`: the same claim indexed by host, written in the same
+//!   transaction (for `rustvlan hosts` and `rustvlan reclaim`);
+//! - `v1/hosts/<host>`: `{"hostname", "version", "started"}` on an etcd lease: the host is
+//!   live while it is there. Claims are never tied to the lease: a partitioned host's
+//!   containers keep their addresses.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use serde::{Deserialize, Serialize};
+
+/// How long an etcd call may take before the request that needs it fails: well under
+/// dockerd's 30 s, so that `docker run` gets rustvlan's message, not its own timeout.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The liveness key's lease: a host is shown dead 30 s after it stops renewing.
+const HOST_TTL: i64 = 30;
+
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub host_id: String,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// An etcd call that failed or timed out, worded for the user.
+#[derive(Debug, Clone)]
+pub struct EtcdError {
+    pub message: String,
+}
+
+impl std::fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for EtcdError {}
+
+pub type EResult<T> = Result<T, EtcdError>;
+
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    prefix: String,
+    host: String,
+    endpoints: String,
+    /// The liveness key's lease, once registered.
+    lease: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    metrics: Option<crate::metrics::EtcdMetrics>,
+}
+
+/// Who holds a claimed address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Holder {
+    Host {
+        host: String,
+    },
+    /// A gateway or aux address: the LAN's, reserved by every host of the plan alike.
+    Shared {
+        shared: String,
+    },
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This host holds it now (or already did: a retried claim).
+    Ours,
+    /// Held by another host, or reserved for the LAN when this claim was a container's.
+    Taken(Holder),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub hostname: String,
+    pub version: String,
+    /// Unix seconds.
+    pub started: u64,
+}
+
+/// A host as `rustvlan hosts` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub id: String,
+    /// Its liveness key is there.
+    pub live: bool,
+    pub record: Option<HostRecord>,
+    /// Addresses it holds, over every plan.
+    pub allocations: usize,
+}
+
+fn plain(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl Etcd {
+    pub async fn connect(config: &EtcdConfig) -> EResult<Etcd> {
+        let endpoints = config.endpoints.join(",");
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(CALL_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(2));
+        if config.ca.is_some() || config.cert.is_some() {
+            let read = |path: &PathBuf| {
+                std::fs::read(path).map_err(|e| EtcdError {
+                    message: format!("cannot read {}: {e}", path.display()),
+                })
+            };
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &config.ca {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+            }
+            match (&config.cert, &config.key) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(EtcdError {
+                        message: "--etcd-cert and --etcd-key go together".into(),
+                    });
+                }
+            }
+            options = options.with_tls(tls);
+        }
+        let connecting = Client::connect(&config.endpoints, Some(options));
+        let client = tokio::time::timeout(CALL_TIMEOUT, connecting)
+            .await
+            .map_err(|_| EtcdError {
+                message: format!("etcd unreachable ({endpoints}): no answer within {CALL_TIMEOUT:?}"),
+            })?
+            .map_err(|e| EtcdError {
+                message: format!("etcd unreachable ({endpoints}): {e}"),
+            })?;
+        Ok(Etcd {
+            client,
+            prefix: config.prefix.trim_end_matches('/').to_string(),
+            host: config.host_id.clone(),
+            endpoints,
+            lease: Default::default(),
+            metrics: None,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Counts and times every call in these metrics.
+    pub fn metered(mut self, metrics: crate::metrics::EtcdMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    fn alloc_key(&self, plan: &str, ip: IpAddr) -> String {
+        format!("{}/v1/alloc/{plan}/{ip}", self.prefix)
+    }
+
+    fn byhost_key(&self, host: &str, plan: &str, ip: IpAddr) -> String {
+        format!("{}/v1/byhost/{host}/{plan}/{ip}", self.prefix)
+    }
+
+    fn host_key(&self, host: &str) -> String {
+        format!("{}/v1/hosts/{host}", self.prefix)
+    }
+
+    fn ours(&self) -> Vec<u8> {
+        serde_json::to_vec(&Holder::Host {
+            host: self.host.clone(),
+        })
+        .expect("serializes")
+    }
+
+    /// Runs one call with the timeout, naming etcd and its endpoints on failure.
+    async fn call<T>(
+        &self,
+        what: &'static str,
+        call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> EResult<T> {
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(CALL_TIMEOUT, call).await;
+        if let Some(m) = &self.metrics {
+            m.observe(what, matches!(answer, Ok(Ok(_))), started.elapsed());
+        }
+        match answer {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(EtcdError {
+                message: format!("etcd unreachable ({}): {what}: {}", self.endpoints, plain(e)),
+            }),
+            Err(_) => Err(EtcdError {
+                message: format!(
+                    "etcd unreachable ({}): {what}: no answer within {CALL_TIMEOUT:?} (no quorum?)",
+                    self.endpoints
+                ),
+            }),
+        }
+    }
+
+    /// Claims `ip` of `plan` for this host (`shared`: as the LAN's gateway or aux
+    /// address, which every host reserves alike). Create-if-absent in one transaction
+    /// that answers the holder when it fails.
+    pub async fn claim(&self, plan: &str, ip: IpAddr, shared: Option<&str>) -> EResult<Claim> {
+        let key = self.alloc_key(plan, ip);
+        let value = match shared {
+            Some(kind) => serde_json::to_vec(&Holder::Shared {
+                shared: kind.to_string(),
+            })
+            .expect("serializes"),
+            None => self.ours(),
+        };
+        let mut then = vec![TxnOp::put(key.clone(), value.clone(), None)];
+        if shared.is_none() {
+            then.push(TxnOp::put(self.byhost_key(&self.host, plan, ip), "", None));
+        }
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then(then)
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let mut client = self.client.clone();
+        let answer = self.call("claiming an address", client.txn(txn)).await?;
+        if answer.succeeded() {
+            return Ok(Claim::Ours);
+        }
+        let held = answer.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        let Some(held) = held else {
+            // Deleted between the compare and the get: the caller tries again.
+            return Ok(Claim::Taken(Holder::Shared {
+                shared: "released meanwhile".into(),
+            }));
+        };
+        if held == value && shared.is_none() {
+            return Ok(Claim::Ours); // a retried claim of our own
+        }
+        let holder: Holder = serde_json::from_slice(&held).unwrap_or(Holder::Shared {
+            shared: String::from_utf8_lossy(&held).into_owned(),
+        });
+        Ok(match (&holder, shared) {
+            // Every host reserves the LAN's gateway and aux addresses alike.
+            (Holder::Shared { .. }, Some(_)) => Claim::Ours,
+            _ => Claim::Taken(holder),
+        })
+    }
+
+    /// Releases this host's claim; never another host's, nor a shared reservation.
+    pub async fn release(&self, plan: &str, ip: IpAddr) -> EResult<bool> {
+        let key = self.alloc_key(plan, ip);
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, self.ours())])
+            .and_then([
+                TxnOp::delete(key, None),
+                TxnOp::delete(self.byhost_key(&self.host, plan, ip), None),
+            ]);
+        let mut client = self.client.clone();
+        Ok(self.call("releasing an address", client.txn(txn)).await?.succeeded())
+    }
+
+    /// Every claimed address of `plan`, with its holder.
+    pub async fn held(&self, plan: &str) -> EResult<BTreeMap<IpAddr, Holder>> {
+        let prefix = format!("{}/v1/alloc/{plan}/", self.prefix);
+        let mut client = self.client.clone();
+        let answer = self
+            .call(
+                "listing a plan's addresses",
+                client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        Ok(answer
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let ip = kv.key_str().ok()?.strip_prefix(&prefix)?.parse().ok()?;
+                let holder = serde_json::from_slice(kv.value()).ok()?;
+                Some((ip, holder))
+            })
+            .collect())
+    }
+
+    /// Announces this host as live, on a lease renewed in the background. Refused when
+    /// another live machine already uses this host id.
+    pub async fn register(&self, hostname: &str) -> EResult<()> {
+        let key = self.host_key(&self.host);
+        let mut client = self.client.clone();
+        let existing = self
+            .call("reading the host list", client.get(key.clone(), None))
+            .await?;
+        if let Some(kv) = existing.kvs().first()
+            && let Ok(record) = serde_json::from_slice::<HostRecord>(kv.value())
+            && record.hostname != hostname
+        {
+            return Err(EtcdError {
+                message: format!(
+                    "host id {} is live on {} already; give each host its own --host-id",
+                    self.host, record.hostname
+                ),
+            });
+        }
+        let lease = self
+            .call("granting the host's lease", client.lease_grant(HOST_TTL, None))
+            .await?
+            .id();
+        let record = HostRecord {
+            hostname: hostname.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+        };
+        let value = serde_json::to_vec(&record).expect("serializes");
+        self.call(
+            "announcing the host",
+            client.put(key, value, Some(PutOptions::new().with_lease(lease))),
+        )
+        .await?;
+        self.lease.store(lease, std::sync::atomic::Ordering::SeqCst);
+        let (mut keeper, mut answers) = self
+            .call("renewing the host's lease", client.lease_keep_alive(lease))
+            .await?;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(HOST_TTL as u64 / 3));
+            loop {
+                ticks.tick().await;
+                if keeper.keep_alive().await.is_err() || answers.message().await.is_err() {
+                    // The next start registers again; claims do not depend on the lease.
+                    tracing::warn!("renewing the etcd host lease failed; this host shows as dead until it is back");
+                    return;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// A clean stop: the host shows as not live at once (its claims stay).
+    pub async fn retire(&self) {
+        let lease = self.lease.swap(0, std::sync::atomic::Ordering::SeqCst);
+        if lease != 0 {
+            let mut client = self.client.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
+        }
+    }
+
+    /// What this host holds in etcd: plan -> addresses.
+    pub async fn held_by_me(&self) -> EResult<BTreeMap<String, Vec<IpAddr>>> {
+        let prefix = format!("{}/v1/byhost/{}/", self.prefix, self.host);
+        let mut client = self.client.clone();
+        let claims = self
+            .call(
+                "listing this host's claims",
+                client.get(prefix.clone(), Some(GetOptions::new().with_prefix().with_keys_only())),
+            )
+            .await?;
+        let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for kv in claims.kvs() {
+            if let Some((plan, ip)) = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&prefix))
+                .and_then(|rest| rest.rsplit_once('/'))
+                && let Ok(ip) = ip.parse()
+            {
+                out.entry(plan.to_string()).or_default().push(ip);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every host that is live or holds addresses.
+    pub async fn hosts(&self) -> EResult<Vec<HostInfo>> {
+        let mut client = self.client.clone();
+        let hosts_prefix = format!("{}/v1/hosts/", self.prefix);
+        let live = self
+            .call(
+                "listing hosts",
+                client.get(hosts_prefix.clone(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        let mut hosts: BTreeMap<String, HostInfo> = BTreeMap::new();
+        for kv in live.kvs() {
+            let Some(id) = kv.key_str().ok().and_then(|k| k.strip_prefix(&hosts_prefix)) else {
+                continue;
+            };
+            hosts.insert(
+                id.to_string(),
+                HostInfo {
+                    id: id.to_string(),
+                    live: true,
+                    record: serde_json::from_slice(kv.value()).ok(),
+                    allocations: 0,
+                },
+            );
+        }
+        let byhost_prefix = format!("{}/v1/byhost/", self.prefix);
+        let claims = self
+            .call(
+                "listing claims",
+                client.get(
+                    byhost_prefix.clone(),
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                ),
+            )
+            .await?;
+        for kv in claims.kvs() {
+            let Some(id) = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&byhost_prefix))
+                .and_then(|rest| rest.split('/').next())
+            else {
+                continue;
+            };
+            hosts
+                .entry(id.to_string())
+                .or_insert_with(|| HostInfo {
+                    id: id.to_string(),
+                    live: false,
+                    record: None,
+                    allocations: 0,
+                })
+                .allocations += 1;
+        }
+        Ok(hosts.into_values().collect())
+    }
+
+    /// Releases every address a dead host holds. Refused while it is live. Each
+    /// address is deleted only if that host still holds it.
+    pub async fn reclaim_host(&self, host: &str) -> EResult<usize> {
+        let mut client = self.client.clone();
+        let live = self
+            .call("reading the host list", client.get(self.host_key(host), None))
+            .await?;
+        if !live.kvs().is_empty() {
+            return Err(EtcdError {
+                message: format!(
+                    "host {host} is live; stop rustvlan there (and wait {HOST_TTL} s) before reclaiming its addresses"
+                ),
+            });
+        }
+        let prefix = format!("{}/v1/byhost/{host}/", self.prefix);
+        let claims = self
+            .call(
+                "listing the host's claims",
+                client.get(prefix.clone(), Some(GetOptions::new().with_prefix().with_keys_only())),
+            )
+            .await?;
+        let value = serde_json::to_vec(&Holder::Host { host: host.to_string() }).expect("serializes");
+        let mut released = 0;
+        for kv in claims.kvs() {
+            let Some((plan, ip)) = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&prefix))
+                .and_then(|rest| rest.rsplit_once('/'))
+                .and_then(|(plan, ip)| Some((plan.to_string(), ip.parse::<IpAddr>().ok()?)))
+            else {
+                continue;
+            };
+            let alloc = self.alloc_key(&plan, ip);
+            let txn = Txn::new()
+                .when([Compare::value(alloc.clone(), CompareOp::Equal, value.clone())])
+                .and_then([TxnOp::delete(alloc, None), TxnOp::delete(kv.key().to_vec(), None)])
+                .or_else([TxnOp::delete(kv.key().to_vec(), None)]);
+            if self.call("reclaiming an address", client.txn(txn)).await?.succeeded() {
+                released += 1;
+            }
+        }
+        Ok(released)
+    }
+}

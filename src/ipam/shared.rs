@@ -1,0 +1,567 @@
+//! Shared pools: with `--etcd-endpoints`, a pool with an explicit subnet takes its
+//! addresses from its plan (subnet and segment) in etcd, which every host of the L2
+//! segment shares. An address is claimed in etcd (create-if-absent) before the local
+//! store records it, and the answer waits for both; a release is recorded here first,
+//! with a durable note that the etcd claim is still to be deleted, so an etcd outage
+//! leaks an address for a while and never hands one out twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+
+use super::allocations::{Allocations, LocalAllocations};
+use super::{IpamChange, PoolRequest, plan_name};
+use crate::error::{Error, Result};
+use crate::etcd::{Claim, Etcd, Holder};
+use crate::kernel::Kernel;
+use crate::model::{PoolRecord, SharedRelease};
+use crate::plugin::Plugin;
+use crate::state::{Change, State};
+
+/// `--ipam-opt scope=local` keeps a pool on this host alone, even with etcd.
+pub const SCOPE_OPTION: &str = "scope";
+
+/// What this host knows of the shared plans beyond its own records.
+pub struct SharedPlans {
+    /// Set once connected: until then shared pools answer that etcd is unreachable
+    /// (they never fall back to local allocation).
+    etcd: std::sync::OnceLock<Etcd>,
+    host: String,
+    endpoints: String,
+    views: Mutex<HashMap<String, PlanView>>,
+    /// Spreads this host's first addresses over a new pool (see `Ipam::spread_start`).
+    salt: u64,
+    /// Wakes the drainer of shared releases.
+    wake: tokio::sync::Notify,
+    /// Found by the last start-up check (see [`Plugin::reconcile_shared`]).
+    conflicts: Mutex<Vec<SharedConflict>>,
+}
+
+#[derive(Default)]
+struct PlanView {
+    /// Addresses other hosts hold (as last seen in etcd), and shared reservations.
+    remote: BTreeMap<IpAddr, Holder>,
+    /// Addresses this host is claiming or releasing in etcd right now.
+    in_flight: BTreeSet<IpAddr>,
+    loaded: bool,
+}
+
+impl SharedPlans {
+    pub fn new(host: &str, endpoints: &str) -> SharedPlans {
+        let salt = host.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        SharedPlans {
+            etcd: std::sync::OnceLock::new(),
+            host: host.to_string(),
+            endpoints: endpoints.to_string(),
+            views: Mutex::new(HashMap::new()),
+            salt,
+            wake: tokio::sync::Notify::new(),
+            conflicts: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Called once the connection to etcd is up.
+    pub fn connected(&self, etcd: Etcd, metrics: &crate::metrics::Metrics) {
+        let _ = self.etcd.set(etcd);
+        metrics.etcd_connected.set(1);
+    }
+
+    pub fn etcd(&self) -> Result<&Etcd> {
+        self.etcd.get().ok_or_else(|| {
+            Error::unavailable(format!(
+                "etcd unreachable ({}): rustvlan has not reached it since it started; shared pools wait for it, \
+                 running containers are not affected",
+                self.endpoints
+            ))
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn views(&self) -> std::sync::MutexGuard<'_, HashMap<String, PlanView>> {
+        self.views.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads what other hosts hold of `plan`.
+    async fn refresh(&self, plan: &str) -> Result<()> {
+        let held = self.etcd()?.held(plan).await.map_err(|e| unavailable(&e, plan))?;
+        let me = self.host.clone();
+        let mut views = self.views();
+        let view = views.entry(plan.to_string()).or_default();
+        view.remote = held
+            .into_iter()
+            .filter(|(_, h)| !matches!(h, Holder::Host { host } if *host == me))
+            .collect();
+        view.loaded = true;
+        Ok(())
+    }
+
+    fn loaded(&self, plan: &str) -> bool {
+        self.views().get(plan).is_some_and(|v| v.loaded)
+    }
+
+    fn done(&self, plan: &str, ip: IpAddr) {
+        if let Some(view) = self.views().get_mut(plan) {
+            view.in_flight.remove(&ip);
+        }
+    }
+}
+
+fn unavailable(e: &crate::etcd::EtcdError, plan: &str) -> Error {
+    Error::unavailable(format!(
+        "{e}: cannot allocate from shared pool {}; running containers are not affected",
+        plan.replace('_', "/")
+    ))
+}
+
+fn holder_text(holder: &Holder) -> String {
+    match holder {
+        Holder::Host { host } => format!("host {host}"),
+        Holder::Shared { shared } => format!("the LAN ({shared} of the shared plan)"),
+    }
+}
+
+/// Where a plugin's pools are allocated: its own, or shared through etcd.
+pub struct PoolAllocations<'a, K> {
+    local: LocalAllocations<'a, K>,
+    plugin: &'a Plugin<K>,
+}
+
+impl<K: Kernel> Plugin<K> {
+    /// Where this plugin's pools are allocated.
+    pub fn allocations(&self) -> PoolAllocations<'_, K> {
+        PoolAllocations {
+            local: LocalAllocations::new(self),
+            plugin: self,
+        }
+    }
+
+    /// The pool's record, if it is a shared pool.
+    fn shared_pool(&self, pool_id: &str) -> Option<PoolRecord> {
+        let state = self.state();
+        let pool = state.ipam.lookup(pool_id).ok().flatten()?;
+        pool.record.shared.then(|| pool.record.clone())
+    }
+
+    /// Book-keeping every commit gets when pools are shared: an address released from
+    /// a shared pool (by a release, the sweep, or its pool going) leaves a durable note
+    /// to delete its etcd claim; an address taken again cancels such a note.
+    pub(crate) fn shared_bookkeeping(&self, state: &State, changes: &mut Vec<Change>) {
+        if self.shared.is_none() {
+            return;
+        }
+        let mut extra = Vec::new();
+        for change in changes.iter() {
+            match change {
+                Change::Ipam(IpamChange::DelAddress { pool, ip }) => {
+                    if let Some(p) = state.ipam.pool(*pool).filter(|p| p.record.shared) {
+                        extra.push(Change::PutSharedRelease(SharedRelease {
+                            plan: plan_name(&p.record),
+                            ip: *ip,
+                        }));
+                    }
+                }
+                Change::Ipam(IpamChange::DelPool(seq)) => {
+                    if let Some(p) = state.ipam.pool(*seq).filter(|p| p.record.shared) {
+                        let plan = plan_name(&p.record);
+                        extra.extend(
+                            p.allocated()
+                                .map(|(ip, _)| Change::PutSharedRelease(SharedRelease { plan: plan.clone(), ip })),
+                        );
+                    }
+                }
+                Change::Ipam(IpamChange::PutAddress { pool, ip, .. }) => {
+                    if let Some(p) = state.ipam.pool(*pool).filter(|p| p.record.shared) {
+                        let key = SharedRelease {
+                            plan: plan_name(&p.record),
+                            ip: *ip,
+                        }
+                        .key();
+                        if state.shared_releases.contains_key(&key) {
+                            extra.push(Change::DelSharedRelease(key));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        changes.extend(extra);
+    }
+
+    /// Deletes the etcd claims of shared addresses released here: now, and every few
+    /// seconds while some are left (etcd was unreachable).
+    pub async fn drain_shared_releases(self: Arc<Self>) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        loop {
+            let batch: Vec<SharedRelease> = {
+                let state = self.state();
+                let mut views = shared.views();
+                state
+                    .shared_releases
+                    .values()
+                    .filter(|r| {
+                        let view = views.entry(r.plan.clone()).or_default();
+                        // Not while this host is claiming it again.
+                        view.in_flight.insert(r.ip)
+                    })
+                    .cloned()
+                    .collect()
+            };
+            for release in batch {
+                let deleted = match shared.etcd() {
+                    Ok(etcd) => etcd
+                        .release(&release.plan, release.ip)
+                        .await
+                        .map_err(|e| unavailable(&e, &release.plan)),
+                    Err(e) => Err(e),
+                };
+                let result = match deleted {
+                    Ok(_) => {
+                        self.commit(|state| {
+                            let key = release.key();
+                            let changes = if state.shared_releases.contains_key(&key) {
+                                vec![Change::DelSharedRelease(key)]
+                            } else {
+                                Vec::new()
+                            };
+                            Ok(((), changes))
+                        })
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                shared.done(&release.plan, release.ip);
+                if let Err(e) = result {
+                    tracing::debug!("shared release of {} still pending: {e}", release.ip);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = shared.wake.notified() => {}
+            }
+        }
+    }
+
+    pub(crate) fn wake_shared_releases(&self) {
+        if let Some(shared) = &self.shared {
+            shared.wake.notify_one();
+        }
+    }
+}
+
+impl<K: Kernel> PoolAllocations<'_, K> {
+    fn shared(&self) -> Option<&SharedPlans> {
+        self.plugin.shared.as_deref()
+    }
+
+    async fn request_shared_address(
+        &self,
+        shared: &SharedPlans,
+        record: PoolRecord,
+        pool_id: &str,
+        address: Option<IpAddr>,
+        gateway: bool,
+    ) -> Result<IpNetwork> {
+        let plan = plan_name(&record);
+        if !shared.loaded(&plan) {
+            shared.refresh(&plan).await?;
+        }
+        // A named address asked for before the pool's network exists is the network's
+        // aux address: the LAN's, reserved by every host alike, as the gateway is.
+        let reservation = if gateway {
+            Some("gateway")
+        } else if address.is_some() && record.claimed_by.is_none() {
+            Some("aux")
+        } else {
+            None
+        };
+        // Each conflict teaches one held address; a refresh teaches them all.
+        let mut refreshed_when_full = false;
+        for _ in 0..64 {
+            let picked = {
+                let state = self.plugin.state();
+                let mut views = shared.views();
+                let view = views.entry(plan.clone()).or_default();
+                // A reservation may share another host's reservation, never its address.
+                let mut avoid: BTreeSet<IpAddr> = view.in_flight.clone();
+                avoid.extend(
+                    view.remote
+                        .iter()
+                        .filter(|(_, h)| reservation.is_none() || matches!(h, Holder::Host { .. }))
+                        .map(|(ip, _)| *ip),
+                );
+                match state
+                    .ipam
+                    .plan_request_address_avoiding(pool_id, address, gateway, &avoid)
+                {
+                    Ok((cidr, _)) => {
+                        let ip = cidr.ip();
+                        if view.in_flight.contains(&ip) {
+                            return Err(Error::conflict(format!(
+                                "address {ip} of shared pool {} is being claimed by another request of this host",
+                                record.pool
+                            )));
+                        }
+                        view.in_flight.insert(ip);
+                        Ok(ip)
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            let ip = match picked {
+                Ok(ip) => ip,
+                // What other hosts held may have been released since it was last read.
+                Err(e) if e.kind == crate::error::ErrorKind::Exhausted && !refreshed_when_full => {
+                    refreshed_when_full = true;
+                    shared.refresh(&plan).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let claimed = match shared.etcd() {
+                Ok(etcd) => etcd
+                    .claim(&plan, ip, reservation)
+                    .await
+                    .map_err(|e| unavailable(&e, &plan)),
+                Err(e) => Err(e),
+            };
+            let answer = match claimed {
+                Ok(Claim::Ours) => {
+                    self.commit_claim(shared, &plan, pool_id, ip, address.is_none(), gateway)
+                        .await
+                }
+                Ok(Claim::Taken(holder)) => {
+                    shared.done(&plan, ip);
+                    if address.is_some() {
+                        return Err(Error::conflict(format!(
+                            "address {ip} of shared pool {} is held by {}",
+                            record.pool,
+                            holder_text(&holder)
+                        )));
+                    }
+                    shared.refresh(&plan).await?;
+                    continue;
+                }
+                Err(e) => {
+                    shared.done(&plan, ip);
+                    return Err(e);
+                }
+            };
+            shared.done(&plan, ip);
+            return answer;
+        }
+        Err(Error::exhausted(format!(
+            "no address of shared pool {} could be claimed: other hosts took each one tried; try again",
+            record.pool
+        )))
+    }
+
+    /// Records a claim made in etcd; if the local store refuses it, the claim goes.
+    async fn commit_claim(
+        &self,
+        shared: &SharedPlans,
+        plan: &str,
+        pool_id: &str,
+        ip: IpAddr,
+        dynamic: bool,
+        gateway: bool,
+    ) -> Result<IpNetwork> {
+        let committed = self
+            .plugin
+            .commit(|state| {
+                let (cidr, mut changes) = state.ipam.plan_request_address(pool_id, Some(ip), gateway)?;
+                let pool = state.ipam.lookup(pool_id)?.map(|p| p.record.seq);
+                if dynamic && let Some(seq) = pool {
+                    changes.push(IpamChange::SetCursor { pool: seq, ip });
+                }
+                Ok((cidr, changes.into_iter().map(Change::Ipam).collect()))
+            })
+            .await;
+        if committed.is_err()
+            && !gateway
+            && let Ok(etcd) = shared.etcd()
+        {
+            let _ = etcd.release(plan, ip).await;
+        }
+        committed
+    }
+}
+
+impl<K: Kernel> Allocations for PoolAllocations<'_, K> {
+    async fn request_pool(&self, request: &PoolRequest) -> Result<PoolRecord> {
+        let Some(shared) = self.shared() else {
+            return self.local.request_pool(request).await;
+        };
+        let scope_local = request.options.get(SCOPE_OPTION).is_some_and(|s| s == "local");
+        if request.pool.is_empty() || scope_local {
+            return self.local.request_pool(request).await;
+        }
+        self.plugin
+            .commit(|state| {
+                let (mut record, changes) = state.ipam.plan_request_pool(request)?;
+                record.shared = true;
+                let mut changes: Vec<Change> = changes
+                    .into_iter()
+                    .map(|c| match c {
+                        IpamChange::PutPool(_) => Change::Ipam(IpamChange::PutPool(record.clone())),
+                        other => Change::Ipam(other),
+                    })
+                    .collect();
+                if let Some(ip) = super::Ipam::spread_start(&record, shared.salt) {
+                    changes.push(Change::Ipam(IpamChange::SetCursor { pool: record.seq, ip }));
+                }
+                Ok((record, changes))
+            })
+            .await
+    }
+
+    async fn release_pool(&self, pool_id: &str) -> Result<bool> {
+        self.local.release_pool(pool_id).await
+    }
+
+    async fn request_address(&self, pool_id: &str, address: Option<IpAddr>, gateway: bool) -> Result<IpNetwork> {
+        match (self.plugin.shared_pool(pool_id), self.shared()) {
+            (Some(record), Some(shared)) => {
+                self.request_shared_address(shared, record, pool_id, address, gateway)
+                    .await
+            }
+            // Never allocate a shared pool's address alone: another host may hold it.
+            (Some(record), None) => Err(Error::unavailable(format!(
+                "pool {} is shared through etcd, and rustvlan runs without etcd now; start it again with \
+                 --etcd-endpoints",
+                record.pool
+            ))),
+            (None, _) => self.local.request_address(pool_id, address, gateway).await,
+        }
+    }
+
+    async fn release_address(&self, pool_id: &str, address: IpAddr) -> Result<bool> {
+        // The commit's book-keeping leaves the note that deletes the etcd claim.
+        let released = self.local.release_address(pool_id, address).await?;
+        if released && self.plugin.shared_pool(pool_id).is_some() {
+            self.plugin.wake_shared_releases();
+        }
+        Ok(released)
+    }
+}
+
+/// An address this host's store records in a shared pool that another host holds in
+/// etcd: one of them is a duplicate on the wire. rustvlan never hides it: logged,
+/// counted, and shown by `rustvlan status` until resolved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedConflict {
+    pub plan: String,
+    pub ip: IpAddr,
+    pub held_by: String,
+}
+
+/// What the start-up check of shared claims did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SharedReport {
+    /// Claims in etcd that no recorded address backs (a crash between claim and store):
+    /// never answered to dockerd, so released.
+    pub unanswered_released: usize,
+    /// Recorded addresses etcd no longer had (reclaimed while this host was away):
+    /// claimed again.
+    pub reclaimed: usize,
+    pub conflicts: Vec<SharedConflict>,
+}
+
+impl SharedPlans {
+    pub fn conflicts(&self) -> Vec<SharedConflict> {
+        self.conflicts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.etcd.get().is_some()
+    }
+
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+}
+
+impl<K: Kernel> Plugin<K> {
+    /// Once etcd answers after start-up: this host's claims in etcd and its store's
+    /// records of shared pools must agree.
+    pub async fn reconcile_shared(&self) -> Result<SharedReport> {
+        let Some(shared) = self.shared.clone() else {
+            return Ok(SharedReport::default());
+        };
+        let etcd = shared.etcd()?;
+        let in_etcd = etcd.held_by_me().await.map_err(|e| Error::unavailable(e.to_string()))?;
+        let (recorded, releasing) = {
+            let state = self.state();
+            let mut recorded: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+            for pool in state.ipam.pools().filter(|p| p.record.shared) {
+                recorded
+                    .entry(plan_name(&pool.record))
+                    .or_default()
+                    .extend(pool.allocated().filter(|(_, gateway)| !gateway).map(|(ip, _)| ip));
+            }
+            let releasing: BTreeSet<(String, IpAddr)> =
+                state.shared_releases.values().map(|r| (r.plan.clone(), r.ip)).collect();
+            (recorded, releasing)
+        };
+        let mut report = SharedReport::default();
+        for (plan, ips) in &in_etcd {
+            for ip in ips {
+                let backed = recorded.get(plan).is_some_and(|r| r.contains(ip));
+                if !backed && !releasing.contains(&(plan.clone(), *ip)) {
+                    etcd.release(plan, *ip)
+                        .await
+                        .map_err(|e| Error::unavailable(e.to_string()))?;
+                    report.unanswered_released += 1;
+                }
+            }
+        }
+        for (plan, ips) in &recorded {
+            for ip in ips {
+                if in_etcd.get(plan).is_some_and(|e| e.contains(ip)) {
+                    continue;
+                }
+                match etcd
+                    .claim(plan, *ip, None)
+                    .await
+                    .map_err(|e| Error::unavailable(e.to_string()))?
+                {
+                    Claim::Ours => report.reclaimed += 1,
+                    // An aux address: the LAN's reservation, as recorded.
+                    Claim::Taken(Holder::Shared { .. }) => {}
+                    Claim::Taken(Holder::Host { host }) => report.conflicts.push(SharedConflict {
+                        plan: plan.clone(),
+                        ip: *ip,
+                        held_by: host,
+                    }),
+                }
+            }
+        }
+        for c in &report.conflicts {
+            tracing::error!(
+                address = %c.ip,
+                plan = %c.plan,
+                held_by = %c.held_by,
+                "DUPLICATE: this host's store records an address of a shared pool that another host holds in etcd; \
+                 the container using it here must move (docker network disconnect/connect) or the other host's"
+            );
+        }
+        *shared.conflicts.lock().unwrap_or_else(|p| p.into_inner()) = report.conflicts.clone();
+        self.metrics.shared_conflicts.set(report.conflicts.len() as i64);
+        tracing::info!(
+            unanswered_released = report.unanswered_released,
+            reclaimed = report.reclaimed,
+            conflicts = report.conflicts.len(),
+            "checked this host's shared claims against etcd"
+        );
+        Ok(report)
+    }
+}

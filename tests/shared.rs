@@ -1,0 +1,477 @@
+//! Shared pools on a real etcd cluster (Debian's etcd-server, three members on loopback
+//! ports): three rustvlan hosts, each with its own socket, store and host id, allocate
+//! from one /24 at once; nothing is handed out twice, through member crashes, a lost
+//! quorum, a host SIGKILLed mid-allocation, and a dead host reclaimed that comes back.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::etcd::Cluster;
+use common::{Server, TempDir, check, require_root};
+use serde_json::{Value, json};
+
+const SUBNET: &str = "10.66.0.0/24";
+
+struct Host {
+    id: String,
+    server: Server,
+    pool_id: String,
+    _dir: TempDir,
+}
+
+fn start_host(cluster: &Cluster, id: &str) -> Host {
+    let dir = TempDir::new();
+    let endpoints = cluster.endpoints();
+    let server = Server::start_with(None, dir.path(), &["--etcd-endpoints", &endpoints, "--host-id", id]);
+    wait_connected(&server);
+    let pool = server.ok(
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace": "rustvlan-local", "Pool": SUBNET, "V6": false}),
+    );
+    let pool_id = pool["PoolID"].as_str().unwrap().to_string();
+    // The LAN's gateway, reserved by every host alike.
+    let gw = server.ok(
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "10.66.0.1", "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+    );
+    assert_eq!(gw["Address"], "10.66.0.1/24");
+    Host {
+        id: id.to_string(),
+        server,
+        pool_id,
+        _dir: dir,
+    }
+}
+
+const CHECKED: &str = "checked this host's shared claims against etcd";
+
+/// How many start-up checks of shared claims the server's log shows.
+fn checked(server: &Server) -> usize {
+    server.log_text().matches(CHECKED).count()
+}
+
+/// Waits for the start-up check after the `before`-th.
+fn wait_checked(server: &Server, before: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while checked(server) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "no check of shared claims:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_connected(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log_text().contains("connected to etcd") {
+        assert!(
+            Instant::now() < deadline,
+            "not connected to etcd:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `clients` concurrent clients on `host`, each asking for addresses until it is told
+/// the pool is exhausted; returns (addresses, errors other than exhaustion).
+async fn storm(
+    socket: std::path::PathBuf,
+    pool_id: String,
+    clients: usize,
+    stop_after: Option<usize>,
+) -> (Vec<String>, Vec<String>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (socket, pool_id, got, errors) = (socket.clone(), pool_id.clone(), got.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = rustvlan::client::Client::new(&socket);
+            let body = json!({"PoolID": pool_id, "Address": "", "Options": null}).to_string();
+            let mut consecutive_errors = 0;
+            loop {
+                if stop_after.is_some_and(|n| got.lock().unwrap().len() >= n) {
+                    return;
+                }
+                match client.post("/IpamDriver.RequestAddress", body.clone()).await {
+                    Ok((200, answer)) => {
+                        let v: Value = serde_json::from_slice(&answer).unwrap();
+                        got.lock().unwrap().push(v["Address"].as_str().unwrap().to_string());
+                        consecutive_errors = 0;
+                    }
+                    Ok((_, answer)) => {
+                        let text = String::from_utf8_lossy(&answer).into_owned();
+                        if text.contains("no free address left") {
+                            return;
+                        }
+                        errors.lock().unwrap().push(text);
+                        consecutive_errors += 1;
+                        if consecutive_errors > 50 {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => {
+                        errors.lock().unwrap().push(format!("{e:#}"));
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = got.lock().unwrap().clone();
+    let errors = errors.lock().unwrap().clone();
+    (got, errors)
+}
+
+fn no_duplicates(all: &[String]) {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for a in all {
+        *counts.entry(a).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "handed out twice: {twice:?}");
+}
+
+/// What each host's store records of the pool, containers' addresses only.
+fn recorded(host: &Host) -> Vec<String> {
+    let state = host.server.state();
+    state.pools[&host.pool_id]
+        .addresses
+        .iter()
+        .filter(|(_, u)| **u == rustvlan::dump::AddressUse::Allocated)
+        .map(|(ip, _)| ip.to_string())
+        .collect()
+}
+
+/// What etcd says `host` holds of the plan.
+fn in_etcd(cluster: &Cluster, host: &str) -> Vec<String> {
+    let out = cluster.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        &format!("/rustvlan/v1/byhost/{host}/10.66.0.0_24/"),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut ips: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    ips.sort_by_key(|ip| ip.parse::<std::net::IpAddr>().unwrap());
+    ips
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn three_hosts_exhaust_one_subnet_without_a_duplicate() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::start(3);
+    let hosts: Vec<Host> = ["h1", "h2", "h3"].iter().map(|id| start_host(&cluster, id)).collect();
+    let rt = runtime();
+    let started = Instant::now();
+    let results = rt.block_on(async {
+        let storms: Vec<_> = hosts
+            .iter()
+            .map(|h| tokio::spawn(storm(h.server.socket.clone(), h.pool_id.clone(), 64, None)))
+            .collect();
+        let mut out = Vec::new();
+        for s in storms {
+            out.push(s.await.unwrap());
+        }
+        out
+    });
+    let took = started.elapsed();
+    let mut all = Vec::new();
+    for ((got, errors), h) in results.iter().zip(&hosts) {
+        assert!(errors.is_empty(), "{}: {errors:?}", h.id);
+        all.extend(got.iter().cloned());
+    }
+    no_duplicates(&all);
+    // 254 usable addresses, the gateway shared: 253 for containers, each once.
+    assert_eq!(all.len(), 253, "the whole pool, no more, no less");
+    for h in &hosts {
+        let (status, answer) = h.server.post(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": h.pool_id, "Address": "", "Options": null}),
+        );
+        assert_eq!(status, 409, "{}: {answer}", h.id);
+        assert!(
+            answer["Err"].as_str().unwrap().contains("no free address left"),
+            "{answer}"
+        );
+        assert_eq!(
+            recorded(h),
+            in_etcd(&cluster, &h.id),
+            "{}: its store and etcd agree",
+            h.id
+        );
+    }
+    let per_host: Vec<usize> = results.iter().map(|(g, _)| g.len()).collect();
+    common::report(&format!(
+        "shared pool {SUBNET} on a 3-member etcd: 3 hosts x 64 clients took {} addresses in {:.2} s ({per_host:?} per host), 0 duplicates, then every host answered exhausted",
+        all.len(),
+        took.as_secs_f64()
+    ));
+    // `rustvlan hosts` lists the three, live, with their counts.
+    let listed = check(
+        hosts[0]
+            .server
+            .command()
+            .args(["hosts", "--json", "--etcd-endpoints", &cluster.endpoints()]),
+    );
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let counts: Vec<(String, bool, u64)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["id"].as_str().unwrap().to_string(),
+                h["live"].as_bool().unwrap(),
+                h["allocations"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        hosts
+            .iter()
+            .zip(&per_host)
+            .map(|(h, n)| (h.id.clone(), true, *n as u64))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn member_crashes_and_a_lost_quorum_never_hand_out_an_address_twice() {
+    if !require_root() {
+        return;
+    }
+    let mut cluster = Cluster::start(3);
+    let hosts: Vec<Host> = ["f1", "f2"].iter().map(|id| start_host(&cluster, id)).collect();
+    let rt = runtime();
+    // One member SIGKILLed while two hosts allocate: the work continues.
+    let mut all = Vec::new();
+    let first = rt.block_on(async {
+        let a = tokio::spawn(storm(
+            hosts[0].server.socket.clone(),
+            hosts[0].pool_id.clone(),
+            16,
+            Some(40),
+        ));
+        let b = tokio::spawn(storm(
+            hosts[1].server.socket.clone(),
+            hosts[1].pool_id.clone(),
+            16,
+            Some(40),
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (a.await.unwrap(), b.await.unwrap())
+    });
+    cluster.kill(0);
+    for (got, _) in [&first.0, &first.1] {
+        all.extend(got.iter().cloned());
+    }
+    let after_kill = rt.block_on(async {
+        let a = tokio::spawn(storm(
+            hosts[0].server.socket.clone(),
+            hosts[0].pool_id.clone(),
+            16,
+            Some(60),
+        ));
+        let b = tokio::spawn(storm(
+            hosts[1].server.socket.clone(),
+            hosts[1].pool_id.clone(),
+            16,
+            Some(60),
+        ));
+        (a.await.unwrap(), b.await.unwrap())
+    });
+    let mut continued = 0;
+    for (got, _) in [&after_kill.0, &after_kill.1] {
+        continued += got.len();
+        all.extend(got.iter().cloned());
+    }
+    assert!(
+        continued >= 60,
+        "with one member of three down, allocation goes on: {continued}"
+    );
+    no_duplicates(&all);
+
+    // Two of three down: no quorum. A shared allocation fails within 5 s, naming etcd;
+    // a release is kept and done once etcd is back.
+    cluster.kill(1);
+    let started = Instant::now();
+    let (status, answer) = hosts[0].server.post(
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": hosts[0].pool_id, "Address": "", "Options": null}),
+    );
+    let waited = started.elapsed();
+    let message = answer["Err"].as_str().unwrap_or_default().to_string();
+    assert_eq!(status, 503, "{answer}");
+    assert!(waited < Duration::from_secs(6), "answered after {waited:?}");
+    assert!(
+        message.starts_with("etcd unreachable (") && message.contains("cannot allocate from shared pool 10.66.0.0/24"),
+        "{message}"
+    );
+    let released = all
+        .iter()
+        .find(|a| recorded(&hosts[0]).contains(&a.split('/').next().unwrap().to_string()))
+        .unwrap()
+        .clone();
+    let ip = released.split('/').next().unwrap();
+    hosts[0].server.ok(
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID": hosts[0].pool_id, "Address": ip}),
+    );
+    assert_eq!(
+        hosts[0].server.state().shared_releases.len(),
+        1,
+        "the release waits, on disk"
+    );
+    common::report(&format!(
+        "etcd without quorum: RequestAddress answered 503 in {:.2} s: {message}",
+        waited.as_secs_f64()
+    ));
+
+    cluster.restart(0);
+    cluster.restart(1);
+    cluster.wait_healthy();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !hosts[0].server.state().shared_releases.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the queued release was not done once etcd came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!in_etcd(&cluster, "f1").contains(&ip.to_string()));
+    let rest = rt.block_on(async {
+        let a = tokio::spawn(storm(
+            hosts[0].server.socket.clone(),
+            hosts[0].pool_id.clone(),
+            16,
+            None,
+        ));
+        let b = tokio::spawn(storm(
+            hosts[1].server.socket.clone(),
+            hosts[1].pool_id.clone(),
+            16,
+            None,
+        ));
+        (a.await.unwrap(), b.await.unwrap())
+    });
+    all.retain(|a| a != &released);
+    for (got, _) in [&rest.0, &rest.1] {
+        all.extend(got.iter().cloned());
+    }
+    no_duplicates(&all);
+    assert_eq!(all.len(), 253);
+    for h in &hosts {
+        assert_eq!(recorded(h), in_etcd(&cluster, &h.id), "{}", h.id);
+    }
+}
+
+#[test]
+fn a_host_killed_mid_allocation_agrees_with_etcd_and_a_reclaimed_host_is_refused_when_back() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::start(3);
+    let mut hosts: Vec<Host> = ["k1", "k2"].iter().map(|id| start_host(&cluster, id)).collect();
+    let rt = runtime();
+    // SIGKILL k1 while its clients allocate.
+    let socket = hosts[0].server.socket.clone();
+    let pool = hosts[0].pool_id.clone();
+    let storm_k1 = rt.spawn(storm(socket, pool, 32, Some(100)));
+    std::thread::sleep(Duration::from_millis(150));
+    hosts[0].server.kill9();
+    let (got_k1, _) = rt.block_on(storm_k1).unwrap();
+    let checks = checked(&hosts[0].server);
+    hosts[0].server.restart();
+    wait_checked(&hosts[0].server, checks);
+    assert_eq!(
+        recorded(&hosts[0]),
+        in_etcd(&cluster, "k1"),
+        "after SIGKILL and restart, k1's store and etcd agree"
+    );
+    for a in &got_k1 {
+        assert!(
+            recorded(&hosts[0]).contains(&a.split('/').next().unwrap().to_string()),
+            "{a} was answered, so it is kept"
+        );
+    }
+
+    // k1 stops; it is declared dead and reclaimed; k2 takes its addresses; k1 comes back.
+    let k1_held = recorded(&hosts[0]);
+    hosts[0].server.terminate();
+    let refused = common::run(hosts[1].server.command().args([
+        "reclaim",
+        "--host",
+        "k2",
+        "--etcd-endpoints",
+        &cluster.endpoints(),
+    ]));
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("host k2 is live"));
+    let reclaimed =
+        check(
+            hosts[1]
+                .server
+                .command()
+                .args(["reclaim", "--host", "k1", "--etcd-endpoints", &cluster.endpoints()]),
+        );
+    assert_eq!(
+        reclaimed.trim(),
+        format!("released {} addresses host k1 held", k1_held.len())
+    );
+    let (taken, errors) = rt.block_on(storm(hosts[1].server.socket.clone(), hosts[1].pool_id.clone(), 8, None));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(taken.len() >= k1_held.len());
+    let checks = checked(&hosts[0].server);
+    hosts[0].server.restart();
+    wait_checked(&hosts[0].server, checks);
+    let log = hosts[0].server.log_text();
+    assert!(log.contains("DUPLICATE"), "the conflicts are logged:\n{log}");
+    let state = hosts[0].server.state();
+    let conflicts = state.shared.as_ref().map(|s| s.conflicts.len()).unwrap_or(0);
+    assert_eq!(
+        conflicts,
+        k1_held.len(),
+        "every address k2 took from k1 is a conflict shown"
+    );
+    let status = common::run(
+        hosts[0]
+            .server
+            .command()
+            .arg("status")
+            .arg("--socket")
+            .arg(&hosts[0].server.socket)
+            .arg("--state-dir")
+            .arg(&hosts[0].server.state_dir),
+    );
+    assert_eq!(status.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("held by host k2 in etcd"));
+    common::report(&format!(
+        "host k1 SIGKILLed mid-allocation: store and etcd agree after restart; reclaimed while away, back with {conflicts} conflicts refused, logged and shown by status"
+    ));
+}
