@@ -212,6 +212,13 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "/IpamDriver.RequestPool",
+            json!({"AddressSpace": "rustvlan-local", "Pool": "10.81.0.0/24", "Options": {"scope": "global"}}),
+            400,
+            "--ipam-opt scope=\"global\": use scope=local (this host alone) or scope=shared (the default: shared \
+             through etcd when rustvlan has --etcd-endpoints)",
+        ),
+        case(
+            "/IpamDriver.RequestPool",
             json!({"AddressSpace": "rustvlan-local", "Pool": "10.81.0.0/24", "Options": {"segment": "site a"}}),
             400,
             "--ipam-opt segment=\"site a\" is not a segment name: use 1 to 64 letters, digits, '-', '_' or '.', the \
