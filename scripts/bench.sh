@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# rustvlan's benchmarks (P1–P7): against Docker's built-in macvlan, CNI's macvlan and
-# host-local plugins, raw netlink and dockerd's default bridge, interleaved in one run.
+# rustvlan's benchmarks (P1–P8): against Docker's built-in macvlan, CNI's macvlan and
+# host-local plugins, raw netlink, dockerd's default bridge and raw etcd transactions,
+# interleaved in one run.
 #   scripts/bench.sh            full run; writes bench-report/REPORT.md, bench-report/results.json, bench-report/*.svg
 #   scripts/bench.sh --smoke    a short run into a temporary directory (CI), checked, then removed
 # As root. Installs what it needs and runs on two Docker engines, one private dockerd at a
-# time (scripts/lib/env.sh): P1–P6 against Debian 12's dockerd 20.10, then P1 again
+# time (scripts/lib/env.sh): P1–P6 and P8 (a 3-member etcd on loopback, no dockerd)
+# against Debian 12's dockerd 20.10, then P1 again
 # (`p1-28`) and P7 against Debian sid's dockerd 28. Both runs write into one staging
 # directory (the second with --merge), so there is one report; bench-report/ is only replaced
 # when both succeeded. Never part of the pass/fail tests.
@@ -17,7 +19,7 @@ say() { printf '[bench.sh] %s\n' "$*" >&2; }
 
 smoke=false
 [[ ${1:-} == --smoke ]] && smoke=true
-rv_need_pkgs iproute2 docker.io busybox-static containernetworking-plugins iperf3 iputils-ping util-linux python3 protobuf-compiler libprotobuf-dev
+rv_need_pkgs iproute2 docker.io busybox-static containernetworking-plugins iperf3 iputils-ping util-linux python3 protobuf-compiler libprotobuf-dev etcd-server
 
 work=$(mktemp -d /tmp/rvbench.XXXXXX)
 cleanup() {
@@ -57,7 +59,7 @@ rv_engine 20.10
 rv_dockerd_start "$work/docker-20.10"
 rv_test_image "$RUSTVLAN_BENCH_IMAGE"
 rv_test_image "$RUSTVLAN_BENCH_PERF_IMAGE" "$(command -v iperf3)"
-bench_on --only p1,p2,p3,p4,p5,p6
+bench_on --only p1,p2,p3,p4,p5,p6,p8
 rv_dockerd_stop "$work/docker-20.10"
 
 rv_engine 28
@@ -68,7 +70,7 @@ bench_on --only p1,p7 --merge
 rv_dockerd_stop "$work/docker-28"
 
 if $smoke; then
-    for f in REPORT.md results.json p1.svg p1-28.svg p2-sequential.svg p3-rate.svg p4.svg p5.svg p6-throughput.svg p7.svg; do
+    for f in REPORT.md results.json p1.svg p1-28.svg p2-sequential.svg p3-rate.svg p4.svg p5.svg p6-throughput.svg p7.svg p8-rate.svg; do
         [[ -s $out/$f ]] || { say "the smoke run did not write $f"; exit 1; }
     done
     # Every comparison has results and its section in the report, and both dockerds are named.
@@ -78,7 +80,7 @@ out = sys.argv[1]
 r = json.load(open(f"{out}/results.json"))
 report = open(f"{out}/REPORT.md").read()
 bad = []
-for c in ["p1", "p1-28", "p2", "p3", "p4p5", "p6", "p7"]:
+for c in ["p1", "p1-28", "p2", "p3", "p4p5", "p6", "p7", "p8"]:
     comp = r["comparisons"].get(c)
     if comp is None or "skipped" in comp["results"]:
         bad.append(f"no results for {c}")

@@ -104,6 +104,51 @@ pub struct HostInfo {
     pub allocations: usize,
 }
 
+/// `<prefix><ip>` → the address and its holder.
+fn parse_claim(prefix: &str, key: &[u8], value: &[u8]) -> Option<(IpAddr, Holder)> {
+    let ip = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?.parse().ok()?;
+    Some((ip, serde_json::from_slice(value).ok()?))
+}
+
+/// The changes of one plan as they happen (an etcd watch).
+pub struct PlanFollower {
+    stream: etcd_client::WatchStream,
+    prefix: String,
+}
+
+impl PlanFollower {
+    /// The next changes: an address claimed (with its holder) or released (None). None
+    /// when the watch ended; the caller reads the plan again.
+    pub async fn next(&mut self) -> Option<Vec<(IpAddr, Option<Holder>)>> {
+        let answer = self.stream.message().await.ok()??;
+        if answer.canceled() {
+            return None;
+        }
+        Some(
+            answer
+                .events()
+                .iter()
+                .filter_map(|event| {
+                    let kv = event.kv()?;
+                    match event.event_type() {
+                        etcd_client::EventType::Put => {
+                            parse_claim(&self.prefix, kv.key(), kv.value()).map(|(ip, h)| (ip, Some(h)))
+                        }
+                        etcd_client::EventType::Delete => {
+                            let ip = std::str::from_utf8(kv.key())
+                                .ok()?
+                                .strip_prefix(&self.prefix)?
+                                .parse()
+                                .ok()?;
+                            Some((ip, None))
+                        }
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
 fn plain(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -278,6 +323,11 @@ impl Etcd {
 
     /// Every claimed address of `plan`, with its holder.
     pub async fn held(&self, plan: &str) -> EResult<BTreeMap<IpAddr, Holder>> {
+        Ok(self.held_at(plan).await?.0)
+    }
+
+    /// [`Etcd::held`], and the revision it was read at.
+    async fn held_at(&self, plan: &str) -> EResult<(BTreeMap<IpAddr, Holder>, i64)> {
         let prefix = format!("{}/v1/alloc/{plan}/", self.prefix);
         let mut client = self.client.clone();
         let answer = self
@@ -286,15 +336,34 @@ impl Etcd {
                 client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
             )
             .await?;
-        Ok(answer
+        let revision = answer.header().map(|h| h.revision()).unwrap_or(0);
+        let held = answer
             .kvs()
             .iter()
-            .filter_map(|kv| {
-                let ip = kv.key_str().ok()?.strip_prefix(&prefix)?.parse().ok()?;
-                let holder = serde_json::from_slice(kv.value()).ok()?;
-                Some((ip, holder))
-            })
-            .collect())
+            .filter_map(|kv| parse_claim(&prefix, kv.key(), kv.value()))
+            .collect();
+        Ok((held, revision))
+    }
+
+    /// What `plan` holds now, and a follower that tells every change after it.
+    pub async fn follow(&self, plan: &str) -> EResult<(BTreeMap<IpAddr, Holder>, PlanFollower)> {
+        let (held, revision) = self.held_at(plan).await?;
+        let prefix = format!("{}/v1/alloc/{plan}/", self.prefix);
+        let mut client = self.client.clone();
+        let stream = self
+            .call(
+                "watching a plan",
+                client.watch(
+                    prefix.clone(),
+                    Some(
+                        etcd_client::WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(revision + 1),
+                    ),
+                ),
+            )
+            .await?;
+        Ok((held, PlanFollower { stream, prefix }))
     }
 
     /// Announces this host as live, on a lease renewed in the background. Refused when

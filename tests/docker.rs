@@ -830,8 +830,18 @@ fn networks_of_one_subnet_share_one_address_plan() {
             assert!(seen.insert(ip.clone()), "{ip} handed out twice: {seen:?}");
         }
     }
-    let gateway = |net: &str| docker_ok(&["network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", net]);
-    assert_eq!(gateway("rvnet-o1"), gateway("rvnet-o2"), "one LAN, one router");
+    // The containers' default route: the gateway each network got.
+    let gateway = |net: &str| {
+        let route = docker_ok(&["exec", &format!("rv-e2e-{net}-0"), "ip", "route"]);
+        route
+            .lines()
+            .find_map(|l| l.strip_prefix("default via "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no default route in {net}: {route}"))
+            .to_string()
+    };
+    assert_eq!(gateway("rvnet-o1"), "192.168.77.1", "the first network's gateway");
+    assert_eq!(gateway("rvnet-o2"), "192.168.77.1", "one LAN, one router");
     // An --ip the other network holds is refused, naming why.
     let taken = seen.iter().next().unwrap().split('/').next().unwrap().to_string();
     let refused = common::docker::docker(&[
@@ -849,7 +859,8 @@ fn networks_of_one_subnet_share_one_address_plan() {
         !refused.status.success() && err.contains("on the same subnet 192.168.77.0/24"),
         "{err}"
     );
-    // A third network on its own segment starts over.
+    // A third network on another LAN that reuses the subnet: its own segment starts over.
+    let third = common::Veth::new("e2eo3");
     scene.network(
         "rvnet-o3",
         &[
@@ -858,14 +869,14 @@ fn networks_of_one_subnet_share_one_address_plan() {
             "--ipam-opt",
             "segment=lab",
             "-o",
-            &format!("parent={}", second.0),
+            &format!("parent={}", third.0),
         ],
     );
     let c = scene.run("rv-e2e-o3", "rvnet-o3", &[]);
     assert_eq!(ipv4_of(&c), "192.168.77.2/24");
     common::report(&format!(
         "one subnet on two parents: 6 containers, 6 addresses {seen:?}; gateway {}",
-        gateway("rvnet-o1").trim()
+        gateway("rvnet-o1")
     ));
     scene.rm_containers();
     plugin.settle();

@@ -1,4 +1,4 @@
-//! rustvlan's benchmarks against Docker's built-in macvlan, CNI and raw netlink (P1–P7).
+//! rustvlan's benchmarks against Docker's built-in macvlan, CNI, raw netlink and raw etcd (P1–P8).
 //! `scripts/bench.sh` installs and starts what they need and runs this; it writes
 //! results.json, REPORT.md and one SVG per plot into the output directory.
 //!
@@ -22,6 +22,7 @@ mod p3;
 mod p4p5;
 mod p6;
 mod p7;
+mod p8;
 mod stats;
 mod svg;
 
@@ -396,6 +397,10 @@ fn main() {
         if wanted("p7") {
             eprintln!("[bench] P7 container churn");
             sections.push(p7::run(&bench).await);
+        }
+        if wanted("p8") {
+            eprintln!("[bench] P8 shared allocations on etcd");
+            sections.push(p8::run(&bench).await);
         }
     });
     if std::env::var_os("RUSTVLAN_BENCH_KEEP").is_none() {

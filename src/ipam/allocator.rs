@@ -308,11 +308,13 @@ impl Pool {
 
     /// The next free dynamic address after the last one handed out, wrapping around, so
     /// that a just-released address is not handed straight back.
-    /// `taken`: what the pool's plan holds; `avoid`: what other hosts hold.
-    fn next_dynamic(&self, taken: &AddressSet, avoid: &BTreeSet<u128>) -> Option<u128> {
+    /// `taken`: what the pool's plan holds; `avoid`: what other hosts hold; `scatter`:
+    /// start the search at this point of the range instead of after the cursor.
+    fn next_dynamic(&self, taken: &AddressSet, avoid: &dyn Fn(u128) -> bool, scatter: Option<u64>) -> Option<u128> {
         let (lo, hi) = self.dynamic_range();
-        let start = match self.cursor {
-            Some(c) if c >= lo && c < hi => c + 1,
+        let start = match (scatter, self.cursor) {
+            (Some(r), _) => lo + u128::from(r) % (hi - lo + 1),
+            (None, Some(c)) if c >= lo && c < hi => c + 1,
             _ => lo,
         };
         first_free_avoiding(taken, avoid, start, hi)
@@ -334,11 +336,11 @@ impl Pool {
     }
 }
 
-/// The first offset in `from..=to` free in `taken` and not in `avoid`.
-fn first_free_avoiding(taken: &AddressSet, avoid: &BTreeSet<u128>, mut from: u128, to: u128) -> Option<u128> {
+/// The first offset in `from..=to` free in `taken` and not avoided.
+fn first_free_avoiding(taken: &AddressSet, avoid: &dyn Fn(u128) -> bool, mut from: u128, to: u128) -> Option<u128> {
     loop {
         let found = taken.first_free(from, to)?;
-        if !avoid.contains(&found) {
+        if !avoid(found) {
             return Some(found);
         }
         from = found.checked_add(1).filter(|f| *f <= to)?;
@@ -555,17 +557,18 @@ impl Ipam {
         address: Option<IpAddr>,
         gateway: bool,
     ) -> Result<(IpNetwork, Vec<IpamChange>)> {
-        self.plan_request_address_avoiding(pool_id, address, gateway, &BTreeSet::new())
+        self.plan_request_address_avoiding(pool_id, address, gateway, &|_| false, None)
     }
 
-    /// [`Ipam::plan_request_address`], a dynamic address never one of `avoid` (what
+    /// [`Ipam::plan_request_address`], a dynamic address never one `avoid` names (what
     /// other hosts of a shared plan hold, or this host is claiming right now).
     pub fn plan_request_address_avoiding(
         &self,
         pool_id: &str,
         address: Option<IpAddr>,
         gateway: bool,
-        avoid: &BTreeSet<IpAddr>,
+        avoid: &dyn Fn(IpAddr) -> bool,
+        scatter: Option<u64>,
     ) -> Result<(IpNetwork, Vec<IpamChange>)> {
         let pool = self
             .lookup(pool_id)?
@@ -579,7 +582,7 @@ impl Ipam {
         };
         let empty = AddressSet::default();
         let taken = self.plans.get(&key).map_or(&empty, |plan| &plan.taken);
-        let avoid: BTreeSet<u128> = avoid.iter().filter_map(|ip| pool.offset(*ip)).collect();
+        let avoid = |offset: u128| avoid(pool.ip_at(offset));
         let mut changes = Vec::with_capacity(2);
         let offset = match address {
             Some(ip) => {
@@ -612,7 +615,7 @@ impl Ipam {
                         first_free_avoiding(taken, &avoid, lo, hi)
                     })
                 } else {
-                    pool.next_dynamic(taken, &avoid)
+                    pool.next_dynamic(taken, &avoid, scatter)
                 };
                 let offset =
                     found.ok_or_else(|| Error::exhausted(format!("no free address left in {}", pool.describe())))?;
@@ -653,16 +656,6 @@ impl Ipam {
         } else {
             Vec::new()
         })
-    }
-
-    /// Where a host starts handing out a new shared pool's addresses: a point of the
-    /// pool's range that `salt` (the host) picks, so that hosts allocating at once
-    /// rarely try the same address.
-    pub fn spread_start(record: &PoolRecord, salt: u64) -> Option<IpAddr> {
-        let pool = Pool::new(record.clone());
-        let (lo, hi) = pool.dynamic_range();
-        let span = (hi - lo).checked_add(1)?;
-        Some(pool.ip_at(lo + u128::from(salt) % span))
     }
 
     /// Applies a change that was planned and persisted. Changes that do not fit (an

@@ -32,8 +32,6 @@ pub struct SharedPlans {
     host: String,
     endpoints: String,
     views: Mutex<HashMap<String, PlanView>>,
-    /// Spreads this host's first addresses over a new pool (see `Ipam::spread_start`).
-    salt: u64,
     /// Wakes the drainer of shared releases.
     wake: tokio::sync::Notify,
     /// Found by the last start-up check (see [`Plugin::reconcile_shared`]).
@@ -46,20 +44,17 @@ struct PlanView {
     remote: BTreeMap<IpAddr, Holder>,
     /// Addresses this host is claiming or releasing in etcd right now.
     in_flight: BTreeSet<IpAddr>,
+    /// Read whole, and followed since by a watch.
     loaded: bool,
 }
 
 impl SharedPlans {
     pub fn new(host: &str, endpoints: &str) -> SharedPlans {
-        let salt = host.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
         SharedPlans {
             etcd: std::sync::OnceLock::new(),
             host: host.to_string(),
             endpoints: endpoints.to_string(),
             views: Mutex::new(HashMap::new()),
-            salt,
             wake: tokio::sync::Notify::new(),
             conflicts: Mutex::new(Vec::new()),
         }
@@ -89,18 +84,64 @@ impl SharedPlans {
         self.views.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads what other hosts hold of `plan`.
+    fn others(&self, holder: &Holder) -> bool {
+        !matches!(holder, Holder::Host { host } if *host == self.host)
+    }
+
+    /// Reads what other hosts hold of `plan` (once: a watch keeps it current after).
+    async fn load(self: &Arc<Self>, plan: &str) -> Result<()> {
+        let (held, mut follower) = self.etcd()?.follow(plan).await.map_err(|e| unavailable(&e, plan))?;
+        {
+            let mut views = self.views();
+            let view = views.entry(plan.to_string()).or_default();
+            if view.loaded {
+                return Ok(()); // another request loaded it meanwhile
+            }
+            view.remote = held.into_iter().filter(|(_, h)| self.others(h)).collect();
+            view.loaded = true;
+        }
+        let shared = Arc::clone(self);
+        let plan = plan.to_string();
+        tokio::spawn(async move {
+            while let Some(changes) = follower.next().await {
+                let mut views = shared.views();
+                let view = views.entry(plan.clone()).or_default();
+                for (ip, holder) in changes {
+                    match holder {
+                        Some(h) if shared.others(&h) => {
+                            view.remote.insert(ip, h);
+                        }
+                        Some(_) => {}
+                        None => {
+                            view.remote.remove(&ip);
+                        }
+                    }
+                }
+            }
+            // The watch ended (etcd restarted, a compaction): the next request reads again.
+            if let Some(view) = shared.views().get_mut(&plan) {
+                view.loaded = false;
+            }
+        });
+        Ok(())
+    }
+
+    /// Reads the plan whole again (when it looks full: releases may not have arrived).
     async fn refresh(&self, plan: &str) -> Result<()> {
         let held = self.etcd()?.held(plan).await.map_err(|e| unavailable(&e, plan))?;
-        let me = self.host.clone();
         let mut views = self.views();
         let view = views.entry(plan.to_string()).or_default();
-        view.remote = held
-            .into_iter()
-            .filter(|(_, h)| !matches!(h, Holder::Host { host } if *host == me))
-            .collect();
-        view.loaded = true;
+        view.remote = held.into_iter().filter(|(_, h)| self.others(h)).collect();
         Ok(())
+    }
+
+    /// Learns that another host holds `ip` (the watch tells it a moment later).
+    fn learn(&self, plan: &str, ip: IpAddr, holder: Holder) {
+        self.views()
+            .entry(plan.to_string())
+            .or_default()
+            .remote
+            .insert(ip, holder);
     }
 
     fn loaded(&self, plan: &str) -> bool {
@@ -259,13 +300,13 @@ impl<K: Kernel> Plugin<K> {
 }
 
 impl<K: Kernel> PoolAllocations<'_, K> {
-    fn shared(&self) -> Option<&SharedPlans> {
-        self.plugin.shared.as_deref()
+    fn shared(&self) -> Option<&Arc<SharedPlans>> {
+        self.plugin.shared.as_ref()
     }
 
     async fn request_shared_address(
         &self,
-        shared: &SharedPlans,
+        shared: &Arc<SharedPlans>,
         record: PoolRecord,
         pool_id: &str,
         address: Option<IpAddr>,
@@ -273,7 +314,7 @@ impl<K: Kernel> PoolAllocations<'_, K> {
     ) -> Result<IpNetwork> {
         let plan = plan_name(&record);
         if !shared.loaded(&plan) {
-            shared.refresh(&plan).await?;
+            shared.load(&plan).await?;
         }
         // A named address asked for before the pool's network exists is the network's
         // aux address: the LAN's, reserved by every host alike, as the gateway is.
@@ -292,17 +333,24 @@ impl<K: Kernel> PoolAllocations<'_, K> {
                 let mut views = shared.views();
                 let view = views.entry(plan.clone()).or_default();
                 // A reservation may share another host's reservation, never its address.
-                let mut avoid: BTreeSet<IpAddr> = view.in_flight.clone();
-                avoid.extend(
-                    view.remote
-                        .iter()
-                        .filter(|(_, h)| reservation.is_none() || matches!(h, Holder::Host { .. }))
-                        .map(|(ip, _)| *ip),
-                );
-                match state
-                    .ipam
-                    .plan_request_address_avoiding(pool_id, address, gateway, &avoid)
-                {
+                let held = |ip: IpAddr| {
+                    view.in_flight.contains(&ip)
+                        || view
+                            .remote
+                            .get(&ip)
+                            .is_some_and(|h| reservation.is_none() || matches!(h, Holder::Host { .. }))
+                };
+                // Each request starts its search at a random point of the range, so that
+                // hosts (and this host's concurrent requests) rarely race for one address.
+                let mut scatter = [0u8; 8];
+                crate::util::random_bytes(&mut scatter);
+                match state.ipam.plan_request_address_avoiding(
+                    pool_id,
+                    address,
+                    gateway,
+                    &held,
+                    Some(u64::from_le_bytes(scatter)),
+                ) {
                     Ok((cidr, _)) => {
                         let ip = cidr.ip();
                         if view.in_flight.contains(&ip) {
@@ -348,7 +396,7 @@ impl<K: Kernel> PoolAllocations<'_, K> {
                             holder_text(&holder)
                         )));
                     }
-                    shared.refresh(&plan).await?;
+                    shared.learn(&plan, ip, holder);
                     continue;
                 }
                 Err(e) => {
@@ -398,9 +446,9 @@ impl<K: Kernel> PoolAllocations<'_, K> {
 
 impl<K: Kernel> Allocations for PoolAllocations<'_, K> {
     async fn request_pool(&self, request: &PoolRequest) -> Result<PoolRecord> {
-        let Some(shared) = self.shared() else {
+        if self.shared().is_none() {
             return self.local.request_pool(request).await;
-        };
+        }
         let scope_local = request.options.get(SCOPE_OPTION).is_some_and(|s| s == "local");
         if request.pool.is_empty() || scope_local {
             return self.local.request_pool(request).await;
@@ -409,16 +457,13 @@ impl<K: Kernel> Allocations for PoolAllocations<'_, K> {
             .commit(|state| {
                 let (mut record, changes) = state.ipam.plan_request_pool(request)?;
                 record.shared = true;
-                let mut changes: Vec<Change> = changes
+                let changes: Vec<Change> = changes
                     .into_iter()
                     .map(|c| match c {
                         IpamChange::PutPool(_) => Change::Ipam(IpamChange::PutPool(record.clone())),
                         other => Change::Ipam(other),
                     })
                     .collect();
-                if let Some(ip) = super::Ipam::spread_start(&record, shared.salt) {
-                    changes.push(Change::Ipam(IpamChange::SetCursor { pool: record.seq, ip }));
-                }
                 Ok((record, changes))
             })
             .await
