@@ -614,14 +614,6 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Prometheus {
     /// Scrapes `target` (host:port) every second.
     fn start(target: &str) -> Prometheus {
@@ -635,7 +627,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let address = format!("127.0.0.1:{}", free_port());
+        let address = format!("127.0.0.1:{}", common::free_port());
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = std::process::Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
@@ -704,7 +696,7 @@ fn prometheus_scrapes_the_pool_gauge_and_status_finds_a_link_deleted_in_a_contai
     let Some((_serial, _dir, mut plugin)) = setup() else {
         return;
     };
-    let metrics_port = free_port();
+    let metrics_port = common::free_port();
     plugin.terminate();
     plugin.extra_args = vec!["--metrics-listen".into(), format!("127.0.0.1:{metrics_port}")];
     plugin.restart();

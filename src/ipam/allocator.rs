@@ -62,6 +62,9 @@ pub enum IpamChange {
 #[derive(Debug, Clone)]
 pub struct Pool {
     pub record: PoolRecord,
+    /// The plan it shares (subnet and segment), kept so that loading 10 000 addresses
+    /// does not rebuild the key for each.
+    plan: PlanKey,
     allocated: AddressSet,
     gateways: BTreeSet<u128>,
     cursor: Option<u128>,
@@ -216,6 +219,7 @@ pub fn parse_address(field: &str, text: &str) -> Result<IpAddr> {
 impl Pool {
     fn new(record: PoolRecord) -> Self {
         Pool {
+            plan: plan_key(&record),
             record,
             allocated: AddressSet::default(),
             gateways: BTreeSet::new(),
@@ -574,14 +578,10 @@ impl Ipam {
             .lookup(pool_id)?
             .ok_or_else(|| Error::not_found(format!("unknown pool ID {pool_id:?}")))?;
         let seq = pool.record.seq;
-        let key = plan_key(&pool.record);
-        let siblings = || {
-            self.pools
-                .values()
-                .filter(|p| p.record.seq != seq && plan_key(&p.record) == key)
-        };
+        let key = &pool.plan;
+        let siblings = || self.pools.values().filter(|p| p.record.seq != seq && p.plan == *key);
         let empty = AddressSet::default();
-        let taken = self.plans.get(&key).map_or(&empty, |plan| &plan.taken);
+        let taken = self.plans.get(key).map_or(&empty, |plan| &plan.taken);
         let avoid = |offset: u128| avoid(pool.ip_at(offset));
         let mut changes = Vec::with_capacity(2);
         let offset = match address {
@@ -665,22 +665,24 @@ impl Ipam {
             IpamChange::PutPool(record) => {
                 self.next_seq = self.next_seq.max(record.seq + 1);
                 match self.pools.get_mut(&record.seq) {
-                    Some(pool) => pool.record = record.clone(),
+                    Some(pool) => {
+                        pool.plan = plan_key(record);
+                        pool.record = record.clone();
+                    }
                     None => {
                         self.pools.insert(record.seq, Pool::new(record.clone()));
                     }
                 }
             }
             IpamChange::DelPool(seq) => {
-                if let Some(pool) = self.pools.remove(seq) {
-                    let key = plan_key(&pool.record);
-                    if let Some(plan) = self.plans.get_mut(&key) {
-                        for o in pool.allocated.iter() {
-                            plan.remove(o);
-                        }
-                        if plan.taken.is_empty() {
-                            self.plans.remove(&key);
-                        }
+                if let Some(pool) = self.pools.remove(seq)
+                    && let Some(plan) = self.plans.get_mut(&pool.plan)
+                {
+                    for o in pool.allocated.iter() {
+                        plan.remove(o);
+                    }
+                    if plan.taken.is_empty() {
+                        self.plans.remove(&pool.plan);
                     }
                 }
             }
@@ -689,7 +691,14 @@ impl Ipam {
                     && let Some(o) = p.offset(*ip)
                 {
                     if p.allocated.insert(o) {
-                        self.plans.entry(plan_key(&p.record)).or_default().add(o);
+                        match self.plans.get_mut(&p.plan) {
+                            Some(plan) => plan.add(o),
+                            None => {
+                                let mut plan = Plan::default();
+                                plan.add(o);
+                                self.plans.insert(p.plan.clone(), plan);
+                            }
+                        }
                     }
                     if *gateway {
                         p.gateways.insert(o);
@@ -700,13 +709,12 @@ impl Ipam {
                 if let Some(p) = self.pools.get_mut(pool)
                     && let Some(o) = p.offset(*ip)
                 {
-                    if p.allocated.remove(o) {
-                        let key = plan_key(&p.record);
-                        if let Some(plan) = self.plans.get_mut(&key) {
-                            plan.remove(o);
-                            if plan.taken.is_empty() {
-                                self.plans.remove(&key);
-                            }
+                    if p.allocated.remove(o)
+                        && let Some(plan) = self.plans.get_mut(&p.plan)
+                    {
+                        plan.remove(o);
+                        if plan.taken.is_empty() {
+                            self.plans.remove(&p.plan);
                         }
                     }
                     p.gateways.remove(&o);

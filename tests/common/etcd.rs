@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::TempDir;
+use super::{TempDir, free_port};
 
 pub struct Member {
     pub name: String,
@@ -21,14 +21,6 @@ pub struct Cluster {
     pub members: Vec<Member>,
     initial_cluster: String,
     _dir: TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Cluster {

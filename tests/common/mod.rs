@@ -161,6 +161,15 @@ pub fn answered_address(answer: &Value) -> String {
     cidr.split('/').next().unwrap_or(cidr).to_string()
 }
 
+/// A loopback TCP port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A network namespace, deleted (with its links) on drop.
 pub struct Netns {
     pub name: String,
