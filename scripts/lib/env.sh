@@ -15,6 +15,10 @@
 #
 # Knobs: RV_STORAGE_DRIVER (overlay2; vfs also works, slower), RV_DOCKERD_TIMEOUT (60 s),
 # RV_ENGINE_CACHE (/var/tmp/rustvlan-docker28: where Docker 28 is unpacked).
+# A dockerd playing another host: RV_DOCKERD_NETNS=NAME runs it (and its bridge) inside
+# that network namespace, and RV_DOCKERD_PLUGIN_DIR=DIR shows it DIR as its
+# /run/docker/plugins (a bind mount in its own mount namespace), so it sees only the
+# plugin sockets put there and no other dockerd sees them.
 # Every private dockerd gets a bridge of its own (rvb-<hash of DIR>) for its default
 # network: `--bridge=none` would make dockerd delete the host's docker0, any Docker's.
 # Host state we cannot avoid: legacy and managed plugin sockets live in the fixed
@@ -119,19 +123,19 @@ rv_engine() {
 # address in 198.18.0.0/15 (benchmarking range) that no other link of the host has.
 rv__bridge_name() { echo "rvb-$(printf %s "$1" | md5sum | cut -c1-8)"; }
 rv__bridge_up() {
-    local br n i
+    local br n i ip=(ip ${RV_DOCKERD_NETNS:+-n "$RV_DOCKERD_NETNS"})
     br=$(rv__bridge_name "$1")
-    if ! ip link show "$br" >/dev/null 2>&1; then
-        ip link add "$br" type bridge || rv_fail "cannot make bridge $br" || return 1
+    if ! "${ip[@]}" link show "$br" >/dev/null 2>&1; then
+        "${ip[@]}" link add "$br" type bridge || rv_fail "cannot make bridge $br" || return 1
     fi
-    if [[ -z $(ip -4 -o addr show dev "$br") ]]; then
+    if [[ -z $("${ip[@]}" -4 -o addr show dev "$br") ]]; then
         n=$((0x$(printf %s "$1" | md5sum | cut -c1-2)))
         for ((i = 0; i < 256; i++, n = (n + 1) % 256)); do
-            ip -4 -o addr show | grep -q " 198\.18\.$n\." || break
+            "${ip[@]}" -4 -o addr show | grep -q " 198\.18\.$n\." || break
         done
-        ip addr add "198.18.$n.1/24" dev "$br" || rv_fail "cannot address bridge $br" || return 1
+        "${ip[@]}" addr add "198.18.$n.1/24" dev "$br" || rv_fail "cannot address bridge $br" || return 1
     fi
-    ip link set "$br" up
+    "${ip[@]}" link set "$br" up
     echo "$br"
 }
 
@@ -189,10 +193,24 @@ rv_dockerd_start() {
     # More flags for tests that restart dockerd differently (e.g. --live-restore).
     # shellcheck disable=SC2206
     args+=(${RV_DOCKERD_EXTRA_ARGS:-})
-    rv_log "starting dockerd $RV_ENGINE in $dir (log $dir/dockerd.log)"
+    local launch=()
+    if [[ ${RV_DOCKERD_NETNS:-} ]]; then
+        # Not `ip netns exec`: it remounts /sys, which hides the cgroup mounts under it.
+        # A mount namespace of its own (whose mounts do not propagate back) holds the
+        # plugin directory bound over /run/docker/plugins.
+        launch=(nsenter "--net=/run/netns/$RV_DOCKERD_NETNS" unshare --mount --propagation slave)
+        if [[ ${RV_DOCKERD_PLUGIN_DIR:-} ]]; then
+            mkdir -p /run/docker/plugins "$RV_DOCKERD_PLUGIN_DIR"
+            # shellcheck disable=SC2016
+            launch+=(sh -c 'mount --bind "$0" /run/docker/plugins && exec "$@"' "$(realpath "$RV_DOCKERD_PLUGIN_DIR")")
+        fi
+    elif [[ ${RV_DOCKERD_PLUGIN_DIR:-} ]]; then
+        rv_fail "RV_DOCKERD_PLUGIN_DIR needs RV_DOCKERD_NETNS" || return 1
+    fi
+    rv_log "starting dockerd $RV_ENGINE in $dir${RV_DOCKERD_NETNS:+ in netns $RV_DOCKERD_NETNS} (log $dir/dockerd.log)"
     # No --containerd: dockerd supervises its own containerd under the exec-root, so the
     # host's /run/containerd/containerd.sock is neither needed nor touched.
-    PATH=${RV_ENGINE_PATH:+$RV_ENGINE_PATH:}$PATH setsid "$RV_DOCKERD" "${args[@]}" </dev/null >>"$dir/dockerd.log" 2>&1 &
+    PATH=${RV_ENGINE_PATH:+$RV_ENGINE_PATH:}$PATH setsid "${launch[@]}" "$RV_DOCKERD" "${args[@]}" </dev/null >>"$dir/dockerd.log" 2>&1 &
     deadline=$((SECONDS + ${RV_DOCKERD_TIMEOUT:-60}))
     until rv__docker_ok; do
         if grep -q 'failed to start daemon' "$dir/dockerd.log" || ((SECONDS > deadline)); then
@@ -287,7 +305,7 @@ rv_dockerd_stop() {
     rv__cgroup_dirs "$dir" | xargs -r rmdir 2>/dev/null
     for id in $(rv__plugin_ids "$dir"); do rm -rf "/run/docker/plugins/$id"; done
     rm -f "$dir/dockerd.pid"
-    ip link del "$(rv__bridge_name "$dir")" 2>/dev/null
+    ip ${RV_DOCKERD_NETNS:+-n "$RV_DOCKERD_NETNS"} link del "$(rv__bridge_name "$dir")" 2>/dev/null
     [[ ${DOCKER_HOST:-} != "unix://$dir/docker.sock" ]] || unset DOCKER_HOST
     rv_log "dockerd in $dir stopped"
 }

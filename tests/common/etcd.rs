@@ -1,12 +1,12 @@
-//! A real etcd cluster (Debian's etcd-server) on loopback ports, for the shared-pool
-//! suites: made in a temporary directory, members killed and restarted at will, all
-//! stopped on drop.
+//! A real etcd cluster (Debian's etcd-server) on loopback ports (or on an address of a
+//! network namespace the test made), for the shared-pool suites: made in a temporary
+//! directory, members killed and restarted at will, all stopped on drop.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{TempDir, free_port};
+use super::{Netns, TempDir, free_port};
 
 pub struct Member {
     pub name: String,
@@ -20,18 +20,25 @@ pub struct Member {
 pub struct Cluster {
     pub members: Vec<Member>,
     initial_cluster: String,
+    /// The namespace the members run in (and etcdctl with them); None: the test's own.
+    netns: Option<String>,
     _dir: TempDir,
 }
 
 impl Cluster {
-    /// `n` members, all started, with a leader.
+    /// `n` members on loopback, all started, with a leader.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_on(n, None, "127.0.0.1")
+    }
+
+    /// `n` members listening on `ip` inside `netns`, all started, with a leader.
+    pub fn start_on(n: usize, netns: Option<&Netns>, ip: &str) -> Cluster {
         let dir = TempDir::new();
         let mut members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_url: format!("http://127.0.0.1:{}", free_port()),
-                peer_url: format!("http://127.0.0.1:{}", free_port()),
+                client_url: format!("http://{ip}:{}", free_port()),
+                peer_url: format!("http://{ip}:{}", free_port()),
                 data_dir: dir.path().join(format!("m{i}")),
                 log: dir.path().join(format!("m{i}.log")),
                 child: None,
@@ -45,6 +52,7 @@ impl Cluster {
         let mut cluster = Cluster {
             members: Vec::new(),
             initial_cluster,
+            netns: netns.map(|ns| ns.name.clone()),
             _dir: dir,
         };
         for m in &mut members {
@@ -61,7 +69,8 @@ impl Cluster {
             .append(true)
             .open(&m.log)
             .unwrap();
-        let child = Command::new("etcd")
+        let child = self
+            .command("etcd")
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data_dir)
@@ -84,6 +93,18 @@ impl Cluster {
         m.child = Some(child);
     }
 
+    /// `program`, in the cluster's namespace.
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
     /// The client URLs, comma-separated, as `--etcd-endpoints` takes them.
     pub fn endpoints(&self) -> String {
         self.members
@@ -95,7 +116,7 @@ impl Cluster {
 
     /// `etcdctl` against the members that run.
     pub fn etcdctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new("etcdctl")
+        self.command("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoints()))
             .args(["--command-timeout=3s"])

@@ -287,7 +287,8 @@ impl Server {
         Server::start_full(netns, dir, socket, &[])
     }
 
-    fn start_full(netns: Option<&Netns>, dir: &Path, socket: &Path, args: &[&str]) -> Server {
+    /// Like [`Server::start_at`], with more `serve` arguments.
+    pub fn start_full(netns: Option<&Netns>, dir: &Path, socket: &Path, args: &[&str]) -> Server {
         let mut server = Server {
             child: None,
             socket: socket.to_path_buf(),

@@ -1,0 +1,269 @@
+//! Two Docker hosts on one LAN, one address plan through etcd, end to end: each "host"
+//! is a network namespace with its own dockerd (of the engine under test) and its own
+//! rustvlan, whose socket only that dockerd sees (a private /run/docker/plugins). Their
+//! parents, both named `lan0` as on two real machines, are veths to one bridge in a
+//! third namespace, the LAN, where etcd listens. scripts/test.sh picks the engine
+//! (RV_ENGINE, RV_DOCKERD, ...); the dockerds are started through scripts/lib/env.sh.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::docker::{docker_cli, image, require_dockerd};
+use common::etcd::Cluster;
+use common::{Netns, Server, TempDir, check, mark_ran, report, run};
+
+const ENV_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/env.sh");
+const SUBNET: &str = "192.168.61.0/24";
+const GATEWAY: &str = "192.168.61.1";
+
+/// One Docker host: a namespace, rustvlan in it on a socket only its dockerd sees, and
+/// that dockerd. Dropped in that order reversed: dockerd, rustvlan, files, namespace.
+struct DockerHost {
+    id: String,
+    dockerd_dir: PathBuf,
+    plugin: Server,
+    _dir: TempDir,
+    netns: Netns,
+}
+
+impl DockerHost {
+    /// Host number `n` (1, 2, ...) with address 10.201.0.n on its `lan0`, a port of the
+    /// LAN's bridge `br0`.
+    fn start(n: u8, lan: &Netns, etcd: &Cluster) -> DockerHost {
+        let netns = Netns::new();
+        let port = format!("port{n}");
+        check(Command::new("ip").args([
+            "link",
+            "add",
+            "lan0",
+            "netns",
+            &netns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &lan.name,
+        ]));
+        lan.ip(&["link", "set", &port, "master", "br0", "up"]);
+        netns.ip(&["addr", "add", &format!("10.201.0.{n}/24"), "dev", "lan0"]);
+        netns.ip(&["link", "set", "lan0", "up"]);
+
+        let id = format!("host-{n}");
+        let dir = TempDir::new();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        let endpoints = etcd.endpoints();
+        let plugin = Server::start_full(
+            Some(&netns),
+            dir.path(),
+            &plugins.join("rustvlan.sock"),
+            &["--etcd-endpoints", &endpoints, "--host-id", &id],
+        );
+        let dockerd_dir = dir.path().join("docker");
+        let script = format!(
+            "source {ENV_SH} && rv_dockerd_start \"$1\" && rv_test_image \"$2\" && \
+             \"$RV_DOCKER\" network create -d rustvlan --ipam-driver rustvlan \
+             --subnet {SUBNET} --gateway {GATEWAY} -o parent=lan0 lan61"
+        );
+        let out = run(Command::new("bash")
+            .args(["-c", &script, "bash"])
+            .arg(&dockerd_dir)
+            .arg(image())
+            .env("RV_DOCKERD_NETNS", &netns.name)
+            .env("RV_DOCKERD_PLUGIN_DIR", &plugins)
+            .env("RV_DOCKERD_TIMEOUT", "120")
+            .env("RV_DOCKER", docker_cli()));
+        let host = DockerHost {
+            id,
+            dockerd_dir,
+            plugin,
+            _dir: dir,
+            netns,
+        };
+        assert!(
+            out.status.success(),
+            "starting {}'s dockerd and creating its network failed: {}{}",
+            host.id,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        host
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        run(Command::new(docker_cli())
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}/docker.sock", self.dockerd_dir.display()),
+            )
+            .args(args))
+    }
+
+    fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            out.status.success(),
+            "{}: docker {}: {}",
+            self.id,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The IPv4 address (CIDR) on a container's eth0.
+    fn ipv4_of(&self, container: &str) -> String {
+        let out = self.docker_ok(&["exec", container, "ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+        out.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no IPv4 on eth0 of {container} on {}: {out}", self.id))
+            .to_string()
+    }
+}
+
+impl Drop for DockerHost {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .args(["-c", &format!("source {ENV_SH} && rv_dockerd_stop \"$1\""), "bash"])
+            .arg(&self.dockerd_dir)
+            .env("RV_DOCKERD_NETNS", &self.netns.name)
+            .env("RV_DOCKER", docker_cli())
+            .output();
+    }
+}
+
+/// The LAN: a namespace with bridge `br0` at 10.201.0.254, where etcd listens.
+fn lan() -> Netns {
+    let lan = Netns::new();
+    lan.ip(&["link", "add", "br0", "type", "bridge"]);
+    lan.ip(&["addr", "add", "10.201.0.254/24", "dev", "br0"]);
+    lan.ip(&["link", "set", "br0", "up"]);
+    lan
+}
+
+/// Keys under the shared plans' per-host index for `host`.
+fn held_in_etcd(etcd: &Cluster, host: &str) -> usize {
+    let out = etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        &format!("/rustvlan/v1/byhost/{host}/"),
+    ]);
+    assert!(
+        out.status.success(),
+        "etcdctl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count()
+}
+
+#[test]
+fn two_dockerds_on_one_lan_share_one_address_plan_through_etcd() {
+    if !require_dockerd() {
+        return;
+    }
+    let lan = lan();
+    let etcd = Cluster::start_on(1, Some(&lan), "10.201.0.254");
+    let hosts = [DockerHost::start(1, &lan, &etcd), DockerHost::start(2, &lan, &etcd)];
+
+    // Ten containers on each host, the hosts taking turns.
+    let mut addresses = BTreeSet::new();
+    for i in 0..10 {
+        for (h, host) in hosts.iter().enumerate() {
+            let name = format!("rvmh-{h}-{i}");
+            host.docker_ok(&[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--net",
+                "lan61",
+                &image(),
+                "sleep",
+                "100000",
+            ]);
+            let ip = host.ipv4_of(&name);
+            assert!(ip.starts_with("192.168.61.") && ip.ends_with("/24"), "{name}: {ip}");
+            assert!(
+                addresses.insert(ip.clone()),
+                "{ip} handed out twice (again to {name} on {})",
+                host.id
+            );
+        }
+    }
+    for host in &hosts {
+        assert_eq!(
+            host.plugin.state().endpoints.len(),
+            10,
+            "{}'s rustvlan saw only its dockerd",
+            host.id
+        );
+        assert_eq!(held_in_etcd(&etcd, &host.id), 10, "{}'s claims in etcd", host.id);
+    }
+    assert_eq!(addresses.len(), 20);
+    assert!(
+        !addresses.contains(&format!("{GATEWAY}/24")),
+        "the gateway was handed out"
+    );
+
+    // Across the LAN: a container on host 1 and one on host 2, both ways.
+    let (a, b) = ("rvmh-0-0", "rvmh-1-0");
+    let (a_ip, b_ip) = (hosts[0].ipv4_of(a), hosts[1].ipv4_of(b));
+    for (from, host, to) in [(a, &hosts[0], &b_ip), (b, &hosts[1], &a_ip)] {
+        let to = to.split('/').next().unwrap();
+        let out = host.docker(&["exec", from, "ping", "-c", "2", "-W", "2", to]);
+        assert!(
+            out.status.success(),
+            "{from} on {} cannot ping {to} on the other host: {}",
+            host.id,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    // Both hosts are live in etcd with their ten addresses each.
+    let out = check(
+        hosts[0]
+            .plugin
+            .command()
+            .args(["hosts", "--json", "--etcd-endpoints", &etcd.endpoints()]),
+    );
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("rustvlan hosts --json");
+    for host in &hosts {
+        let entry = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == host.id.as_str())
+            .unwrap_or_else(|| panic!("{} not in rustvlan hosts: {out}", host.id));
+        assert_eq!(entry["live"], true, "{out}");
+        assert_eq!(entry["allocations"], 10, "{out}");
+    }
+
+    // Removing the containers and the networks releases every claim of both hosts.
+    for (h, host) in hosts.iter().enumerate() {
+        let names: Vec<String> = (0..10).map(|i| format!("rvmh-{h}-{i}")).collect();
+        let mut args = vec!["rm", "-f"];
+        args.extend(names.iter().map(String::as_str));
+        host.docker_ok(&args);
+        host.docker_ok(&["network", "rm", "lan61"]);
+        assert_eq!(held_in_etcd(&etcd, &host.id), 0, "{} left claims in etcd", host.id);
+    }
+    report(&format!(
+        "two dockerds {} on one LAN through etcd: 20 containers, {} distinct addresses, pings across both ways",
+        hosts[0].docker_ok(&["version", "--format", "{{.Server.Version}}"]),
+        addresses.len()
+    ));
+    mark_ran(
+        "RUSTVLAN_E2E_MARKER",
+        "two_dockerds_on_one_lan_share_one_address_plan_through_etcd",
+    );
+}
