@@ -13,18 +13,31 @@ use std::process::{Command, Output};
 
 use common::docker::{docker_cli, image, require_dockerd};
 use common::etcd::Cluster;
-use common::{Netns, Server, TempDir, check, mark_ran, report, run};
+use common::{BIN, Netns, Server, TempDir, check, mark_ran, report, run};
 
 const ENV_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/env.sh");
 const SUBNET: &str = "192.168.61.0/24";
 const GATEWAY: &str = "192.168.61.1";
+
+/// How a host runs rustvlan.
+enum Rustvlan {
+    /// `rustvlan serve` on the legacy socket of the host's private plugin directory.
+    Legacy,
+    /// The managed plugin `rustvlan:test`, made with `docker plugin create` from the
+    /// directory scripts/build-plugin.sh made, and configured with `docker plugin set`.
+    Managed(PathBuf),
+}
+
+/// The managed plugin's name on every host.
+const MANAGED: &str = "rustvlan:test";
 
 /// One Docker host: a namespace, rustvlan in it on a socket only its dockerd sees, and
 /// that dockerd. Dropped in that order reversed: dockerd, rustvlan, files, namespace.
 struct DockerHost {
     id: String,
     dockerd_dir: PathBuf,
-    plugin: Server,
+    /// The legacy plugin's process; None for the managed plugin, which dockerd runs.
+    plugin: Option<Server>,
     _dir: TempDir,
     netns: Netns,
 }
@@ -32,7 +45,7 @@ struct DockerHost {
 impl DockerHost {
     /// Host number `n` (1, 2, ...) with address 10.201.0.n on its `lan0`, a port of the
     /// LAN's bridge `br0`.
-    fn start(n: u8, lan: &Netns, etcd: &Cluster) -> DockerHost {
+    fn start(n: u8, lan: &Netns, etcd: &Cluster, rustvlan: &Rustvlan) -> DockerHost {
         let netns = Netns::new();
         let port = format!("port{n}");
         check(Command::new("ip").args([
@@ -58,18 +71,16 @@ impl DockerHost {
         let plugins = dir.path().join("plugins");
         std::fs::create_dir_all(&plugins).unwrap();
         let endpoints = etcd.endpoints();
-        let plugin = Server::start_full(
-            Some(&netns),
-            dir.path(),
-            &plugins.join("rustvlan.sock"),
-            &["--etcd-endpoints", &endpoints, "--host-id", &id],
-        );
+        let plugin = matches!(rustvlan, Rustvlan::Legacy).then(|| {
+            Server::start_full(
+                Some(&netns),
+                dir.path(),
+                &plugins.join("rustvlan.sock"),
+                &["--etcd-endpoints", &endpoints, "--host-id", &id],
+            )
+        });
         let dockerd_dir = dir.path().join("docker");
-        let script = format!(
-            "source {ENV_SH} && rv_dockerd_start \"$1\" && rv_test_image \"$2\" && \
-             \"$RV_DOCKER\" network create -d rustvlan --ipam-driver rustvlan \
-             --subnet {SUBNET} --gateway {GATEWAY} -o parent=lan0 lan61"
-        );
+        let script = format!("source {ENV_SH} && rv_dockerd_start \"$1\" && rv_test_image \"$2\"");
         let out = run(Command::new("bash")
             .args(["-c", &script, "bash"])
             .arg(&dockerd_dir)
@@ -87,11 +98,22 @@ impl DockerHost {
         };
         assert!(
             out.status.success(),
-            "starting {}'s dockerd and creating its network failed: {}{}",
+            "starting {}'s dockerd failed: {}{}",
             host.id,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Rustvlan::Managed(source) = rustvlan {
+            host.docker_ok(&["plugin", "create", MANAGED, source.to_str().unwrap()]);
+            host.docker_ok(&[
+                "plugin",
+                "set",
+                MANAGED,
+                &format!("RUSTVLAN_ETCD_ENDPOINTS={endpoints}"),
+                &format!("RUSTVLAN_HOST_ID={}", host.id),
+            ]);
+            host.docker_ok(&["plugin", "enable", MANAGED]);
+        }
         host
     }
 
@@ -129,6 +151,7 @@ impl DockerHost {
 
 impl Drop for DockerHost {
     fn drop(&mut self) {
+        let _ = self.docker(&["swarm", "leave", "--force"]);
         let _ = Command::new("bash")
             .args(["-c", &format!("source {ENV_SH} && rv_dockerd_stop \"$1\""), "bash"])
             .arg(&self.dockerd_dir)
@@ -145,6 +168,32 @@ fn lan() -> Netns {
     lan.ip(&["addr", "add", "10.201.0.254/24", "dev", "br0"]);
     lan.ip(&["link", "set", "br0", "up"]);
     lan
+}
+
+/// `rustvlan hosts --json` run on `on`: whether `id` is live and how many addresses it
+/// holds.
+fn listed_host(on: &DockerHost, etcd: &Cluster, id: &str) -> (bool, u64) {
+    let out = check(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &on.netns.name,
+                BIN,
+                "hosts",
+                "--json",
+                "--etcd-endpoints",
+            ])
+            .arg(etcd.endpoints()),
+    );
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("rustvlan hosts --json");
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in rustvlan hosts: {out}"));
+    (entry["live"] == true, entry["allocations"].as_u64().unwrap())
 }
 
 /// Keys under the shared plans' per-host index for `host`.
@@ -173,7 +222,27 @@ fn two_dockerds_on_one_lan_share_one_address_plan_through_etcd() {
     }
     let lan = lan();
     let etcd = Cluster::start_on(1, Some(&lan), "10.201.0.254");
-    let hosts = [DockerHost::start(1, &lan, &etcd), DockerHost::start(2, &lan, &etcd)];
+    let hosts = [
+        DockerHost::start(1, &lan, &etcd, &Rustvlan::Legacy),
+        DockerHost::start(2, &lan, &etcd, &Rustvlan::Legacy),
+    ];
+    for host in &hosts {
+        host.docker_ok(&[
+            "network",
+            "create",
+            "-d",
+            "rustvlan",
+            "--ipam-driver",
+            "rustvlan",
+            "--subnet",
+            SUBNET,
+            "--gateway",
+            GATEWAY,
+            "-o",
+            "parent=lan0",
+            "lan61",
+        ]);
+    }
 
     // Ten containers on each host, the hosts taking turns.
     let mut addresses = BTreeSet::new();
@@ -202,7 +271,7 @@ fn two_dockerds_on_one_lan_share_one_address_plan_through_etcd() {
     }
     for host in &hosts {
         assert_eq!(
-            host.plugin.state().endpoints.len(),
+            host.plugin.as_ref().unwrap().state().endpoints.len(),
             10,
             "{}'s rustvlan saw only its dockerd",
             host.id
@@ -230,22 +299,8 @@ fn two_dockerds_on_one_lan_share_one_address_plan_through_etcd() {
     }
 
     // Both hosts are live in etcd with their ten addresses each.
-    let out = check(
-        hosts[0]
-            .plugin
-            .command()
-            .args(["hosts", "--json", "--etcd-endpoints", &etcd.endpoints()]),
-    );
-    let listed: serde_json::Value = serde_json::from_str(&out).expect("rustvlan hosts --json");
     for host in &hosts {
-        let entry = listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["id"] == host.id.as_str())
-            .unwrap_or_else(|| panic!("{} not in rustvlan hosts: {out}", host.id));
-        assert_eq!(entry["live"], true, "{out}");
-        assert_eq!(entry["allocations"], 10, "{out}");
+        assert_eq!(listed_host(&hosts[0], &etcd, &host.id), (true, 10));
     }
 
     // Removing the containers and the networks releases every claim of both hosts.
@@ -266,4 +321,174 @@ fn two_dockerds_on_one_lan_share_one_address_plan_through_etcd() {
         "RUSTVLAN_E2E_MARKER",
         "two_dockerds_on_one_lan_share_one_address_plan_through_etcd",
     );
+}
+
+/// The managed plugin's directory (scripts/build-plugin.sh); outside CI its absence skips.
+fn plugin_source() -> Option<PathBuf> {
+    match std::env::var("RUSTVLAN_PLUGIN_DIR") {
+        Ok(dir) if !dir.is_empty() => Some(dir.into()),
+        _ if std::env::var_os("RUSTVLAN_CI").is_some() => {
+            panic!("RUSTVLAN_PLUGIN_DIR is not set, and RUSTVLAN_CI forbids skipping the swarm test")
+        }
+        _ => {
+            eprintln!("SKIPPED: RUSTVLAN_PLUGIN_DIR (the directory scripts/build-plugin.sh made) is not set");
+            None
+        }
+    }
+}
+
+/// Polls `done` every 200 ms for up to `seconds`; panics with `what` when it never holds.
+fn wait_for(seconds: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "after {seconds} s: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The swarm recipe of the README on a two-node swarm: a config-only network with
+/// rustvlan's IPAM on each node, then one swarm-scoped network made from it. Each node
+/// builds that network from its own config-only network and calls its own IPAM (moby
+/// #49921: with Docker's default IPAM two nodes hand out the same addresses); with
+/// rustvlan's pools shared through etcd, the tasks of both nodes get distinct ones.
+/// Swarm takes only managed plugins, so both nodes run `rustvlan:test`.
+#[test]
+fn a_swarm_network_from_config_only_networks_hands_out_each_address_once() {
+    if !require_dockerd() {
+        return;
+    }
+    let Some(source) = plugin_source() else {
+        return;
+    };
+    let lan = lan();
+    let etcd = Cluster::start_on(1, Some(&lan), "10.201.0.254");
+    let managed = Rustvlan::Managed(source);
+    let hosts = [
+        DockerHost::start(1, &lan, &etcd, &managed),
+        DockerHost::start(2, &lan, &etcd, &managed),
+    ];
+    hosts[0].docker_ok(&[
+        "swarm",
+        "init",
+        "--advertise-addr",
+        "10.201.0.1",
+        "--listen-addr",
+        "10.201.0.1:2377",
+    ]);
+    let token = hosts[0].docker_ok(&["swarm", "join-token", "-q", "worker"]);
+    hosts[1].docker_ok(&[
+        "swarm",
+        "join",
+        "--token",
+        &token,
+        "--advertise-addr",
+        "10.201.0.2",
+        "10.201.0.1:2377",
+    ]);
+    for host in &hosts {
+        host.docker_ok(&[
+            "network",
+            "create",
+            "--config-only",
+            "--ipam-driver",
+            MANAGED,
+            "--subnet",
+            "192.168.62.0/24",
+            "--gateway",
+            "192.168.62.1",
+            "-o",
+            "parent=lan0",
+            "rvcfg",
+        ]);
+    }
+    hosts[0].docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        MANAGED,
+        "--scope",
+        "swarm",
+        "--config-from",
+        "rvcfg",
+        "swarm62",
+    ]);
+    hosts[0].docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "sleepers",
+        "--network",
+        "swarm62",
+        "--replicas",
+        "10",
+        &image(),
+        "sleep",
+        "100000",
+    ]);
+    let tasks = |host: &DockerHost| -> Vec<String> {
+        host.docker_ok(&["ps", "-q", "--filter", "label=com.docker.swarm.service.name=sleepers"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    wait_for(120, "10 tasks of the service running", || {
+        hosts.iter().map(|h| tasks(h).len()).sum::<usize>() == 10
+    });
+
+    let mut addresses = BTreeSet::new();
+    let mut one_per_node = Vec::new();
+    let mut per_node = Vec::new();
+    for host in &hosts {
+        let ids = tasks(host);
+        per_node.push(ids.len());
+        assert!(!ids.is_empty(), "swarm put no task on {}", host.id);
+        for id in &ids {
+            let ip = host.ipv4_of(id);
+            assert!(ip.starts_with("192.168.62."), "task {id} on {}: {ip}", host.id);
+            assert!(
+                addresses.insert(ip.clone()),
+                "{ip} handed out twice (again to task {id} on {})",
+                host.id
+            );
+        }
+        one_per_node.push((ids[0].clone(), ip_only(&host.ipv4_of(&ids[0]))));
+    }
+    for (host, tasks) in hosts.iter().zip(&per_node) {
+        assert_eq!(held_in_etcd(&etcd, &host.id), *tasks, "{}'s claims in etcd", host.id);
+    }
+    let (a, a_ip) = &one_per_node[0];
+    let (b, b_ip) = &one_per_node[1];
+    for (from, host, to) in [(a, &hosts[0], b_ip), (b, &hosts[1], a_ip)] {
+        let out = host.docker(&["exec", from, "ping", "-c", "2", "-W", "2", to]);
+        assert!(
+            out.status.success(),
+            "task {from} on {} cannot ping {to} on the other node: {}",
+            host.id,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    hosts[0].docker_ok(&["service", "rm", "sleepers"]);
+    wait_for(60, "the service's tasks gone and their claims released", || {
+        hosts
+            .iter()
+            .all(|h| tasks(h).is_empty() && held_in_etcd(&etcd, &h.id) == 0)
+    });
+    hosts[0].docker_ok(&["network", "rm", "swarm62"]);
+    report(&format!(
+        "swarm of two dockerds {}: 10 tasks ({} and {} per node), {} distinct addresses, pings across",
+        hosts[0].docker_ok(&["version", "--format", "{{.Server.Version}}"]),
+        per_node[0],
+        per_node[1],
+        addresses.len(),
+    ));
+    mark_ran(
+        "RUSTVLAN_E2E_MARKER",
+        "a_swarm_network_from_config_only_networks_hands_out_each_address_once",
+    );
+}
+
+fn ip_only(cidr: &str) -> String {
+    cidr.split('/').next().unwrap().to_string()
 }
