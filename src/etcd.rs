@@ -61,7 +61,35 @@ pub struct Etcd {
     /// The liveness key's lease, once registered.
     lease: std::sync::Arc<std::sync::atomic::AtomicI64>,
     metrics: Option<crate::metrics::EtcdMetrics>,
+    claims: std::sync::Arc<ClaimQueue>,
 }
+
+/// This host's claims waiting for a transaction. Claims made while earlier ones are on
+/// their way to etcd go together in one transaction (a group commit): a burst of
+/// allocations costs a few Raft rounds and WAL writes instead of one each.
+#[derive(Default)]
+struct ClaimQueue {
+    waiting: std::sync::Mutex<std::collections::VecDeque<QueuedClaim>>,
+    /// Transactions of claims on their way; at most [`CLAIM_TXNS_IN_FLIGHT`].
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+struct QueuedClaim {
+    plan: String,
+    ip: IpAddr,
+    /// Its request fails by then: a claim waiting behind a transaction etcd does not
+    /// answer must not wait for that one's timeout and then for its own.
+    deadline: tokio::time::Instant,
+    answer: tokio::sync::oneshot::Sender<EResult<Claim>>,
+}
+
+/// Claims per transaction: each takes a compare, two puts (or one get), and etcd refuses
+/// transactions of more than 128 operations per branch by default (`--max-txn-ops`).
+const CLAIMS_PER_TXN: usize = 64;
+/// A queued claim with less time left than this fails instead of being sent.
+const MIN_CLAIM_TIME: Duration = Duration::from_millis(50);
+/// Claim transactions a host has on their way at once.
+const CLAIM_TXNS_IN_FLIGHT: usize = 2;
 
 /// Who holds a claimed address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +177,17 @@ impl PlanFollower {
     }
 }
 
+/// A claim's value as its holder (an unreadable one shown as it is).
+fn holder_of(value: &[u8]) -> Holder {
+    serde_json::from_slice(value).unwrap_or(Holder::Shared {
+        shared: String::from_utf8_lossy(value).into_owned(),
+    })
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn plain(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -199,6 +238,7 @@ impl Etcd {
             endpoints,
             lease: Default::default(),
             metrics: None,
+            claims: Default::default(),
         })
     }
 
@@ -241,8 +281,27 @@ impl Etcd {
         what: &'static str,
         call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
     ) -> EResult<T> {
+        self.call_within(what, CALL_TIMEOUT, call).await
+    }
+
+    fn no_answer(&self, what: &str) -> EtcdError {
+        EtcdError {
+            message: format!(
+                "etcd unreachable ({}): {what}: no answer within {CALL_TIMEOUT:?} (no quorum?)",
+                self.endpoints
+            ),
+        }
+    }
+
+    /// [`Etcd::call`] with `time` instead of [`CALL_TIMEOUT`].
+    async fn call_within<T>(
+        &self,
+        what: &'static str,
+        time: Duration,
+        call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> EResult<T> {
         let started = std::time::Instant::now();
-        let answer = tokio::time::timeout(CALL_TIMEOUT, call).await;
+        let answer = tokio::time::timeout(time, call).await;
         if let Some(m) = &self.metrics {
             m.observe(what, matches!(answer, Ok(Ok(_))), started.elapsed());
         }
@@ -251,19 +310,158 @@ impl Etcd {
             Ok(Err(e)) => Err(EtcdError {
                 message: format!("etcd unreachable ({}): {what}: {}", self.endpoints, plain(e)),
             }),
-            Err(_) => Err(EtcdError {
-                message: format!(
-                    "etcd unreachable ({}): {what}: no answer within {CALL_TIMEOUT:?} (no quorum?)",
-                    self.endpoints
-                ),
-            }),
+            Err(_) => Err(self.no_answer(what)),
         }
     }
 
     /// Claims `ip` of `plan` for this host (`shared`: as the LAN's gateway or aux
     /// address, which every host reserves alike). Create-if-absent in one transaction
-    /// that answers the holder when it fails.
+    /// that answers the holder when it fails; a host's claims go together with the
+    /// others queued at the same moment (see [`ClaimQueue`]).
     pub async fn claim(&self, plan: &str, ip: IpAddr, shared: Option<&str>) -> EResult<Claim> {
+        if shared.is_some() {
+            return self.claim_one(plan, ip, shared).await;
+        }
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        lock(&self.claims.waiting).push_back(QueuedClaim {
+            plan: plan.to_string(),
+            ip,
+            deadline: tokio::time::Instant::now() + CALL_TIMEOUT,
+            answer,
+        });
+        self.send_claims();
+        // The queue answers every claim by its deadline; this is only a backstop.
+        match tokio::time::timeout(CALL_TIMEOUT + Duration::from_secs(1), answered).await {
+            Ok(Ok(answer)) => answer,
+            _ => Err(self.no_answer("claiming an address")),
+        }
+    }
+
+    /// Starts a transaction of the queued claims, unless enough are on their way: the
+    /// queue then grows until one of them is back.
+    fn send_claims(&self) {
+        use std::sync::atomic::Ordering;
+        let batch: Vec<QueuedClaim> = {
+            let mut waiting = lock(&self.claims.waiting);
+            if waiting.is_empty() || self.claims.in_flight.load(Ordering::Acquire) >= CLAIM_TXNS_IN_FLIGHT {
+                return;
+            }
+            // Claims whose request gave up, or whose time is up, are not sent at all.
+            let now = tokio::time::Instant::now();
+            let expired = waiting.iter().any(|c| c.deadline <= now + MIN_CLAIM_TIME);
+            if expired {
+                for claim in std::mem::take(&mut *waiting) {
+                    if claim.deadline <= now + MIN_CLAIM_TIME {
+                        let _ = claim.answer.send(Err(self.no_answer("claiming an address")));
+                    } else {
+                        waiting.push_back(claim);
+                    }
+                }
+            }
+            waiting.retain(|c| !c.answer.is_closed());
+            // One key may appear once in a transaction: a second claim of it waits.
+            let mut keys = std::collections::HashSet::new();
+            let n = waiting
+                .iter()
+                .take(CLAIMS_PER_TXN)
+                .take_while(|c| keys.insert((c.plan.clone(), c.ip)))
+                .count();
+            if n == 0 {
+                return;
+            }
+            self.claims.in_flight.fetch_add(1, Ordering::AcqRel);
+            waiting.drain(..n).collect()
+        };
+        let etcd = self.clone();
+        tokio::spawn(async move {
+            let retry = etcd.claim_together(batch).await;
+            if !retry.is_empty() {
+                let mut waiting = lock(&etcd.claims.waiting);
+                for claim in retry.into_iter().rev() {
+                    waiting.push_front(claim);
+                }
+            }
+            etcd.claims.in_flight.fetch_sub(1, Ordering::AcqRel);
+            etcd.send_claims();
+        });
+    }
+
+    /// One transaction for `batch`: all claimed, or none; then each claim's holder is
+    /// read, the taken ones answered, and the ones that were free returned to be sent
+    /// again (with fewer companions).
+    async fn claim_together(&self, batch: Vec<QueuedClaim>) -> Vec<QueuedClaim> {
+        let ours = self.ours();
+        let keys: Vec<String> = batch.iter().map(|c| self.alloc_key(&c.plan, c.ip)).collect();
+        let txn = Txn::new()
+            .when(
+                keys.iter()
+                    .map(|k| Compare::create_revision(k.clone(), CompareOp::Equal, 0))
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(
+                batch
+                    .iter()
+                    .zip(&keys)
+                    .flat_map(|(c, k)| {
+                        [
+                            TxnOp::put(k.clone(), ours.clone(), None),
+                            TxnOp::put(self.byhost_key(&self.host, &c.plan, c.ip), "", None),
+                        ]
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .or_else(keys.iter().map(|k| TxnOp::get(k.clone(), None)).collect::<Vec<_>>());
+        let mut client = self.client.clone();
+        let deadline = batch.iter().map(|c| c.deadline).min().expect("a batch is never empty");
+        let time = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let answer = match self.call_within("claiming addresses", time, client.txn(txn)).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                for claim in batch {
+                    let _ = claim.answer.send(Err(e.clone()));
+                }
+                return Vec::new();
+            }
+        };
+        if answer.succeeded() {
+            tracing::trace!(claims = batch.len(), "claim transaction");
+            for claim in batch {
+                let _ = claim.answer.send(Ok(Claim::Ours));
+            }
+            return Vec::new();
+        }
+        let held: Vec<Option<Vec<u8>>> = answer
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            })
+            .collect();
+        let mut retry = Vec::new();
+        let sent = batch.len();
+        for (claim, held) in batch.into_iter().zip(held.into_iter().chain(std::iter::repeat(None))) {
+            match held {
+                // Free: another claim of the batch made it fail.
+                None => retry.push(claim),
+                Some(value) if value == ours => {
+                    let _ = claim.answer.send(Ok(Claim::Ours));
+                }
+                Some(value) => {
+                    let _ = claim.answer.send(Ok(Claim::Taken(holder_of(&value))));
+                }
+            }
+        }
+        tracing::debug!(
+            sent,
+            again = retry.len(),
+            "a claim transaction lost: the free claims go again"
+        );
+        retry
+    }
+
+    /// A claim in a transaction of its own (the LAN's reservations).
+    async fn claim_one(&self, plan: &str, ip: IpAddr, shared: Option<&str>) -> EResult<Claim> {
         let key = self.alloc_key(plan, ip);
         let value = match shared {
             Some(kind) => serde_json::to_vec(&Holder::Shared {
@@ -298,9 +496,7 @@ impl Etcd {
         if held == value && shared.is_none() {
             return Ok(Claim::Ours); // a retried claim of our own
         }
-        let holder: Holder = serde_json::from_slice(&held).unwrap_or(Holder::Shared {
-            shared: String::from_utf8_lossy(&held).into_owned(),
-        });
+        let holder = holder_of(&held);
         Ok(match (&holder, shared) {
             // Every host reserves the LAN's gateway and aux addresses alike.
             (Holder::Shared { .. }, Some(_)) => Claim::Ours,

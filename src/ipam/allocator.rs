@@ -310,15 +310,15 @@ impl Pool {
         siblings.flat_map(|p| p.gateways.iter().copied()).min()
     }
 
-    /// The next free dynamic address after the last one handed out, wrapping around, so
-    /// that a just-released address is not handed straight back.
-    /// `taken`: what the pool's plan holds; `avoid`: what other hosts hold; `scatter`:
-    /// start the search at this point of the range instead of after the cursor.
-    fn next_dynamic(&self, taken: &AddressSet, avoid: &dyn Fn(u128) -> bool, scatter: Option<u64>) -> Option<u128> {
+    /// The next free dynamic address from `start` on, wrapping around.
+    /// `taken`: what the pool's plan holds; `avoid`: what other hosts hold.
+    fn next_dynamic(&self, taken: &AddressSet, avoid: &dyn Fn(u128) -> bool, start: SearchStart) -> Option<u128> {
         let (lo, hi) = self.dynamic_range();
-        let start = match (scatter, self.cursor) {
-            (Some(r), _) => lo + u128::from(r) % (hi - lo + 1),
-            (None, Some(c)) if c >= lo && c < hi => c + 1,
+        let at = |r: u64| lo + u128::from(r) % (hi - lo + 1);
+        let start = match (start, self.cursor) {
+            (SearchStart::At(r), _) => at(r),
+            (SearchStart::AfterCursor | SearchStart::AfterCursorOr(_), Some(c)) if c >= lo && c < hi => c + 1,
+            (SearchStart::AfterCursorOr(r), _) => at(r),
             _ => lo,
         };
         first_free_avoiding(taken, avoid, start, hi)
@@ -338,6 +338,19 @@ impl Pool {
     pub fn allocated_count(&self) -> u128 {
         self.allocated.len()
     }
+}
+
+/// Where the search for the next free dynamic address starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchStart {
+    /// After the last address handed out (so a just-released one is not handed straight
+    /// back), or at the start of the range.
+    AfterCursor,
+    /// After the last address handed out, or at this point of the range (a shared pool's
+    /// first address: each host starts at a point of its own).
+    AfterCursorOr(u64),
+    /// At this point of the range (a shared pool's search after losing a race).
+    At(u64),
 }
 
 /// The first offset in `from..=to` free in `taken` and not avoided.
@@ -561,7 +574,7 @@ impl Ipam {
         address: Option<IpAddr>,
         gateway: bool,
     ) -> Result<(IpNetwork, Vec<IpamChange>)> {
-        self.plan_request_address_avoiding(pool_id, address, gateway, &|_| false, None)
+        self.plan_request_address_avoiding(pool_id, address, gateway, &|_| false, SearchStart::AfterCursor)
     }
 
     /// [`Ipam::plan_request_address`], a dynamic address never one `avoid` names (what
@@ -572,7 +585,7 @@ impl Ipam {
         address: Option<IpAddr>,
         gateway: bool,
         avoid: &dyn Fn(IpAddr) -> bool,
-        scatter: Option<u64>,
+        start: SearchStart,
     ) -> Result<(IpNetwork, Vec<IpamChange>)> {
         let pool = self
             .lookup(pool_id)?
@@ -615,7 +628,7 @@ impl Ipam {
                         first_free_avoiding(taken, &avoid, lo, hi)
                     })
                 } else {
-                    pool.next_dynamic(taken, &avoid, scatter)
+                    pool.next_dynamic(taken, &avoid, start)
                 };
                 let offset =
                     found.ok_or_else(|| Error::exhausted(format!("no free address left in {}", pool.describe())))?;

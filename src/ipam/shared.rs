@@ -13,6 +13,7 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 
 use super::allocations::{Allocations, LocalAllocations};
+use super::allocator::SearchStart;
 use super::{IpamChange, PoolRequest, plan_name};
 use crate::error::{Error, Result};
 use crate::etcd::{Claim, Etcd, Holder};
@@ -41,11 +42,81 @@ pub struct SharedPlans {
 #[derive(Default)]
 struct PlanView {
     /// Addresses other hosts hold (as last seen in etcd), and shared reservations.
-    remote: BTreeMap<IpAddr, Holder>,
+    remote: Remote,
     /// Addresses this host is claiming or releasing in etcd right now.
     in_flight: BTreeSet<IpAddr>,
     /// Read whole, and followed since by a watch.
     loaded: bool,
+    /// When it was last read whole because it looked full.
+    refreshed: Option<std::time::Instant>,
+}
+
+const REFRESH_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+
+/// Addresses a plan's block holds: 64, aligned (a /26 of IPv4, as Calico's blocks).
+const BLOCK_BITS: u32 = 6;
+
+fn block_of(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)) >> BLOCK_BITS,
+        IpAddr::V6(v6) => u128::from(v6) >> BLOCK_BITS,
+    }
+}
+
+/// What other hosts hold of a plan, and how many of their addresses each block has: a
+/// host fills blocks no other host uses while there are any, so that hosts rarely race
+/// for one address (every address is still claimed on its own).
+#[derive(Default)]
+struct Remote {
+    held: BTreeMap<IpAddr, Holder>,
+    /// Other hosts' addresses (not the LAN's reservations) per block.
+    per_block: HashMap<u128, usize>,
+}
+
+impl Remote {
+    fn from_claims(held: impl IntoIterator<Item = (IpAddr, Holder)>) -> Remote {
+        let mut remote = Remote::default();
+        for (ip, holder) in held {
+            remote.insert(ip, holder);
+        }
+        remote
+    }
+
+    fn get(&self, ip: &IpAddr) -> Option<&Holder> {
+        self.held.get(ip)
+    }
+
+    fn insert(&mut self, ip: IpAddr, holder: Holder) {
+        let counts = matches!(holder, Holder::Host { .. });
+        if let Some(old) = self.held.insert(ip, holder) {
+            self.forget(ip, &old);
+        }
+        if counts {
+            *self.per_block.entry(block_of(ip)).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, ip: &IpAddr) {
+        if let Some(old) = self.held.remove(ip) {
+            self.forget(*ip, &old);
+        }
+    }
+
+    fn forget(&mut self, ip: IpAddr, old: &Holder) {
+        if matches!(old, Holder::Host { .. })
+            && let std::collections::hash_map::Entry::Occupied(mut e) = self.per_block.entry(block_of(ip))
+        {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// Another host hands out addresses of `ip`'s block.
+    fn in_foreign_block(&self, ip: IpAddr) -> bool {
+        self.per_block.contains_key(&block_of(ip))
+    }
 }
 
 impl SharedPlans {
@@ -97,7 +168,7 @@ impl SharedPlans {
             if view.loaded {
                 return Ok(()); // another request loaded it meanwhile
             }
-            view.remote = held.into_iter().filter(|(_, h)| self.others(h)).collect();
+            view.remote = Remote::from_claims(held.into_iter().filter(|(_, h)| self.others(h)));
             view.loaded = true;
         }
         let shared = Arc::clone(self);
@@ -126,12 +197,26 @@ impl SharedPlans {
         Ok(())
     }
 
-    /// Reads the plan whole again (when it looks full: releases may not have arrived).
+    /// Reads the plan whole again (when it looks full: releases may not have arrived),
+    /// at most once a second: when a pool runs out, every request waiting on it would
+    /// otherwise read the whole range, while the watch already keeps the view current.
     async fn refresh(&self, plan: &str) -> Result<()> {
+        {
+            let mut views = self.views();
+            let view = views.entry(plan.to_string()).or_default();
+            let now = std::time::Instant::now();
+            if view
+                .refreshed
+                .is_some_and(|at| now.duration_since(at) < REFRESH_AT_MOST_EVERY)
+            {
+                return Ok(());
+            }
+            view.refreshed = Some(now);
+        }
         let held = self.etcd()?.held(plan).await.map_err(|e| unavailable(&e, plan))?;
         let mut views = self.views();
         let view = views.entry(plan.to_string()).or_default();
-        view.remote = held.into_iter().filter(|(_, h)| self.others(h)).collect();
+        view.remote = Remote::from_claims(held.into_iter().filter(|(_, h)| self.others(h)));
         Ok(())
     }
 
@@ -153,6 +238,17 @@ impl SharedPlans {
             view.in_flight.remove(&ip);
         }
     }
+}
+
+/// Where in a shared plan's range `host` starts handing out addresses: a hash of both
+/// (FNV-1a), so hosts start apart without agreeing on anything.
+fn home_point(host: &str, plan: &str) -> u64 {
+    host.bytes()
+        .chain([0])
+        .chain(plan.bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 fn unavailable(e: &crate::etcd::EtcdError, plan: &str) -> Error {
@@ -340,17 +436,25 @@ impl<K: Kernel> PoolAllocations<'_, K> {
                             .get(&ip)
                             .is_some_and(|h| reservation.is_none() || matches!(h, Holder::Host { .. }))
                 };
-                // Each request starts its search at a random point of the range, so that
-                // hosts (and this host's concurrent requests) rarely race for one address.
-                let mut scatter = [0u8; 8];
-                crate::util::random_bytes(&mut scatter);
-                match state.ipam.plan_request_address_avoiding(
-                    pool_id,
-                    address,
-                    gateway,
-                    &held,
-                    Some(u64::from_le_bytes(scatter)),
-                ) {
+                // Each host goes on after its last address (its first one at a point of
+                // its own), in blocks no other host uses while there are any: hosts
+                // rarely race for one address, and the loser of a race learns that the
+                // winner uses that block, so it does not follow the winner to the next.
+                let start = SearchStart::AfterCursorOr(home_point(&shared.host, &plan));
+                let own_block = |ip: IpAddr| held(ip) || view.remote.in_foreign_block(ip);
+                let plan_avoiding = |avoid: &dyn Fn(IpAddr) -> bool| {
+                    state
+                        .ipam
+                        .plan_request_address_avoiding(pool_id, address, gateway, avoid, start)
+                };
+                // Named addresses and the gateway (the same on every host) go by `held` alone.
+                let dynamic = address.is_none() && !gateway;
+                let planned = match dynamic.then(|| plan_avoiding(&own_block)) {
+                    Some(Err(e)) if e.kind == crate::error::ErrorKind::Exhausted => plan_avoiding(&held),
+                    Some(planned) => planned,
+                    None => plan_avoiding(&held),
+                };
+                match planned {
                     Ok((cidr, _)) => {
                         let ip = cidr.ip();
                         if view.in_flight.contains(&ip) {
@@ -608,5 +712,46 @@ impl<K: Kernel> Plugin<K> {
             "checked this host's shared claims against etcd"
         );
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str) -> Holder {
+        Holder::Host { host: id.into() }
+    }
+
+    #[test]
+    fn a_block_is_foreign_while_another_host_holds_an_address_of_it() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut remote = Remote::from_claims([(
+            ip("10.0.0.1"),
+            Holder::Shared {
+                shared: "gateway".into(),
+            },
+        )]);
+        // The LAN's gateway makes no block another host's.
+        assert!(!remote.in_foreign_block(ip("10.0.0.2")));
+        remote.insert(ip("10.0.0.70"), host("b"));
+        remote.insert(ip("10.0.0.71"), host("c"));
+        assert!(remote.in_foreign_block(ip("10.0.0.64")) && remote.in_foreign_block(ip("10.0.0.127")));
+        assert!(!remote.in_foreign_block(ip("10.0.0.63")) && !remote.in_foreign_block(ip("10.0.0.128")));
+        remote.remove(&ip("10.0.0.70"));
+        assert!(remote.in_foreign_block(ip("10.0.0.64")), "c still holds .71");
+        // A holder that changes is counted once.
+        remote.insert(ip("10.0.0.71"), host("b"));
+        remote.remove(&ip("10.0.0.71"));
+        assert!(!remote.in_foreign_block(ip("10.0.0.64")));
+        assert!(remote.per_block.is_empty());
+    }
+
+    #[test]
+    fn hosts_start_apart_and_each_always_at_the_same_point() {
+        let plan = "10.150.0.0_20";
+        assert_eq!(home_point("a", plan), home_point("a", plan));
+        assert_ne!(home_point("a", plan), home_point("b", plan));
+        assert_ne!(home_point("a", plan), home_point("a", "10.151.0.0_20"));
     }
 }
