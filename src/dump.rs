@@ -53,6 +53,9 @@ pub struct SharedDump {
     pub endpoints: String,
     /// Connected to etcd since start-up.
     pub connected: bool,
+    /// Why etcd did not answer when this dump was made; None: it did.
+    #[serde(default)]
+    pub trouble: Option<String>,
     /// Addresses this host records that another host holds in etcd.
     pub conflicts: Vec<crate::ipam::shared::SharedConflict>,
 }
@@ -165,12 +168,16 @@ impl<K: Kernel> Plugin<K> {
             dump
         };
         dump.kernel = Some(self.kernel_view().await);
-        dump.shared = self.shared.as_ref().map(|s| SharedDump {
-            host_id: s.host().to_string(),
-            endpoints: s.endpoints().to_string(),
-            connected: s.is_connected(),
-            conflicts: s.conflicts(),
-        });
+        dump.shared = match &self.shared {
+            Some(s) => Some(SharedDump {
+                host_id: s.host().to_string(),
+                endpoints: s.endpoints().to_string(),
+                connected: s.is_connected(),
+                trouble: s.trouble().await,
+                conflicts: s.conflicts(),
+            }),
+            None => None,
+        };
         Ok(dump)
     }
 }

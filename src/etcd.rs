@@ -617,6 +617,16 @@ impl Etcd {
         Ok(())
     }
 
+    /// Whether etcd answers a read now (with a quorum), within 2 s: for `rustvlan status`.
+    pub async fn probe(&self) -> EResult<()> {
+        let mut client = self.client.clone();
+        let key = self.host_key(&self.host);
+        let read = client.get(key, Some(GetOptions::new().with_count_only()));
+        self.call_within("checking etcd", Duration::from_secs(2), read)
+            .await
+            .map(|_| ())
+    }
+
     /// A clean stop: the host shows as not live at once (its claims stay).
     pub async fn retire(&self) {
         let lease = self.lease.swap(0, std::sync::atomic::Ordering::SeqCst);

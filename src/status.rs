@@ -75,8 +75,19 @@ pub struct StatusReport {
     /// Links of removed endpoints, still being deleted.
     pub pending_deletes: Vec<String>,
     pub parents_made: Vec<ParentStatus>,
+    /// Pools shared through etcd: with which etcd, as which host, and whether it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdStatus>,
     /// Empty when the kernel agrees with the records.
     pub drift: Vec<Drift>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdStatus {
+    pub endpoints: String,
+    pub host_id: String,
+    /// It answered a read just now.
+    pub answering: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,8 +181,18 @@ pub enum Drift {
         ip: std::net::IpAddr,
         held_by: String,
     },
-    /// Shared pools are configured and etcd has not answered since start-up.
-    EtcdUnreachable { endpoints: String },
+    /// Shared pools are configured and etcd does not answer.
+    EtcdUnreachable { endpoints: String, trouble: String },
+}
+
+impl Drift {
+    /// The same finding, though etcd's error may be worded differently each time.
+    fn same_as(&self, other: &Drift) -> bool {
+        match (self, other) {
+            (Drift::EtcdUnreachable { endpoints: a, .. }, Drift::EtcdUnreachable { endpoints: b, .. }) => a == b,
+            _ => self == other,
+        }
+    }
 }
 
 impl fmt::Display for Drift {
@@ -214,9 +235,10 @@ impl fmt::Display for Drift {
                 "address {ip} of shared plan {plan}: recorded here, but held by host {held_by} in etcd (it was reclaimed \
                  while this host was away); the container using it here must move to another address"
             ),
-            Drift::EtcdUnreachable { endpoints } => write!(
+            Drift::EtcdUnreachable { endpoints, trouble } => write!(
                 f,
-                "etcd unreachable ({endpoints}) since start-up: shared pools cannot allocate; local pools work"
+                "etcd unreachable ({endpoints}): {trouble}; shared pools cannot allocate until it answers, local pools \
+                 work, running containers are not affected"
             ),
             Drift::ParentMissing { parent, networks } => {
                 let networks: Vec<&str> = networks.iter().map(|n| short_id(n)).collect();
@@ -331,9 +353,15 @@ impl StatusReport {
             .collect();
 
         if let Some(shared) = &records.shared {
-            if !shared.connected {
+            let trouble = match (&shared.trouble, shared.connected) {
+                (Some(t), _) => Some(t.clone()),
+                (None, false) => Some("not reached since rustvlan started".to_string()),
+                (None, true) => None,
+            };
+            if let Some(trouble) = trouble {
                 drift.push(Drift::EtcdUnreachable {
                     endpoints: shared.endpoints.clone(),
+                    trouble,
                 });
             }
             drift.extend(shared.conflicts.iter().map(|c| Drift::SharedConflict {
@@ -400,6 +428,11 @@ impl StatusReport {
             endpoints,
             pending_deletes: records.pending_deletes.keys().cloned().collect(),
             parents_made,
+            etcd: records.shared.as_ref().map(|s| EtcdStatus {
+                endpoints: s.endpoints.clone(),
+                host_id: s.host_id.clone(),
+                answering: s.connected && s.trouble.is_none(),
+            }),
             drift,
         }
     }
@@ -408,7 +441,7 @@ impl StatusReport {
     /// that a container starting or stopping between reading the records and asking the
     /// kernel is not reported.
     pub fn confirm_drift(&mut self, again: &StatusReport) {
-        self.drift.retain(|d| again.drift.contains(d));
+        self.drift.retain(|d| again.drift.iter().any(|a| a.same_as(d)));
     }
 
     /// The report as a person reads it.
@@ -421,6 +454,14 @@ impl StatusReport {
             Source::Store => "the store (no plugin is running)",
         };
         let _ = writeln!(out, "rustvlan status, records from {source}");
+        if let Some(etcd) = &self.etcd {
+            let answering = if etcd.answering { "answering" } else { "NOT answering" };
+            let _ = writeln!(
+                out,
+                "shared pools: etcd {} ({answering}), this host is {}",
+                etcd.endpoints, etcd.host_id
+            );
+        }
         let _ = writeln!(out, "\nNETWORKS ({})", self.networks.len());
         if !self.networks.is_empty() {
             let _ = writeln!(

@@ -172,6 +172,20 @@ fn in_etcd(cluster: &Cluster, host: &str) -> Vec<String> {
     ips
 }
 
+/// `rustvlan status` against `server`: its exit code and screen.
+fn status_of(server: &Server) -> (Option<i32>, String) {
+    let out = common::run(
+        server
+            .command()
+            .arg("status")
+            .arg("--socket")
+            .arg(&server.socket)
+            .arg("--state-dir")
+            .arg(&server.state_dir),
+    );
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -353,6 +367,12 @@ fn member_crashes_and_a_lost_quorum_never_hand_out_an_address_twice() {
         "etcd without quorum: RequestAddress answered 503 in {:.2} s: {message}",
         waited.as_secs_f64()
     ));
+    let (code, screen) = status_of(&hosts[0].server);
+    assert_eq!(code, Some(1), "{screen}");
+    assert!(
+        screen.contains("(NOT answering), this host is f1") && screen.contains("etcd unreachable ("),
+        "{screen}"
+    );
 
     cluster.restart(0);
     cluster.restart(1);
@@ -366,6 +386,9 @@ fn member_crashes_and_a_lost_quorum_never_hand_out_an_address_twice() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!in_etcd(&cluster, "f1").contains(&ip.to_string()));
+    let (code, screen) = status_of(&hosts[0].server);
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("(answering), this host is f1"), "{screen}");
     let rest = rt.block_on(async {
         let a = tokio::spawn(storm(
             hosts[0].server.socket.clone(),
@@ -459,18 +482,9 @@ fn a_host_killed_mid_allocation_agrees_with_etcd_and_a_reclaimed_host_is_refused
         k1_held.len(),
         "every address k2 took from k1 is a conflict shown"
     );
-    let status = common::run(
-        hosts[0]
-            .server
-            .command()
-            .arg("status")
-            .arg("--socket")
-            .arg(&hosts[0].server.socket)
-            .arg("--state-dir")
-            .arg(&hosts[0].server.state_dir),
-    );
-    assert_eq!(status.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&status.stdout).contains("held by host k2 in etcd"));
+    let (code, screen) = status_of(&hosts[0].server);
+    assert_eq!(code, Some(1), "{screen}");
+    assert!(screen.contains("held by host k2 in etcd"), "{screen}");
     common::report(&format!(
         "host k1 SIGKILLed mid-allocation: store and etcd agree after restart; reclaimed while away, back with {conflicts} conflicts refused, logged and shown by status"
     ));

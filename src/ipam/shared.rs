@@ -634,6 +634,14 @@ impl SharedPlans {
         self.etcd.get().is_some()
     }
 
+    /// Why etcd cannot serve shared pools now, if it cannot.
+    pub async fn trouble(&self) -> Option<String> {
+        match self.etcd.get() {
+            None => Some("not reached since rustvlan started".to_string()),
+            Some(etcd) => etcd.probe().await.err().map(|e| e.to_string()),
+        }
+    }
+
     pub fn endpoints(&self) -> &str {
         &self.endpoints
     }
