@@ -167,17 +167,22 @@ impl<K: Kernel> Plugin<K> {
             dump.unbound_addresses = Some(unbound);
             dump
         };
-        dump.kernel = Some(self.kernel_view().await);
-        dump.shared = match &self.shared {
-            Some(s) => Some(SharedDump {
-                host_id: s.host().to_string(),
-                endpoints: s.endpoints().to_string(),
-                connected: s.is_connected(),
-                trouble: s.trouble().await,
-                conflicts: s.conflicts(),
-            }),
-            None => None,
+        // Both at once: etcd's answer may take its 2 s when it has no quorum.
+        let etcd_trouble = async {
+            match &self.shared {
+                Some(s) => s.trouble().await,
+                None => None,
+            }
         };
+        let (kernel, trouble) = tokio::join!(self.kernel_view(), etcd_trouble);
+        dump.kernel = Some(kernel);
+        dump.shared = self.shared.as_ref().map(|s| SharedDump {
+            host_id: s.host().to_string(),
+            endpoints: s.endpoints().to_string(),
+            connected: s.is_connected(),
+            trouble,
+            conflicts: s.conflicts(),
+        });
         Ok(dump)
     }
 }

@@ -74,6 +74,15 @@ struct ClaimQueue {
     in_flight: std::sync::atomic::AtomicUsize,
 }
 
+/// One claim transaction on its way, counted in [`ClaimQueue::in_flight`] until dropped.
+struct InFlight(std::sync::Arc<ClaimQueue>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 struct QueuedClaim {
     plan: String,
     ip: IpAddr,
@@ -86,8 +95,10 @@ struct QueuedClaim {
 /// Claims per transaction: each takes a compare, two puts (or one get), and etcd refuses
 /// transactions of more than 128 operations per branch by default (`--max-txn-ops`).
 const CLAIMS_PER_TXN: usize = 64;
-/// A queued claim with less time left than this fails instead of being sent.
-const MIN_CLAIM_TIME: Duration = Duration::from_millis(50);
+/// A queued claim with less time left than this fails instead of being sent: the time a
+/// transaction gets is that of its oldest claim, and a transaction cut short fails all
+/// its claims (and may still be committed, a leak until the host claims them again).
+const MIN_CLAIM_TIME: Duration = Duration::from_secs(1);
 /// Claim transactions a host has on their way at once.
 const CLAIM_TXNS_IN_FLIGHT: usize = 2;
 
@@ -343,9 +354,6 @@ impl Etcd {
         use std::sync::atomic::Ordering;
         let batch: Vec<QueuedClaim> = {
             let mut waiting = lock(&self.claims.waiting);
-            if waiting.is_empty() || self.claims.in_flight.load(Ordering::Acquire) >= CLAIM_TXNS_IN_FLIGHT {
-                return;
-            }
             // Claims whose request gave up, or whose time is up, are not sent at all.
             let now = tokio::time::Instant::now();
             let expired = waiting.iter().any(|c| c.deadline <= now + MIN_CLAIM_TIME);
@@ -359,6 +367,9 @@ impl Etcd {
                 }
             }
             waiting.retain(|c| !c.answer.is_closed());
+            if waiting.is_empty() || self.claims.in_flight.load(Ordering::Acquire) >= CLAIM_TXNS_IN_FLIGHT {
+                return;
+            }
             // One key may appear once in a transaction: a second claim of it waits.
             let mut keys = std::collections::HashSet::new();
             let n = waiting
@@ -374,6 +385,9 @@ impl Etcd {
         };
         let etcd = self.clone();
         tokio::spawn(async move {
+            // Counted back even if this task panics or is aborted, or no claim would
+            // ever be sent again.
+            let in_flight = InFlight(std::sync::Arc::clone(&etcd.claims));
             let retry = etcd.claim_together(batch).await;
             if !retry.is_empty() {
                 let mut waiting = lock(&etcd.claims.waiting);
@@ -381,7 +395,7 @@ impl Etcd {
                     waiting.push_front(claim);
                 }
             }
-            etcd.claims.in_flight.fetch_sub(1, Ordering::AcqRel);
+            drop(in_flight);
             etcd.send_claims();
         });
     }

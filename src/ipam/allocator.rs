@@ -316,7 +316,6 @@ impl Pool {
         let (lo, hi) = self.dynamic_range();
         let at = |r: u64| lo + u128::from(r) % (hi - lo + 1);
         let start = match (start, self.cursor) {
-            (SearchStart::At(r), _) => at(r),
             (SearchStart::AfterCursor | SearchStart::AfterCursorOr(_), Some(c)) if c >= lo && c < hi => c + 1,
             (SearchStart::AfterCursorOr(r), _) => at(r),
             _ => lo,
@@ -349,8 +348,6 @@ pub enum SearchStart {
     /// After the last address handed out, or at this point of the range (a shared pool's
     /// first address: each host starts at a point of its own).
     AfterCursorOr(u64),
-    /// At this point of the range (a shared pool's search after losing a race).
-    At(u64),
 }
 
 /// The first offset in `from..=to` free in `taken` and not avoided.

@@ -213,11 +213,22 @@ impl SharedPlans {
             }
             view.refreshed = Some(now);
         }
-        let held = self.etcd()?.held(plan).await.map_err(|e| unavailable(&e, plan))?;
+        let read = match self.etcd() {
+            Ok(etcd) => etcd.held(plan).await.map_err(|e| unavailable(&e, plan)),
+            Err(e) => Err(e),
+        };
         let mut views = self.views();
         let view = views.entry(plan.to_string()).or_default();
-        view.remote = Remote::from_claims(held.into_iter().filter(|(_, h)| self.others(h)));
-        Ok(())
+        match read {
+            Ok(held) => {
+                view.remote = Remote::from_claims(held.into_iter().filter(|(_, h)| self.others(h)));
+                Ok(())
+            }
+            Err(e) => {
+                view.refreshed = None; // the next request that finds it full reads again
+                Err(e)
+            }
+        }
     }
 
     /// Learns that another host holds `ip` (the watch tells it a moment later).
