@@ -632,13 +632,20 @@ impl Etcd {
     }
 
     /// Whether etcd answers a read now (with a quorum), within 2 s: for `rustvlan status`.
+    /// Tried again until then: the client's connection to a member that just came back
+    /// may still be refused while the others answer.
     pub async fn probe(&self) -> EResult<()> {
-        let mut client = self.client.clone();
-        let key = self.host_key(&self.host);
-        let read = client.get(key, Some(GetOptions::new().with_count_only()));
-        self.call_within("checking etcd", Duration::from_secs(2), read)
-            .await
-            .map(|_| ())
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let mut client = self.client.clone();
+            let read = client.get(self.host_key(&self.host), Some(GetOptions::new().with_count_only()));
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.call_within("checking etcd", left, read).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() + Duration::from_millis(200) >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// A clean stop: the host shows as not live at once (its claims stay).

@@ -235,11 +235,17 @@ impl fmt::Display for Drift {
                 "address {ip} of shared plan {plan}: recorded here, but held by host {held_by} in etcd (it was reclaimed \
                  while this host was away); the container using it here must move to another address"
             ),
-            Drift::EtcdUnreachable { endpoints, trouble } => write!(
-                f,
-                "etcd unreachable ({endpoints}): {trouble}; shared pools cannot allocate until it answers, local pools \
-                 work, running containers are not affected"
-            ),
+            Drift::EtcdUnreachable { endpoints, trouble } => {
+                // rustvlan's etcd errors already name etcd and its endpoints.
+                if !trouble.starts_with("etcd unreachable") {
+                    write!(f, "etcd unreachable ({endpoints}): ")?;
+                }
+                write!(
+                    f,
+                    "{trouble}; shared pools cannot allocate until it answers, local pools work, running containers \
+                     are not affected"
+                )
+            }
             Drift::ParentMissing { parent, networks } => {
                 let networks: Vec<&str> = networks.iter().map(|n| short_id(n)).collect();
                 write!(
@@ -355,7 +361,10 @@ impl StatusReport {
         if let Some(shared) = &records.shared {
             let trouble = match (&shared.trouble, shared.connected) {
                 (Some(t), _) => Some(t.clone()),
-                (None, false) => Some("not reached since rustvlan started".to_string()),
+                (None, false) => Some(format!(
+                    "etcd unreachable ({}): not reached since rustvlan started",
+                    shared.endpoints
+                )),
                 (None, true) => None,
             };
             if let Some(trouble) = trouble {

@@ -386,7 +386,15 @@ fn member_crashes_and_a_lost_quorum_never_hand_out_an_address_twice() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!in_etcd(&cluster, "f1").contains(&ip.to_string()));
-    let (code, screen) = status_of(&hosts[0].server);
+    // The client's connections to the members that came back may take a moment.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (code, screen) = loop {
+        let (code, screen) = status_of(&hosts[0].server);
+        if code == Some(0) || Instant::now() >= deadline {
+            break (code, screen);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert_eq!(code, Some(0), "{screen}");
     assert!(screen.contains("(answering), this host is f1"), "{screen}");
     let rest = rt.block_on(async {

@@ -648,7 +648,10 @@ impl SharedPlans {
     /// Why etcd cannot serve shared pools now, if it cannot.
     pub async fn trouble(&self) -> Option<String> {
         match self.etcd.get() {
-            None => Some("not reached since rustvlan started".to_string()),
+            None => Some(format!(
+                "etcd unreachable ({}): not reached since rustvlan started",
+                self.endpoints
+            )),
             Some(etcd) => etcd.probe().await.err().map(|e| e.to_string()),
         }
     }
