@@ -65,6 +65,13 @@ pub enum LinkOp {
     Delete,
     DeleteBatch,
     DumpNamespace,
+    Set,
+    Addresses,
+    AddAddress,
+    DeleteAddress,
+    Routes,
+    AddRoute,
+    DeleteRoute,
 }
 
 impl LinkOp {
@@ -78,6 +85,13 @@ impl LinkOp {
             LinkOp::Delete => "delete",
             LinkOp::DeleteBatch => "delete_batch",
             LinkOp::DumpNamespace => "dump_namespace",
+            LinkOp::Set => "set",
+            LinkOp::Addresses => "addresses",
+            LinkOp::AddAddress => "add_address",
+            LinkOp::DeleteAddress => "delete_address",
+            LinkOp::Routes => "routes",
+            LinkOp::AddRoute => "add_route",
+            LinkOp::DeleteRoute => "delete_route",
         }
     }
 }

@@ -201,6 +201,28 @@ pub struct NetworkRecord {
     /// The `-o` options exactly as given, for `rustvlan state` and for idempotency checks.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// `-o host_access=on`: the host reaches the containers through its shim link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_access: Option<HostAccess>,
+}
+
+/// A network's share of its parent's shim link: the host's address on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostAccess {
+    /// S: the shim's address in this network (with the subnet's prefix length), the
+    /// source of the host's routes to the containers and their next hop to the host.
+    pub address: IpNetwork,
+    /// Where S came from; rustvlan's IPAM holds it for the network when `Reserved`.
+    pub source: HostAddressSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostAddressSource {
+    /// `--aux-address host=IP`: the network's IPAM (any IPAM) reserved it.
+    AuxAddress,
+    /// Reserved in the network's rustvlan pool (`-o host_access_ip=IP`, or chosen).
+    Reserved,
 }
 
 impl NetworkRecord {

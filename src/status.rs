@@ -78,8 +78,21 @@ pub struct StatusReport {
     /// Pools shared through etcd: with which etcd, as which host, and whether it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdStatus>,
+    /// Networks with `host_access=on`: their shim and the host's address on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_access: Vec<HostAccessStatus>,
     /// Empty when the kernel agrees with the records.
     pub drift: Vec<Drift>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostAccessStatus {
+    pub network: String,
+    pub parent: String,
+    pub shim: String,
+    /// The host's address in the network, on the shim.
+    pub address: IpNetwork,
+    pub shim_present: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +194,8 @@ pub enum Drift {
         ip: std::net::IpAddr,
         held_by: String,
     },
+    /// A host-access network's shim is not in the host namespace.
+    ShimMissing { shim: String, parent: String },
     /// Shared pools are configured and etcd does not answer.
     EtcdUnreachable { endpoints: String, trouble: String },
 }
@@ -246,6 +261,11 @@ impl fmt::Display for Drift {
                      are not affected"
                 )
             }
+            Drift::ShimMissing { shim, parent } => write!(
+                f,
+                "host-access shim {shim} on {parent} is missing: the host cannot reach those networks' containers; \
+                 restarting rustvlan re-makes it"
+            ),
             Drift::ParentMissing { parent, networks } => {
                 let networks: Vec<&str> = networks.iter().map(|n| short_id(n)).collect();
                 write!(
@@ -267,9 +287,13 @@ impl StatusReport {
         let mut drift = Vec::new();
 
         let endpoint_links: BTreeSet<&str> = records.endpoints.values().map(|e| e.link_name.as_str()).collect();
+        let shims = crate::driver::host_access::expected_shims(records.networks.values());
         for link in seen.host_links.iter().filter(ours) {
             if link.kind.is_child() {
-                if !endpoint_links.contains(link.name.as_str()) && !records.pending_deletes.contains_key(&link.name) {
+                if !endpoint_links.contains(link.name.as_str())
+                    && !records.pending_deletes.contains_key(&link.name)
+                    && !shims.contains_key(&link.name)
+                {
                     drift.push(Drift::OrphanLink {
                         link: link.name.clone(),
                         link_kind: link_kind_name(&link.kind),
@@ -379,6 +403,29 @@ impl StatusReport {
                 held_by: c.held_by.clone(),
             }));
         }
+        let host_access: Vec<HostAccessStatus> = records
+            .networks
+            .values()
+            .filter_map(|n| {
+                let access = n.host_access.as_ref()?;
+                let shim = crate::driver::host_access::shim_name(&n.parent);
+                Some(HostAccessStatus {
+                    network: n.id.clone(),
+                    parent: n.parent.clone(),
+                    shim_present: host.get(shim.as_str()).is_some_and(&ours),
+                    shim,
+                    address: access.address,
+                })
+            })
+            .collect();
+        for (shim, parent) in &shims {
+            if !host_access.iter().any(|h| &h.shim == shim && h.shim_present) {
+                drift.push(Drift::ShimMissing {
+                    shim: shim.clone(),
+                    parent: parent.clone(),
+                });
+            }
+        }
         for (parent, networks) in missing_parents {
             drift.push(Drift::ParentMissing {
                 parent: parent.to_string(),
@@ -442,6 +489,7 @@ impl StatusReport {
                 host_id: s.host_id.clone(),
                 answering: s.connected && s.trouble.is_none(),
             }),
+            host_access,
             drift,
         }
     }
@@ -556,6 +604,20 @@ impl StatusReport {
             for p in &self.parents_made {
                 let present = if p.present { "present" } else { "MISSING" };
                 let _ = writeln!(out, "  {:<15}  {:<5}  {present}", p.name, p.kind);
+            }
+        }
+        if !self.host_access.is_empty() {
+            let _ = writeln!(out, "\nHOST ACCESS ({})", self.host_access.len());
+            for h in &self.host_access {
+                let present = if h.shim_present { "present" } else { "MISSING" };
+                let _ = writeln!(
+                    out,
+                    "  network {}: host address {} on shim {} ({present}) over {}",
+                    short_id(&h.network),
+                    h.address,
+                    h.shim,
+                    h.parent
+                );
             }
         }
         if self.drift.is_empty() {

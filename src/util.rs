@@ -21,3 +21,15 @@ pub fn prefix(s: &str, n: usize) -> &str {
 pub fn short_id(id: &str) -> &str {
     prefix(id, 12)
 }
+
+/// FNV-1a over `parts`, each followed by a zero byte so that ("ab","c") and ("a","bc")
+/// differ: a stable hash for names and starting points that must be the same on every
+/// run and every host (the standard library's hasher is seeded per process).
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    parts
+        .iter()
+        .flat_map(|p| p.iter().copied().chain([0]))
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}

@@ -1,4 +1,5 @@
-//! Two Docker hosts on one LAN, one address plan through etcd, end to end: each "host"
+//! Docker hosts on one LAN, end to end: two sharing one address plan through etcd (and
+//! as a swarm), and one reaching its own containers (`host_access=on`). Each "host"
 //! is a network namespace with its own dockerd (of the engine under test) and its own
 //! rustvlan, whose socket only that dockerd sees (a private /run/docker/plugins). Their
 //! parents, both named `lan0` as on two real machines, are veths to one bridge in a
@@ -45,7 +46,7 @@ struct DockerHost {
 impl DockerHost {
     /// Host number `n` (1, 2, ...) with address 10.201.0.n on its `lan0`, a port of the
     /// LAN's bridge `br0`.
-    fn start(n: u8, lan: &Netns, etcd: &Cluster, rustvlan: &Rustvlan) -> DockerHost {
+    fn start(n: u8, lan: &Netns, etcd: Option<&Cluster>, rustvlan: &Rustvlan) -> DockerHost {
         let netns = Netns::new();
         let port = format!("port{n}");
         check(Command::new("ip").args([
@@ -70,14 +71,11 @@ impl DockerHost {
         let dir = TempDir::new();
         let plugins = dir.path().join("plugins");
         std::fs::create_dir_all(&plugins).unwrap();
-        let endpoints = etcd.endpoints();
+        let endpoints = etcd.map(Cluster::endpoints).unwrap_or_default();
         let plugin = matches!(rustvlan, Rustvlan::Legacy).then(|| {
-            Server::start_full(
-                Some(&netns),
-                dir.path(),
-                &plugins.join("rustvlan.sock"),
-                &["--etcd-endpoints", &endpoints, "--host-id", &id],
-            )
+            let shared = ["--etcd-endpoints", endpoints.as_str(), "--host-id", id.as_str()];
+            let args: &[&str] = if etcd.is_some() { &shared } else { &[] };
+            Server::start_full(Some(&netns), dir.path(), &plugins.join("rustvlan.sock"), args)
         });
         let dockerd_dir = dir.path().join("docker");
         let script = format!("source {ENV_SH} && rv_dockerd_start \"$1\" && rv_test_image \"$2\"");
@@ -223,8 +221,8 @@ fn two_dockerds_on_one_lan_share_one_address_plan_through_etcd() {
     let lan = lan();
     let etcd = Cluster::start_on(1, Some(&lan), "10.201.0.254");
     let hosts = [
-        DockerHost::start(1, &lan, &etcd, &Rustvlan::Legacy),
-        DockerHost::start(2, &lan, &etcd, &Rustvlan::Legacy),
+        DockerHost::start(1, &lan, Some(&etcd), &Rustvlan::Legacy),
+        DockerHost::start(2, &lan, Some(&etcd), &Rustvlan::Legacy),
     ];
     for host in &hosts {
         host.docker_ok(&[
@@ -364,8 +362,8 @@ fn a_swarm_network_from_config_only_networks_hands_out_each_address_once() {
     let etcd = Cluster::start_on(1, Some(&lan), "10.201.0.254");
     let managed = Rustvlan::Managed(source);
     let hosts = [
-        DockerHost::start(1, &lan, &etcd, &managed),
-        DockerHost::start(2, &lan, &etcd, &managed),
+        DockerHost::start(1, &lan, Some(&etcd), &managed),
+        DockerHost::start(2, &lan, Some(&etcd), &managed),
     ];
     hosts[0].docker_ok(&[
         "swarm",
@@ -491,4 +489,90 @@ fn a_swarm_network_from_config_only_networks_hands_out_each_address_once() {
 
 fn ip_only(cidr: &str) -> String {
     cidr.split('/').next().unwrap().to_string()
+}
+
+/// Routes with rustvlan's protocol in `host`'s namespace.
+fn rustvlan_routes(host: &DockerHost) -> String {
+    host.netns.ip(&["route", "show", "proto", "250"])
+}
+
+#[test]
+fn host_access_lets_a_docker_host_reach_its_containers() {
+    if !require_dockerd() {
+        return;
+    }
+    let lan = lan();
+    let host = DockerHost::start(1, &lan, None, &Rustvlan::Legacy);
+    host.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "rustvlan",
+        "--ipam-driver",
+        "rustvlan",
+        "--subnet",
+        "10.201.0.0/24",
+        "--gateway",
+        "10.201.0.254",
+        "--ip-range",
+        "10.201.0.128/25",
+        "-o",
+        "parent=lan0",
+        "-o",
+        "host_access=on",
+        "rvhost",
+    ]);
+    let run = |name: &str| {
+        host.docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--net",
+            "rvhost",
+            &image(),
+            "sleep",
+            "100000",
+        ]);
+        ip_only(&host.ipv4_of(name))
+    };
+    let ip = run("rv-ha-1");
+    assert!(ip.starts_with("10.201.0.1"), "{ip}");
+    let ping = |ns: &Netns, to: &str| ns.exec(&["ping", "-c", "2", "-W", "2", to]).status.success();
+    assert!(ping(&host.netns, &ip), "the Docker host pings its container at {ip}");
+    host.docker_ok(&["exec", "-d", "rv-ha-1", "nc", "-l", "-p", "7000", "-e", "echo", "hello"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = host.netns.exec(&["busybox", "nc", "-w", "3", &ip, "7000"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello",
+        "the Docker host opens TCP to its container"
+    );
+    let out = host.docker(&["exec", "rv-ha-1", "ping", "-c", "2", "-W", "2", "10.201.0.1"]);
+    assert!(
+        out.status.success(),
+        "the container reaches the host's address on lan0: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(ping(&lan, &ip), "and the LAN reaches the container");
+    let routes = host.docker_ok(&["exec", "rv-ha-1", "ip", "route"]);
+    // The host's address is the ip-range's highest free one: .254 is the gateway.
+    assert!(routes.contains("10.201.0.1 via 10.201.0.253 dev eth0"), "{routes}");
+    assert!(
+        rustvlan_routes(&host).contains(&format!("{ip} dev rvh")),
+        "{}",
+        rustvlan_routes(&host)
+    );
+
+    host.docker_ok(&["rm", "-f", "rv-ha-1"]);
+    host.docker_ok(&["network", "rm", "rvhost"]);
+    assert!(
+        !host.netns.link_names().iter().any(|l| l.starts_with("rvh")),
+        "the shim goes with the last network"
+    );
+    assert_eq!(rustvlan_routes(&host).trim(), "", "no route is left");
+    mark_ran(
+        "RUSTVLAN_E2E_MARKER",
+        "host_access_lets_a_docker_host_reach_its_containers",
+    );
 }

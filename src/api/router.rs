@@ -368,7 +368,9 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
         )
         .route(
             "/NetworkDriver.Leave",
-            route!(Driver, "NetworkDriver.Leave", |p, r: EndpointRequest| Ok(p.leave(r))),
+            route!(Driver, "NetworkDriver.Leave", |p, r: EndpointRequest| Ok(p
+                .leave(r)
+                .await)),
         )
         .route(
             "/NetworkDriver.ProgramExternalConnectivity",

@@ -101,14 +101,17 @@ impl<K: Kernel> Plugin<K> {
                     short_id(&req.network_id)
                 ))),
                 Some(e) => Ok((
-                    Some(e.clone()),
+                    Some((e.clone(), state.networks.get(&e.network_id).cloned())),
                     vec![Change::DelEndpoint(e.id.clone()), Change::PutPending(pending_delete(e))],
                 )),
                 None => Ok((None, Vec::new())),
             })
             .await?;
         match removed {
-            Some(endpoint) => {
+            Some((endpoint, network)) => {
+                if let Some(network) = network {
+                    self.leave_host_access(&network, &endpoint).await;
+                }
                 self.reaper.queued();
                 tracing::debug!(endpoint = short_id(&endpoint.id), link = %endpoint.link_name, "endpoint deleted; link delete queued");
             }

@@ -70,9 +70,21 @@ impl<K: Kernel> Plugin<K> {
                 Err(e) => return Err(explain_child_error(e, &network, &endpoint)),
             }
         }
+        let host_routes = match self.join_host_access(&network, &endpoint).await {
+            Ok(routes) => routes,
+            Err(err) => {
+                // A failed Join leaves no link behind.
+                if let Ok(Some(link)) = self.kernel.link(&endpoint.link_name).await {
+                    self.delete_quietly(link.index, &endpoint.link_name).await;
+                }
+                return Err(err);
+            }
+        };
         self.note_sandbox(&endpoint.id, req.sandbox_key.clone().filter(|k| !k.is_empty()));
         tracing::debug!(endpoint = short_id(&endpoint.id), link = %endpoint.link_name, "joined");
-        Ok(join_answer(&network, &endpoint))
+        let mut answer = join_answer(&network, &endpoint);
+        answer.static_routes.extend(host_routes);
+        Ok(answer)
     }
 
     /// The parent's interface index, from the cache unless `refresh`.
@@ -117,9 +129,19 @@ impl<K: Kernel> Plugin<K> {
         Ok(())
     }
 
-    pub fn leave(&self, req: EndpointRequest) -> Empty {
+    pub async fn leave(&self, req: EndpointRequest) -> Empty {
         // dockerd moves the link back to the host itself; DeleteEndpoint removes it.
         self.note_sandbox(&req.endpoint_id, None);
+        let records = {
+            let state = self.state();
+            state.endpoints.get(&req.endpoint_id).and_then(|e| {
+                let network = state.networks.get(&e.network_id)?;
+                network.host_access.is_some().then(|| (network.clone(), e.clone()))
+            })
+        };
+        if let Some((network, endpoint)) = records {
+            self.leave_host_access(&network, &endpoint).await;
+        }
         tracing::debug!(endpoint = short_id(&req.endpoint_id), "leave");
         Empty {}
     }

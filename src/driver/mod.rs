@@ -6,6 +6,7 @@
 //! missing carries rustvlan's mark (its group number) and is swept by [`Plugin::reconcile`].
 
 mod endpoint;
+pub mod host_access;
 mod join;
 mod network;
 pub mod options;

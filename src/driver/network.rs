@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::host_access::{choose_host_address, reserve_host_address};
 use super::options::{NetworkConfig, check_id, overlaps, parse_network_options, parse_subnets};
 use super::pending_delete;
 use crate::api::wire::{CreateNetworkRequest, Empty, GwAllocCheckRequest, GwAllocCheckResponse, NetworkRequest};
@@ -48,13 +49,21 @@ impl<K: Kernel> Plugin<K> {
             ipv4,
             ipv6,
             options: config.options.clone(),
+            host_access: None,
         };
 
+        let mut record = record;
         let _topology = self.topology.write().await;
         {
             let state = self.state();
             if let Some(existing) = state.networks.get(&record.id) {
-                return if *existing == record {
+                // S was chosen by the first create; the request is the same without it.
+                let same = NetworkRecord {
+                    host_access: existing.host_access.clone(),
+                    ..record.clone()
+                } == *existing
+                    && existing.host_access.is_some() == config.host_access.is_some();
+                return if same {
                     Ok(Empty {})
                 } else {
                     Err(Error::conflict(format!(
@@ -64,8 +73,20 @@ impl<K: Kernel> Plugin<K> {
                 };
             }
             check_parent_conflicts(&state, &record)?;
+            if let Some(request) = &config.host_access {
+                record.host_access = Some(choose_host_address(&state, &record, request)?);
+            }
         }
         let made = self.ensure_parent(&config, &record).await?;
+        let shim = match self.set_up_host_access(&record).await {
+            Ok(shim) => shim,
+            Err(err) => {
+                if let Some((parent, index)) = made {
+                    self.delete_quietly(index, &parent.name).await;
+                }
+                return Err(err);
+            }
+        };
         let committed = self
             .commit(|state| {
                 let mut changes = vec![Change::PutNetwork(record.clone())];
@@ -81,10 +102,14 @@ impl<K: Kernel> Plugin<K> {
                         changes.push(Change::Ipam(claim));
                     }
                 }
+                changes.extend(reserve_host_address(state, &record)?);
                 Ok(((), changes))
             })
             .await;
         if let Err(err) = committed {
+            if let Some(shim) = shim {
+                self.undo_host_access(&record, shim).await;
+            }
             if let Some((parent, index)) = made {
                 self.delete_quietly(index, &parent.name).await;
             }
@@ -95,6 +120,7 @@ impl<K: Kernel> Plugin<K> {
             parent = %record.parent,
             link = %record.link,
             made_parent = made.is_some(),
+            host_access = ?record.host_access.as_ref().map(|h| h.address),
             "network created"
         );
         Ok(Empty {})
@@ -152,6 +178,10 @@ impl<K: Kernel> Plugin<K> {
                 };
                 let stale: Vec<EndpointRecord> = state.endpoints_of(&id).cloned().collect();
                 let shared = state.networks_on_parent(&network.parent).any(|n| n.id != id);
+                let last_host_access = network.host_access.is_some()
+                    && !state
+                        .networks_on_parent(&network.parent)
+                        .any(|n| n.id != id && n.host_access.is_some());
                 let parent = state.parents.get(&network.parent).filter(|_| !shared).cloned();
                 let mut changes: Vec<Change> = stale
                     .iter()
@@ -161,13 +191,15 @@ impl<K: Kernel> Plugin<K> {
                 if let Some(p) = &parent {
                     changes.push(Change::DelParent(p.name.clone()));
                 }
-                Ok((Some((network.clone(), stale, parent)), changes))
+                Ok((Some((network.clone(), stale, parent, last_host_access)), changes))
             })
             .await?;
-        let Some((network, stale, parent)) = removed else {
+        let Some((network, stale, parent, last_host_access)) = removed else {
             tracing::debug!(network = short_id(&id), "delete of an unknown network: nothing to do");
             return Ok(Empty {});
         };
+        // Routes and the shim go before the parent they hang off.
+        self.tear_down_host_access(&network, &stale, last_host_access).await;
         // The parent goes only once no link being deleted hangs off it.
         if let Err(e) = self.process_pending().await {
             tracing::warn!("deleting queued links failed: {e}; start-up reconcile will retry");

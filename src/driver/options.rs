@@ -2,6 +2,7 @@
 //! Pure: the kernel is asked about the parent later.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
@@ -37,6 +38,8 @@ pub struct NetworkOptions {
     pub mtu: Option<String>,
     #[serde(rename = "com.docker.network.driver.mtu")]
     pub driver_mtu: Option<String>,
+    pub host_access: Option<String>,
+    pub host_access_ip: Option<String>,
 }
 
 /// Every `-o` key rustvlan understands: the fields of [`NetworkOptions`].
@@ -50,7 +53,12 @@ pub const VALID_KEYS: &[&str] = &[
     "ipvlan_flag",
     "mtu",
     "com.docker.network.driver.mtu",
+    "host_access",
+    "host_access_ip",
 ];
+
+/// `--aux-address host=IP`: the shim's address, reserved by whatever IPAM the network has.
+pub const HOST_AUX_ADDRESS: &str = "host";
 
 /// An option's value; empty means "not given", as `-o parent=` does for Docker's drivers.
 fn given(value: &Option<String>) -> Option<&str> {
@@ -88,6 +96,13 @@ pub struct NetworkConfig {
     pub enable_ipv6: bool,
     /// Every `-o` option as given, namespaced ones too, for the network's record.
     pub options: BTreeMap<String, String>,
+    /// `-o host_access=on`, with `-o host_access_ip` if given.
+    pub host_access: Option<HostAccessRequest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAccessRequest {
+    pub ip: Option<IpAddr>,
 }
 
 /// Ids become link names and store keys: keep them to what dockerd sends (hex).
@@ -226,6 +241,7 @@ pub fn parse_network_options(network_id: &str, options: &BTreeMap<String, Value>
     // `--internal` keeps a given parent, as Docker 28's drivers do (20.10's replaced it
     // with a dummy): Join gives its containers no gateway.
     let parent = parse_parent(network_id, given(&o.parent), vlan, link.kind())?;
+    let host_access = parse_host_access(&o, link, &parent, internal)?;
 
     Ok(NetworkConfig {
         link,
@@ -235,7 +251,74 @@ pub fn parse_network_options(network_id: &str, options: &BTreeMap<String, Value>
         enable_ipv4,
         enable_ipv6,
         options: generic,
+        host_access,
     })
+}
+
+/// `host_access` and `host_access_ip`, refused with the reason where the kernel cannot
+/// pass traffic between the host's shim and the containers.
+fn parse_host_access(
+    o: &NetworkOptions,
+    link: LinkMode,
+    parent: &ParentChoice,
+    internal: bool,
+) -> Result<Option<HostAccessRequest>> {
+    let on = match given(&o.host_access) {
+        None | Some("off" | "false" | "no") => false,
+        Some("on" | "true" | "yes") => true,
+        Some(other) => {
+            return Err(Error::invalid(format!("host_access={other:?} is not on or off")));
+        }
+    };
+    let ip = given(&o.host_access_ip)
+        .map(|text| parse_address("host_access_ip", text))
+        .transpose()?;
+    if !on {
+        return match ip {
+            Some(ip) => Err(Error::invalid(format!(
+                "host_access_ip={ip} is given but host_access is off; add -o host_access=on"
+            ))),
+            None => Ok(None),
+        };
+    }
+    if let Some(ip @ IpAddr::V6(_)) = ip {
+        return Err(Error::invalid(format!(
+            "host_access_ip={ip} is IPv6; host access is IPv4 only for now, give an IPv4 address"
+        )));
+    }
+    let refuse = |why: String| Err(Error::invalid(format!("host_access=on is refused: {why}")));
+    if internal {
+        return refuse("the network is --internal, which keeps its containers away from the host".into());
+    }
+    if parent.is_dummy() {
+        return refuse(
+            "the network has no parent (-o parent=IFACE), so there is nothing to reach the host over".into(),
+        );
+    }
+    match link {
+        LinkMode::Macvlan {
+            mode: MacvlanMode::Bridge,
+        } => Ok(Some(HostAccessRequest { ip })),
+        LinkMode::Macvlan { mode } => refuse(format!(
+            "macvlan {mode} mode never passes frames between two macvlan links of one parent, so the host's shim \
+             cannot reach the containers; use macvlan_mode=bridge"
+        )),
+        LinkMode::Ipvlan {
+            mode: IpvlanMode::L2,
+            flag: IpvlanFlag::Bridge,
+        } => Ok(Some(HostAccessRequest { ip })),
+        LinkMode::Ipvlan {
+            mode: IpvlanMode::L2,
+            flag,
+        } => refuse(format!(
+            "ipvlan_flag={flag} stops traffic between ipvlan links of one parent, so the host's shim cannot reach \
+             the containers; use ipvlan_flag=bridge"
+        )),
+        LinkMode::Ipvlan { mode, .. } => refuse(format!(
+            "ipvlan {mode} routes every container's traffic through the parent's own stack, which host access \
+             does not cover yet; use ipvlan_mode=l2"
+        )),
+    }
 }
 
 /// The parent from `parent` and `vlan`; without a parent, a dummy named after the network.
@@ -508,8 +591,8 @@ mod tests {
         assert_eq!(
             err(json!({"parent": "vp0", "color": "red", "macvlan_mod": "vepa"})),
             "unknown options color, macvlan_mod (did you mean macvlan_mode?); valid options: parent, vlan, kind, \
-             mode, macvlan_mode, ipvlan_mode, ipvlan_flag, mtu, com.docker.network.driver.mtu (namespaced keys such \
-             as com.example.key are accepted and ignored)"
+             mode, macvlan_mode, ipvlan_mode, ipvlan_flag, mtu, com.docker.network.driver.mtu, host_access, \
+             host_access_ip (namespaced keys such as com.example.key are accepted and ignored)"
         );
         assert_eq!(
             err(json!({"mtu": "9999999"})),
@@ -629,6 +712,8 @@ mod tests {
                 &o.ipvlan_flag,
                 &o.mtu,
                 &o.driver_mtu,
+                &o.host_access,
+                &o.host_access_ip,
             ];
             assert_eq!(fields.iter().filter(|f| f.is_some()).count(), 1, "{key}");
         }

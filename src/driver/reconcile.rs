@@ -19,6 +19,7 @@ pub struct ReconcileReport {
     pub parents_missing: Vec<String>,
     pub endpoints_without_host_link: usize,
     pub pending_deletes_finished: usize,
+    pub host_access: super::host_access::HostAccessReconcile,
 }
 
 impl<K: Kernel> Plugin<K> {
@@ -31,6 +32,7 @@ impl<K: Kernel> Plugin<K> {
         let (orphans, orphan_parents, missing_parents, without_link) = {
             let state = self.state();
             let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
+            let shims = super::host_access::expected_shims(state.networks.values());
             let orphans: Vec<LinkInfo> = links
                 .iter()
                 // A queued link is the reaper's, and is counted as a finished delete.
@@ -39,6 +41,7 @@ impl<K: Kernel> Plugin<K> {
                         && l.kind.is_child()
                         && state.endpoint_by_link(&l.name).is_none()
                         && !state.pending.contains_key(&l.name)
+                        && !shims.contains_key(&l.name)
                 })
                 .cloned()
                 .collect();
@@ -98,6 +101,10 @@ impl<K: Kernel> Plugin<K> {
             }
         }
         report.endpoints_without_host_link = without_link;
+        match self.reconcile_host_access(&links).await {
+            Ok(done) => report.host_access = done,
+            Err(e) => tracing::warn!("host access not reconciled: {e}"),
+        }
         for (action, n) in [
             ("orphan_link_deleted", report.orphan_links_deleted.len()),
             ("orphan_parent_deleted", report.orphan_parents_deleted.len()),
@@ -114,6 +121,7 @@ impl<K: Kernel> Plugin<K> {
             parents_missing = ?report.parents_missing,
             endpoints_without_host_link = report.endpoints_without_host_link,
             pending_deletes_finished = report.pending_deletes_finished,
+            host_access = ?report.host_access,
             "reconciled with the kernel"
         );
         Ok(report)

@@ -1201,7 +1201,7 @@ mod status {
     async fn leave_forgets_the_sandbox() {
         let dir = temp_dir();
         let p = joined_plugin(&dir).await;
-        p.leave(ep_req(NET_A, EP_1));
+        p.leave(ep_req(NET_A, EP_1)).await;
         let records = p.dump().await.unwrap();
         assert_eq!(records.endpoints[EP_1].sandbox, None);
         // dockerd moved the link back: in the host namespace again.
@@ -1313,7 +1313,7 @@ mod status {
         let mut first = report(&p).await;
         assert_eq!(first.drift.len(), 1);
         // The container was removed meanwhile: the second look has no such endpoint.
-        p.leave(ep_req(NET_A, EP_1));
+        p.leave(ep_req(NET_A, EP_1)).await;
         let second = report(&p).await;
         first.confirm_drift(&second);
         assert_eq!(first.drift, vec![]);
@@ -1334,4 +1334,86 @@ mod status {
         let pool = &status.pools[0];
         assert_eq!((pool.used, pool.free, pool.capacity), (2, 252, 254));
     }
+}
+
+fn with_host_aux(mut req: CreateNetworkRequest, aux: &str) -> CreateNetworkRequest {
+    req.ipv4_data.as_mut().unwrap()[0].aux_addresses = Some([("host".to_string(), aux.to_string())].into());
+    req
+}
+
+#[tokio::test]
+async fn host_access_with_an_aux_address_makes_one_shim_with_routes_and_cleans_up() {
+    let dir = temp_dir();
+    let k = kernel();
+    k.put_address("eth0", "10.77.0.2/24".parse().unwrap());
+    let p = open(&dir, k);
+    let req = || {
+        network(
+            NET_A,
+            json!({"parent": "eth0", "host_access": "on"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        )
+    };
+    // Docker's default IPAM: the host's address comes from --aux-address host=IP.
+    let err = p.create_network(req()).await.unwrap_err();
+    assert!(err.message.contains("--aux-address host=IP"), "{}", err.message);
+    p.create_network(with_host_aux(req(), "10.77.0.250/24")).await.unwrap();
+    let shim = super::host_access::shim_name("eth0");
+    assert!(p.kernel.is_ready_shim(&shim));
+    assert_eq!(p.kernel.addresses_of(&shim), vec!["10.77.0.250/32".parse().unwrap()]);
+
+    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.5/24", ""))
+        .await
+        .unwrap();
+    let answer = p.join(join(NET_A, EP_1)).await.unwrap();
+    let routes = serde_json::to_value(&answer.static_routes).unwrap();
+    assert_eq!(
+        routes,
+        json!([{"Destination": "10.77.0.2/32", "RouteType": 0, "NextHop": "10.77.0.250"}])
+    );
+    assert_eq!(p.kernel.routes(), vec![("10.77.0.5/32".parse().unwrap(), shim.clone())]);
+
+    // Start-up reconcile keeps the shim: it is no orphan.
+    let report = p.reconcile().await.unwrap();
+    assert!(report.orphan_links_deleted.is_empty(), "{report:?}");
+    assert!(p.kernel.get(&shim).is_some());
+
+    p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
+    assert!(p.kernel.routes().is_empty());
+    p.delete_network(NetworkRequest {
+        network_id: NET_A.into(),
+    })
+    .await
+    .unwrap();
+    assert!(p.kernel.get(&shim).is_none(), "the last network takes the shim");
+}
+
+#[tokio::test]
+async fn reconcile_remakes_a_missing_shim_with_its_address_and_routes() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(with_host_aux(
+        network(
+            NET_A,
+            json!({"parent": "eth0", "host_access": "on"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ),
+        "10.77.0.250/24",
+    ))
+    .await
+    .unwrap();
+    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.5/24", ""))
+        .await
+        .unwrap();
+    p.join(join(NET_A, EP_1)).await.unwrap();
+    drop(p);
+    // A reboot: no shim, no route, no container link in the host namespace.
+    let p = open(&dir, kernel());
+    let report = p.reconcile().await.unwrap();
+    let shim = super::host_access::shim_name("eth0");
+    assert_eq!(report.host_access.shims_recreated, vec![shim.clone()]);
+    assert_eq!(p.kernel.addresses_of(&shim), vec!["10.77.0.250/32".parse().unwrap()]);
+    assert_eq!(p.kernel.routes(), vec![("10.77.0.5/32".parse().unwrap(), shim)]);
 }

@@ -649,6 +649,24 @@ impl Ipam {
         Ok((pool.cidr_at(offset), changes))
     }
 
+    /// The highest free address of the pool's dynamic range (its ip-range, if it has
+    /// one): for the host's own address, out of the way of the containers' addresses,
+    /// which are handed out from the bottom.
+    pub fn highest_free(&self, pool_id: &str) -> Result<IpAddr> {
+        let pool = self
+            .lookup(pool_id)?
+            .ok_or_else(|| Error::not_found(format!("unknown pool ID {pool_id:?}")))?;
+        let empty = AddressSet::default();
+        let taken = self.plans.get(&pool.plan).map_or(&empty, |plan| &plan.taken);
+        let (lo, hi) = pool.dynamic_range();
+        (lo..=hi)
+            .rev()
+            .take(1 << 16)
+            .find(|o| !taken.contains(*o))
+            .map(|o| pool.ip_at(o))
+            .ok_or_else(|| Error::exhausted(format!("no free address left in {}", pool.describe())))
+    }
+
     /// Releasing an address that is not allocated, or of a pool that is gone, is not an
     /// error: dockerd repeats releases and sends them after crashes.
     pub fn plan_release_address(&self, pool_id: &str, ip: IpAddr) -> Result<Vec<IpamChange>> {

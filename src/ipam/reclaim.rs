@@ -4,7 +4,7 @@
 //! retries a request whose connection broke (so a RequestAddress that the plugin answered
 //! just before it crashed is made twice, and the first address is never used). In a pool
 //! claimed by a rustvlan network, every address in use is the network's gateway, one of
-//! its aux addresses, or an endpoint's address. Anything else is either between dockerd's
+//! its aux addresses, the host's address (`host_access=on`), or an endpoint's address. Anything else is either between dockerd's
 //! RequestAddress and CreateEndpoint (a second at most), or forgotten. A sweep marks such
 //! addresses; the next sweep, a grace period later, releases the ones still unused.
 //! Pools claimed by a network that no longer exists (a ReleasePool never sent) go the
@@ -65,6 +65,7 @@ pub fn unbound_addresses(state: &State) -> Vec<(u64, IpAddr)> {
             .subnets()
             .filter(|s| s.pool == pool.record.pool)
             .flat_map(|s| s.gateway.iter().chain(s.aux_addresses.values()).map(|a| a.ip()))
+            .chain(network.host_access.as_ref().map(|h| h.address.ip()))
             .collect();
         let endpoint_ips = endpoint_ips.get(network.id.as_str()).unwrap_or(&no_endpoints);
         out.extend(

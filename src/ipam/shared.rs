@@ -254,12 +254,7 @@ impl SharedPlans {
 /// Where in a shared plan's range `host` starts handing out addresses: a hash of both
 /// (FNV-1a), so hosts start apart without agreeing on anything.
 fn home_point(host: &str, plan: &str) -> u64 {
-    host.bytes()
-        .chain([0])
-        .chain(plan.bytes())
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
+    crate::util::stable_hash(&[host.as_bytes(), plan.as_bytes()])
 }
 
 fn unavailable(e: &crate::etcd::EtcdError, plan: &str) -> Error {

@@ -5,7 +5,9 @@
 
 use std::sync::Mutex;
 
-use super::{ChildLink, Errno, IFNAME_MAX, KResult, Kernel, KernelError, LinkInfo, LinkType};
+use ipnetwork::IpNetwork;
+
+use super::{ChildLink, Errno, HostRoute, IFNAME_MAX, KResult, Kernel, KernelError, LinkInfo, LinkType};
 use crate::model::LinkMode;
 
 #[derive(Debug, Default)]
@@ -24,6 +26,11 @@ struct Inner {
     group_deletes: usize,
     /// Other network namespaces (containers'), by path, with their links.
     namespaces: std::collections::BTreeMap<std::path::PathBuf, Vec<LinkInfo>>,
+    /// (link index, address)
+    addresses: Vec<(u32, IpNetwork)>,
+    routes: Vec<HostRoute>,
+    /// Links made ready as shims.
+    shims: Vec<u32>,
 }
 
 fn err(errno: Errno, op: String) -> KernelError {
@@ -111,6 +118,51 @@ impl FakeKernel {
         self.inner.lock().unwrap().namespaces.remove(netns);
     }
 
+    /// The addresses on `name`.
+    pub fn addresses_of(&self, name: &str) -> Vec<IpNetwork> {
+        let inner = self.inner.lock().unwrap();
+        let Some(index) = inner.links.iter().find(|l| l.name == name).map(|l| l.index) else {
+            return Vec::new();
+        };
+        inner
+            .addresses
+            .iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, a)| *a)
+            .collect()
+    }
+
+    /// Adds an address as someone else would (the host's own address on a parent).
+    pub fn put_address(&self, name: &str, address: IpNetwork) {
+        let mut inner = self.inner.lock().unwrap();
+        let index = inner.links.iter().find(|l| l.name == name).expect("no such link").index;
+        inner.addresses.push((index, address));
+    }
+
+    /// Every route with rustvlan's protocol, as (destination, device name).
+    pub fn routes(&self) -> Vec<(IpNetwork, String)> {
+        let inner = self.inner.lock().unwrap();
+        let mut routes: Vec<(IpNetwork, String)> = inner
+            .routes
+            .iter()
+            .map(|r| {
+                let dev = inner.links.iter().find(|l| l.index == r.index).map(|l| l.name.clone());
+                (r.destination, dev.unwrap_or_default())
+            })
+            .collect();
+        routes.sort();
+        routes
+    }
+
+    /// Whether the link was made ready as a shim (ARP settings, up).
+    pub fn is_ready_shim(&self, name: &str) -> bool {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .links
+            .iter()
+            .any(|l| l.name == name && inner.shims.contains(&l.index))
+    }
+
     /// Removes a link behind rustvlan's back (a host reboot, dockerd moving it away).
     pub fn vanish(&self, name: &str) {
         let mut inner = self.inner.lock().unwrap();
@@ -169,6 +221,10 @@ impl Inner {
         if let Some(pos) = self.links.iter().position(|l| l.index == index) {
             let link = self.links.remove(pos);
             self.children.retain(|(n, _)| *n != link.name);
+            // As the kernel does, a link takes its addresses and routes with it.
+            self.addresses.retain(|(i, _)| *i != index);
+            self.routes.retain(|r| r.index != index);
+            self.shims.retain(|i| *i != index);
         }
     }
 }
@@ -264,5 +320,68 @@ impl Kernel for FakeKernel {
         }
         inner.delete_tree(index);
         Ok(true)
+    }
+
+    async fn ready_shim(&self, index: u32) -> KResult<()> {
+        let mut inner = self.inner.lock().unwrap();
+        let link = inner
+            .links
+            .iter_mut()
+            .find(|l| l.index == index)
+            .ok_or_else(|| err(Errno::ENODEV, format!("setting up link {index}")))?;
+        link.up = true;
+        inner.shims.push(index);
+        Ok(())
+    }
+
+    async fn addresses(&self, index: u32) -> KResult<Vec<IpNetwork>> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .addresses
+            .iter()
+            .filter(|(i, a)| *i == index && a.is_ipv4())
+            .map(|(_, a)| *a)
+            .collect())
+    }
+
+    async fn add_address(&self, index: u32, address: IpNetwork) -> KResult<()> {
+        let mut inner = self.inner.lock().unwrap();
+        if !inner.links.iter().any(|l| l.index == index) {
+            return Err(err(Errno::ENODEV, format!("adding address {address} to link {index}")));
+        }
+        if !inner.addresses.contains(&(index, address)) {
+            inner.addresses.push((index, address));
+        }
+        Ok(())
+    }
+
+    async fn delete_address(&self, index: u32, address: IpNetwork) -> KResult<bool> {
+        let mut inner = self.inner.lock().unwrap();
+        let before = inner.addresses.len();
+        inner.addresses.retain(|a| *a != (index, address));
+        Ok(inner.addresses.len() != before)
+    }
+
+    async fn host_routes(&self) -> KResult<Vec<HostRoute>> {
+        Ok(self.inner.lock().unwrap().routes.clone())
+    }
+
+    async fn add_route(&self, route: &HostRoute) -> KResult<()> {
+        let mut inner = self.inner.lock().unwrap();
+        if !inner.links.iter().any(|l| l.index == route.index) {
+            return Err(err(Errno::ENODEV, format!("adding route {}", route.destination)));
+        }
+        inner.routes.retain(|r| r.destination != route.destination);
+        inner.routes.push(route.clone());
+        Ok(())
+    }
+
+    async fn delete_route(&self, route: &HostRoute) -> KResult<bool> {
+        let mut inner = self.inner.lock().unwrap();
+        let before = inner.routes.len();
+        inner
+            .routes
+            .retain(|r| !(r.destination == route.destination && r.index == route.index));
+        Ok(inner.routes.len() != before)
     }
 }

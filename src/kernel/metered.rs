@@ -6,7 +6,9 @@ use std::ops::Deref;
 use std::path::Path;
 use std::time::Instant;
 
-use super::{ChildLink, KResult, Kernel, LinkInfo};
+use ipnetwork::IpNetwork;
+
+use super::{ChildLink, HostRoute, KResult, Kernel, LinkInfo};
 use crate::metrics::{LinkOp, LinkOpMetrics};
 
 pub struct Metered<K> {
@@ -75,5 +77,35 @@ impl<K: Kernel> Kernel for Metered<K> {
     async fn delete_links(&self, indices: &[u32], trash_group: u32) -> KResult<()> {
         self.timed(LinkOp::DeleteBatch, self.inner.delete_links(indices, trash_group))
             .await
+    }
+
+    async fn ready_shim(&self, index: u32) -> KResult<()> {
+        self.timed(LinkOp::Set, self.inner.ready_shim(index)).await
+    }
+
+    async fn addresses(&self, index: u32) -> KResult<Vec<IpNetwork>> {
+        self.timed(LinkOp::Addresses, self.inner.addresses(index)).await
+    }
+
+    async fn add_address(&self, index: u32, address: IpNetwork) -> KResult<()> {
+        self.timed(LinkOp::AddAddress, self.inner.add_address(index, address))
+            .await
+    }
+
+    async fn delete_address(&self, index: u32, address: IpNetwork) -> KResult<bool> {
+        self.timed(LinkOp::DeleteAddress, self.inner.delete_address(index, address))
+            .await
+    }
+
+    async fn host_routes(&self) -> KResult<Vec<HostRoute>> {
+        self.timed(LinkOp::Routes, self.inner.host_routes()).await
+    }
+
+    async fn add_route(&self, route: &HostRoute) -> KResult<()> {
+        self.timed(LinkOp::AddRoute, self.inner.add_route(route)).await
+    }
+
+    async fn delete_route(&self, route: &HostRoute) -> KResult<bool> {
+        self.timed(LinkOp::DeleteRoute, self.inner.delete_route(route)).await
     }
 }

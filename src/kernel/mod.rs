@@ -16,7 +16,23 @@ use std::path::Path;
 pub use metered::Metered;
 pub use netlink::NetlinkKernel;
 
+use ipnetwork::IpNetwork;
+
 use crate::model::{LinkMode, MacAddr};
+
+/// The routing protocol number (RTPROT) of the host routes rustvlan adds, so that they
+/// are told apart from everyone else's, as `ip route show proto 250` does.
+pub const ROUTE_PROTOCOL: u8 = 250;
+
+/// A host route to one container through a shim: `dst dev shim src S proto 250`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostRoute {
+    pub destination: IpNetwork,
+    /// The shim's interface index.
+    pub index: u32,
+    /// The preferred source: the shim's address in the container's network.
+    pub source: Option<std::net::IpAddr>,
+}
 
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
@@ -145,4 +161,19 @@ pub trait Kernel: Send + Sync + 'static {
     /// with one RCU grace period instead of one per link. Links already gone are skipped.
     /// The caller makes sure nothing else is in `trash_group`.
     fn delete_links(&self, indices: &[u32], trash_group: u32) -> impl Future<Output = KResult<()>> + Send;
+    /// Readies a host-access shim: ARP answered only for the shim's own addresses
+    /// (`arp_ignore=1`, `arp_announce=2`, set per link over netlink, not /proc/sys), and up.
+    fn ready_shim(&self, index: u32) -> impl Future<Output = KResult<()>> + Send;
+    /// The IPv4 addresses of the link `index`, with their prefix lengths.
+    fn addresses(&self, index: u32) -> impl Future<Output = KResult<Vec<IpNetwork>>> + Send;
+    /// Adds an address; one that is already there is not an error.
+    fn add_address(&self, index: u32, address: IpNetwork) -> impl Future<Output = KResult<()>> + Send;
+    /// Removes an address; Ok(false) if it was not there.
+    fn delete_address(&self, index: u32, address: IpNetwork) -> impl Future<Output = KResult<bool>> + Send;
+    /// Every route of the main table with rustvlan's [`ROUTE_PROTOCOL`].
+    fn host_routes(&self) -> impl Future<Output = KResult<Vec<HostRoute>>> + Send;
+    /// Adds (or replaces) a host route, with rustvlan's protocol and link scope.
+    fn add_route(&self, route: &HostRoute) -> impl Future<Output = KResult<()>> + Send;
+    /// Removes a host route; Ok(false) if it was not there.
+    fn delete_route(&self, route: &HostRoute) -> impl Future<Output = KResult<bool>> + Send;
 }

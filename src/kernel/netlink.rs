@@ -8,7 +8,18 @@ use rtnetlink::packet_route::link::{
 };
 use rtnetlink::{Handle, LinkDummy, LinkIpVlan, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVlan};
 
-use super::{ChildLink, Errno, KResult, Kernel, KernelError, LinkInfo, LinkType};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::IpNetwork;
+use rtnetlink::packet_core::DefaultNla;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{AfSpecInet, AfSpecUnspec};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+};
+use rtnetlink::{AddressMessageBuilder, RouteMessageBuilder};
+
+use super::{ChildLink, Errno, HostRoute, KResult, Kernel, KernelError, LinkInfo, LinkType, ROUTE_PROTOCOL};
 use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacAddr, MacvlanMode};
 
 /// The kernel handles a NETLINK_ROUTE request inside the sender's `sendmsg`, and a link
@@ -153,6 +164,82 @@ fn ipvlan_flags(flag: IpvlanFlag) -> IpVlanFlags {
     }
 }
 
+/// IFLA_INET_CONF inside AF_INET's IFLA_AF_SPEC: the per-link devconf values, each an
+/// NLA whose type is the IPV4_DEVCONF_* index and whose payload is a u32.
+const IFLA_INET_CONF: u16 = 1;
+const IPV4_DEVCONF_ARP_ANNOUNCE: u16 = 18;
+const IPV4_DEVCONF_ARP_IGNORE: u16 = 19;
+
+/// Only the two values named: netlink-packet-route's `InetDevConf` would write every
+/// devconf field of the link.
+fn shim_arp_conf() -> LinkAttribute {
+    let mut nested = Vec::with_capacity(16);
+    for (index, value) in [(IPV4_DEVCONF_ARP_IGNORE, 1u32), (IPV4_DEVCONF_ARP_ANNOUNCE, 2u32)] {
+        nested.extend_from_slice(&8u16.to_ne_bytes());
+        nested.extend_from_slice(&index.to_ne_bytes());
+        nested.extend_from_slice(&value.to_ne_bytes());
+    }
+    LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![AfSpecInet::Other(DefaultNla::new(
+        IFLA_INET_CONF,
+        nested,
+    ))])])
+}
+
+fn address_message(index: u32, address: IpNetwork) -> AddressMessage {
+    match address {
+        IpNetwork::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(a.ip(), a.prefix())
+            .build(),
+        IpNetwork::V6(a) => AddressMessageBuilder::<std::net::Ipv6Addr>::new()
+            .index(index)
+            .address(a.ip(), a.prefix())
+            .build(),
+    }
+}
+
+fn route_message(route: &HostRoute) -> RouteMessage {
+    let mut builder = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(route.destination.ip(), route.destination.prefix())
+        .expect("an IpNetwork's prefix fits its family")
+        .output_interface(route.index)
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+        .scope(RouteScope::Link);
+    if let Some(source) = route.source {
+        builder = builder.pref_source(source).expect("same family as the destination");
+    }
+    builder.build()
+}
+
+fn host_route(msg: &RouteMessage) -> Option<HostRoute> {
+    if msg.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
+        return None;
+    }
+    let (mut destination, mut index, mut source, mut table) = (None, None, None, u32::from(msg.header.table));
+    let ip = |a: &RouteAddress| match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(a) => destination = ip(a),
+            RouteAttribute::Oif(i) => index = Some(*i),
+            RouteAttribute::PrefSource(a) => source = ip(a),
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    Some(HostRoute {
+        destination: IpNetwork::new(destination?, msg.header.destination_prefix_length).ok()?,
+        index: index?,
+        source,
+    })
+}
+
 impl Kernel for NetlinkKernel {
     async fn link(&self, name: &str) -> KResult<Option<LinkInfo>> {
         let mut stream = self.handle.link().get().match_name(name.to_string()).execute();
@@ -275,6 +362,119 @@ impl Kernel for NetlinkKernel {
             Err(err) => {
                 let err = kernel_error(&format!("deleting link {index}"), err);
                 if err.is(Errno::ENODEV) { Ok(false) } else { Err(err) }
+            }
+        }
+    }
+
+    async fn ready_shim(&self, index: u32) -> KResult<()> {
+        let mut message = LinkUnspec::new_with_index(index).up().build();
+        message.attributes.push(shim_arp_conf());
+        self.handle.link().change(message).execute().await.map_err(|e| {
+            kernel_error(
+                &format!("setting arp_ignore/arp_announce on link {index} and bringing it up"),
+                e,
+            )
+        })
+    }
+
+    async fn addresses(&self, index: u32) -> KResult<Vec<IpNetwork>> {
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| kernel_error(&format!("listing the addresses of link {index}"), e))?;
+        Ok(messages
+            .iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(|m| {
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(IpAddr::V4(ip)) => Some(IpAddr::V4(*ip)),
+                    _ => None,
+                })?;
+                IpNetwork::new(ip, m.header.prefix_len).ok()
+            })
+            .collect())
+    }
+
+    async fn add_address(&self, index: u32, address: IpNetwork) -> KResult<()> {
+        match self
+            .handle
+            .address()
+            .add(index, address.ip(), address.prefix())
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = kernel_error(&format!("adding address {address} to link {index}"), e);
+                if err.is(Errno::EEXIST) { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+
+    async fn delete_address(&self, index: u32, address: IpNetwork) -> KResult<bool> {
+        match self
+            .handle
+            .address()
+            .del(address_message(index, address))
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let err = kernel_error(&format!("removing address {address} from link {index}"), e);
+                if err.is(Errno::EADDRNOTAVAIL) || err.is(Errno::ENODEV) {
+                    Ok(false)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn host_routes(&self) -> KResult<Vec<HostRoute>> {
+        let mut routes = Vec::new();
+        for query in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let messages: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| kernel_error("listing routes", e))?;
+            routes.extend(messages.iter().filter_map(host_route));
+        }
+        Ok(routes)
+    }
+
+    async fn add_route(&self, route: &HostRoute) -> KResult<()> {
+        self.handle
+            .route()
+            .add(route_message(route))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| kernel_error(&format!("adding route {} dev {}", route.destination, route.index), e))
+    }
+
+    async fn delete_route(&self, route: &HostRoute) -> KResult<bool> {
+        match self.handle.route().del(route_message(route)).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let err = kernel_error(&format!("removing route {} dev {}", route.destination, route.index), e);
+                if err.is(Errno::ESRCH) || err.is(Errno::ENODEV) {
+                    Ok(false)
+                } else {
+                    Err(err)
+                }
             }
         }
     }
