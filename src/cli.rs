@@ -7,7 +7,6 @@ use anyhow::{Context, anyhow, bail};
 
 use crate::dump::{LinkPlace, StateDump};
 use crate::kernel::NetlinkKernel;
-use crate::model::ParentKind;
 use crate::status::{Source, StatusReport, observe};
 use crate::store::Store;
 use crate::util::short_id;
@@ -175,10 +174,6 @@ fn print_summary(state: &StateDump) {
     }
     println!("PARENTS MADE BY RUSTVLAN ({})", state.parents.len());
     for (name, p) in &state.parents {
-        let kind = match &p.kind {
-            ParentKind::Vlan { .. } => "vlan",
-            ParentKind::Dummy => "dummy",
-        };
-        println!("  {name}  {kind}");
+        println!("  {name}  {}", p.describe());
     }
 }

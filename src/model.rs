@@ -81,6 +81,29 @@ named!(IpvlanFlag {
 });
 
 named!(
+    /// A VLAN tag's protocol (its TPID): 802.1Q (0x8100), or 802.1ad (0x88a8), the outer
+    /// "service" tag of QinQ.
+    VlanProtocol {
+        Ieee8021Q = "802.1q",
+        Ieee8021Ad = "802.1ad",
+    }
+);
+
+// `named!` writes the variants, so `#[default]` cannot go on one.
+#[allow(clippy::derivable_impls)]
+impl Default for VlanProtocol {
+    fn default() -> Self {
+        VlanProtocol::Ieee8021Q
+    }
+}
+
+impl VlanProtocol {
+    pub fn is_8021q(&self) -> bool {
+        *self == VlanProtocol::Ieee8021Q
+    }
+}
+
+named!(
     /// The two kinds of child link; macvlan is the default, as Docker's `-d macvlan`.
     LinkKind {
         Macvlan = "macvlan",
@@ -237,13 +260,39 @@ pub struct ParentRecord {
     pub name: String,
     #[serde(flatten)]
     pub kind: ParentKind,
+    /// The name the user gave (`enp0s31f6.100.10`) when it is over 15 bytes and the
+    /// link got a short one instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+}
+
+impl ParentRecord {
+    /// `vlan 10 on eth0`, `802.1ad vlan 100 on eth0`, `dummy`, and the name the user gave
+    /// when the link has a short one.
+    pub fn describe(&self) -> String {
+        let what = match &self.kind {
+            ParentKind::Vlan { base, id, protocol } if protocol.is_8021q() => format!("vlan {id} on {base}"),
+            ParentKind::Vlan { base, id, protocol } => format!("{protocol} vlan {id} on {base}"),
+            ParentKind::Dummy => "dummy".to_string(),
+        };
+        match &self.alias {
+            Some(alias) => format!("{what} (for {alias})"),
+            None => what,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ParentKind {
-    /// 802.1Q sub-interface `base.id`.
-    Vlan { base: String, id: u16 },
+    /// VLAN sub-interface `base.id`: 802.1Q, or an 802.1ad outer tag (QinQ's S-tag).
+    /// For QinQ the inner VLAN's base is the outer VLAN, itself a parent record.
+    Vlan {
+        base: String,
+        id: u16,
+        #[serde(default, skip_serializing_if = "VlanProtocol::is_8021q")]
+        protocol: VlanProtocol,
+    },
     /// Isolated parent for `--internal` networks or networks without a parent.
     Dummy,
 }

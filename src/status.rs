@@ -163,6 +163,9 @@ pub struct ParentStatus {
     pub name: String,
     /// `vlan` or `dummy`.
     pub kind: String,
+    /// `802.1ad vlan 100 on eth0 (for enp0s31f6.100.10)`.
+    #[serde(default)]
+    pub describe: String,
     pub present: bool,
 }
 
@@ -473,6 +476,7 @@ impl StatusReport {
                     ParentKind::Vlan { .. } => "vlan".to_string(),
                     ParentKind::Dummy => "dummy".to_string(),
                 },
+                describe: p.describe(),
                 present: host.contains_key(p.name.as_str()),
             })
             .collect();
@@ -603,7 +607,7 @@ impl StatusReport {
             let _ = writeln!(out, "\nPARENTS MADE BY RUSTVLAN ({})", self.parents_made.len());
             for p in &self.parents_made {
                 let present = if p.present { "present" } else { "MISSING" };
-                let _ = writeln!(out, "  {:<15}  {:<5}  {present}", p.name, p.kind);
+                let _ = writeln!(out, "  {:<15}  {present:<7}  {}", p.name, p.describe);
             }
         }
         if !self.host_access.is_empty() {

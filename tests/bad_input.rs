@@ -194,8 +194,8 @@ fn cases() -> Vec<Case> {
             ),
             400,
             "unknown option color; valid options: parent, vlan, kind, mode, macvlan_mode, ipvlan_mode, ipvlan_flag, \
-             mtu, com.docker.network.driver.mtu, host_access, host_access_ip (namespaced keys such as com.example.key \
-             are accepted and ignored)",
+             mtu, com.docker.network.driver.mtu, host_access, host_access_ip, vlan_protocol (namespaced keys such as \
+             com.example.key are accepted and ignored)",
         ),
         case(
             "/IpamDriver.RequestPool",

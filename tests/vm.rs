@@ -1,5 +1,5 @@
-//! Real-kernel tests for what this machine's kernel cannot do: ipvlan, 802.1Q and dummy
-//! links. They run inside the VM rig, which boots a stock Debian kernel:
+//! Real-kernel tests for what this machine's kernel cannot do: ipvlan, 802.1Q, 802.1ad
+//! (QinQ) and dummy links. They run inside the VM rig, which boots a stock Debian kernel:
 //!
 //!   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/vm-test.sh --" cargo test --test vm
 //!
@@ -90,8 +90,13 @@ impl Rig {
             ns.ip(&["route", "add", "default", "via", gw, "dev", "eth0"]);
         }
         for route in joined["StaticRoutes"].as_array().into_iter().flatten() {
-            assert_eq!(route["RouteType"], 1, "connected routes only: {route}");
-            ns.ip(&["route", "add", route["Destination"].as_str().unwrap(), "dev", "eth0"]);
+            let destination = route["Destination"].as_str().unwrap();
+            match route["RouteType"].as_u64() {
+                // Connected (ipvlan l3/l3s), or through a next hop (host access).
+                Some(1) => ns.ip(&["route", "add", destination, "dev", "eth0"]),
+                Some(0) => ns.ip(&["route", "add", destination, "via", route["NextHop"].as_str().unwrap()]),
+                _ => panic!("unknown route type: {route}"),
+            };
         }
         self.containers.push(ns);
         (self.containers.len() - 1, joined)
@@ -412,4 +417,217 @@ fn the_rig_runs_a_stock_kernel() {
         );
     }
     mark_ran("RUSTVLAN_VM_MARKER", "the_rig_runs_a_stock_kernel");
+}
+
+/// A veth `a` in the rig's host namespace whose far end `b` is in a namespace of its own.
+fn wire(rig: &Rig, a: &str, b: &str) -> Netns {
+    let far = Netns::new();
+    rig.host
+        .ip(&["link", "add", a, "type", "veth", "peer", "name", b, "netns", &far.name]);
+    rig.host.ip(&["link", "set", a, "up"]);
+    far.ip(&["link", "set", b, "up"]);
+    far
+}
+
+/// On the far end: `outer` (with `proto`) on `dev`, VLAN 10 inside it, at 10.36.0.3/24.
+fn far_qinq(far: &Netns, dev: &str, proto: &str, outer: &str) -> String {
+    let outer_name = format!("{dev}.{outer}");
+    let inner_name = format!("{outer_name}.10");
+    far.ip(&[
+        "link",
+        "add",
+        "link",
+        dev,
+        "name",
+        &outer_name,
+        "type",
+        "vlan",
+        "proto",
+        proto,
+        "id",
+        outer,
+    ]);
+    far.ip(&[
+        "link",
+        "add",
+        "link",
+        &outer_name,
+        "name",
+        &inner_name,
+        "type",
+        "vlan",
+        "id",
+        "10",
+    ]);
+    far.ip(&["addr", "add", "10.36.0.3/24", "dev", &inner_name]);
+    far.ip(&["link", "set", &outer_name, "up"]);
+    far.ip(&["link", "set", &inner_name, "up"]);
+    outer_name
+}
+
+#[test]
+fn qinq_parents_carry_both_tags_and_the_outer_link_goes_with_its_last_network() {
+    require_vm();
+    let mut rig = Rig::new();
+    let far = wire(&rig, "qx", "qy");
+    let net = id("q", 1);
+    rig.network(&net, json!({"parent": "qx.100.10"}), "10.36.0.0/24", "10.36.0.1/24");
+    let outer = rig.host.link_json("qx.100");
+    assert_eq!(outer["linkinfo"]["info_data"]["protocol"], "802.1ad", "{outer}");
+    assert_eq!(outer["linkinfo"]["info_data"]["id"], 100);
+    assert_eq!(outer["link"], "qx");
+    let inner = rig.host.link_json("qx.100.10");
+    assert_eq!(inner["linkinfo"]["info_data"]["protocol"], "802.1Q", "{inner}");
+    assert_eq!(inner["linkinfo"]["info_data"]["id"], 10);
+    assert_eq!(inner["link"], "qx.100");
+
+    let (c, _) = rig.container(&net, &id("r", 1), "10.36.0.2/24");
+    // A peer with the same stacked VLANs (802.1ad 100, then 802.1Q 10) answers...
+    let outer_far = far_qinq(&far, "qy", "802.1ad", "100");
+    assert!(rig.pings(c, "10.36.0.3"), "QinQ 100.10 to QinQ 100.10");
+    // ...one with the wrong outer tag gets nothing...
+    far.ip(&["link", "del", &outer_far]);
+    let outer_far = far_qinq(&far, "qy", "802.1ad", "200");
+    assert!(!rig.pings(c, "10.36.0.3"), "outer tag 100 must not reach outer tag 200");
+    // ...nor one whose outer tag is 802.1Q: the frames carry an 802.1ad S-tag.
+    far.ip(&["link", "del", &outer_far]);
+    far_qinq(&far, "qy", "802.1Q", "100");
+    assert!(
+        !rig.pings(c, "10.36.0.3"),
+        "an 802.1ad outer tag must not reach an 802.1Q one"
+    );
+
+    // -o parent=qx -o vlan=100.20 makes another inner VLAN on the same outer one.
+    let net2 = id("q", 2);
+    rig.network(
+        &net2,
+        json!({"parent": "qx", "vlan": "100.20"}),
+        "10.38.0.0/24",
+        "10.38.0.1/24",
+    );
+    assert_eq!(rig.host.link_json("qx.100.20")["link"], "qx.100");
+    rig.stop(&net, &id("r", 1), c);
+    rig.server.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
+    assert!(!rig.host.has_link("qx.100.10"), "the inner VLAN goes with its network");
+    assert!(
+        rig.host.has_link("qx.100"),
+        "the outer one stays while another inner one uses it"
+    );
+
+    // A reboot: start-up re-makes the outer VLAN, then the inner one.
+    rig.server.kill9();
+    rig.host.ip(&["link", "del", "qx.100"]);
+    rig.server.restart();
+    assert_eq!(
+        rig.host.link_json("qx.100")["linkinfo"]["info_data"]["protocol"],
+        "802.1ad"
+    );
+    assert_eq!(rig.host.link_json("qx.100.20")["link"], "qx.100");
+
+    rig.server
+        .ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net2}));
+    assert!(
+        !rig.host.has_link("qx.100"),
+        "the outer VLAN goes with the last network on it"
+    );
+    assert!(rig.server.state().parents.is_empty());
+
+    // One 802.1ad tag.
+    let net3 = id("q", 3);
+    rig.network(
+        &net3,
+        json!({"parent": "qx.300", "vlan_protocol": "802.1ad"}),
+        "10.39.0.0/24",
+        "10.39.0.1/24",
+    );
+    assert_eq!(
+        rig.host.link_json("qx.300")["linkinfo"]["info_data"]["protocol"],
+        "802.1ad"
+    );
+    rig.server
+        .ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net3}));
+    assert!(!rig.host.has_link("qx.300"));
+
+    // Names over 15 bytes get short ones, shown by status with the long name.
+    let _far2 = wire(&rig, "qinqlongnic0", "qinqlongnic1");
+    let net4 = id("q", 4);
+    rig.network(
+        &net4,
+        json!({"parent": "qinqlongnic0.100.10"}),
+        "10.40.0.0/24",
+        "10.40.0.1/24",
+    );
+    let state = rig.server.state();
+    let inner = state.networks[&net4].parent.clone();
+    assert!(inner.starts_with("v100.10-") && inner.len() <= 15, "{inner}");
+    let outer = rig.host.link_json(&inner)["link"].as_str().unwrap().to_string();
+    assert!(outer.starts_with("v100-"), "{outer}");
+    assert_eq!(rig.host.link_json(&outer)["link"], "qinqlongnic0");
+    let out = rig
+        .server
+        .command()
+        .arg("status")
+        .arg("--socket")
+        .arg(&rig.server.socket)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("(for qinqlongnic0.100.10)"), "{status}");
+    rig.server
+        .ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net4}));
+    assert!(!rig.host.has_link(&inner) && !rig.host.has_link(&outer));
+    mark_ran(
+        "RUSTVLAN_VM_MARKER",
+        "qinq_parents_carry_both_tags_and_the_outer_link_goes_with_its_last_network",
+    );
+}
+
+#[test]
+fn ipvlan_l2_host_access_reaches_containers_both_ways() {
+    require_vm();
+    let mut rig = Rig::new();
+    let far = wire(&rig, "hx", "hy");
+    rig.host.ip(&["addr", "add", "10.37.0.2/24", "dev", "hx"]);
+    far.ip(&["addr", "add", "10.37.0.1/24", "dev", "hy"]);
+    let net = id("h", 1);
+    let (status, answer) = rig.server.post(
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": net,
+               "Options": {"com.docker.network.generic": {"parent": "hx", "ipvlan_mode": "l2", "host_access": "on"}},
+               "IPv4Data": [{"AddressSpace": "rustvlan-local", "Pool": "10.37.0.0/24", "Gateway": "10.37.0.1/24",
+                             "AuxAddresses": {"host": "10.37.0.250/24"}}]}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let shim = rig
+        .host
+        .link_names()
+        .into_iter()
+        .find(|n| n.starts_with("rvh"))
+        .expect("a shim");
+    assert_eq!(rig.host.link_json(&shim)["linkinfo"]["info_kind"], "ipvlan");
+    let (c, joined) = rig.container(&net, &id("i", 1), "10.37.0.10/24");
+    assert_eq!(
+        joined["StaticRoutes"],
+        json!([{"Destination": "10.37.0.2/32", "RouteType": 0, "NextHop": "10.37.0.250"}])
+    );
+    let host_pings = || {
+        rig.host
+            .exec(&["ping", "-c", "1", "-W", "2", "10.37.0.10"])
+            .status
+            .success()
+    };
+    assert!(host_pings(), "the host pings its ipvlan container");
+    assert!(
+        rig.pings(c, "10.37.0.2"),
+        "the container reaches the host's address on the parent"
+    );
+    assert!(rig.pings(c, "10.37.0.1"), "and the LAN");
+    rig.stop(&net, &id("i", 1), c);
+    rig.server.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
+    assert!(!rig.host.has_link(&shim), "the shim goes with the last network");
+    assert_eq!(rig.host.ip(&["route", "show", "proto", "250"]).trim(), "");
+    mark_ran(
+        "RUSTVLAN_VM_MARKER",
+        "ipvlan_l2_host_access_reaches_containers_both_ways",
+    );
 }

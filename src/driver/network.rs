@@ -81,7 +81,7 @@ impl<K: Kernel> Plugin<K> {
         let shim = match self.set_up_host_access(&record).await {
             Ok(shim) => shim,
             Err(err) => {
-                if let Some((parent, index)) = made {
+                for (parent, index) in made.into_iter().rev() {
                     self.delete_quietly(index, &parent.name).await;
                 }
                 return Err(err);
@@ -90,9 +90,7 @@ impl<K: Kernel> Plugin<K> {
         let committed = self
             .commit(|state| {
                 let mut changes = vec![Change::PutNetwork(record.clone())];
-                if let Some((parent, _)) = &made {
-                    changes.push(Change::PutParent(parent.clone()));
-                }
+                changes.extend(made.iter().map(|(parent, _)| Change::PutParent(parent.clone())));
                 for subnet in record.subnets() {
                     let gateway = subnet.gateway.map(|g| g.ip());
                     if let Some(claim) = state
@@ -110,7 +108,7 @@ impl<K: Kernel> Plugin<K> {
             if let Some(shim) = shim {
                 self.undo_host_access(&record, shim).await;
             }
-            if let Some((parent, index)) = made {
+            for (parent, index) in made.into_iter().rev() {
                 self.delete_quietly(index, &parent.name).await;
             }
             return Err(err);
@@ -119,36 +117,62 @@ impl<K: Kernel> Plugin<K> {
             network = short_id(&record.id),
             parent = %record.parent,
             link = %record.link,
-            made_parent = made.is_some(),
+            made_parents = made.len(),
             host_access = ?record.host_access.as_ref().map(|h| h.address),
             "network created"
         );
         Ok(Empty {})
     }
 
-    /// Finds the parent, or makes it (a VLAN or a dummy). Returns what it made.
-    async fn ensure_parent(
-        &self,
-        config: &NetworkConfig,
-        record: &NetworkRecord,
-    ) -> Result<Option<(ParentRecord, u32)>> {
+    /// Finds the parent, or makes it (a VLAN, with its outer VLAN for QinQ, or a
+    /// dummy). Returns what it made, outer first.
+    async fn ensure_parent(&self, config: &NetworkConfig, record: &NetworkRecord) -> Result<Vec<(ParentRecord, u32)>> {
         let name = config.parent.name();
         if let Some(link) = self.kernel.link(name).await? {
             check_mtu(record, &link)?;
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let Some(kind) = config.parent.make.clone() else {
             return Err(Error::invalid(format!("parent interface {name} does not exist")));
         };
-        let result = match &kind {
-            ParentKind::Vlan { base, id } => {
+        let mut made = Vec::new();
+        if let Some(outer) = &config.parent.outer
+            && self.kernel.link(&outer.name).await?.is_none()
+        {
+            let index = self.make_parent(outer, record).await?;
+            made.push((outer.clone(), index));
+        }
+        let inner = ParentRecord {
+            name: name.to_string(),
+            kind,
+            alias: config.parent.alias.clone(),
+        };
+        match self.make_parent(&inner, record).await {
+            Ok(index) => made.push((inner, index)),
+            Err(e) => {
+                for (parent, index) in made.into_iter().rev() {
+                    self.delete_quietly(index, &parent.name).await;
+                }
+                return Err(e);
+            }
+        }
+        Ok(made)
+    }
+
+    /// Makes one parent link: a VLAN on its base (which must exist), or a dummy.
+    async fn make_parent(&self, parent: &ParentRecord, record: &NetworkRecord) -> Result<u32> {
+        let name = parent.name.as_str();
+        let result = match &parent.kind {
+            ParentKind::Vlan { base, id, protocol } => {
                 let base_link = self.kernel.link(base).await?.ok_or_else(|| {
                     Error::invalid(format!(
                         "parent interface {base} does not exist, so VLAN {id} cannot be made on it"
                     ))
                 })?;
                 check_mtu(record, &base_link)?;
-                self.kernel.add_vlan(name, base_link.index, *id, self.group).await
+                self.kernel
+                    .add_vlan(name, base_link.index, *id, *protocol, self.group)
+                    .await
             }
             ParentKind::Dummy => self.kernel.add_dummy(name, record.mtu, self.group).await,
         };
@@ -158,14 +182,8 @@ impl<K: Kernel> Plugin<K> {
             .link(name)
             .await?
             .ok_or_else(|| Error::kernel(format!("parent {name} vanished right after it was made")))?;
-        tracing::info!(parent = name, "parent link made");
-        Ok(Some((
-            ParentRecord {
-                name: name.to_string(),
-                kind,
-            },
-            link.index,
-        )))
+        tracing::info!(parent = name, alias = ?parent.alias, "parent link made");
+        Ok(link.index)
     }
 
     pub async fn delete_network(&self, req: NetworkRequest) -> Result<Empty> {
@@ -177,24 +195,21 @@ impl<K: Kernel> Plugin<K> {
                     return Ok((None, Vec::new()));
                 };
                 let stale: Vec<EndpointRecord> = state.endpoints_of(&id).cloned().collect();
-                let shared = state.networks_on_parent(&network.parent).any(|n| n.id != id);
+                let parents = parents_to_remove(state, network);
                 let last_host_access = network.host_access.is_some()
                     && !state
                         .networks_on_parent(&network.parent)
                         .any(|n| n.id != id && n.host_access.is_some());
-                let parent = state.parents.get(&network.parent).filter(|_| !shared).cloned();
                 let mut changes: Vec<Change> = stale
                     .iter()
                     .flat_map(|e| [Change::DelEndpoint(e.id.clone()), Change::PutPending(pending_delete(e))])
                     .collect();
                 changes.push(Change::DelNetwork(id.clone()));
-                if let Some(p) = &parent {
-                    changes.push(Change::DelParent(p.name.clone()));
-                }
-                Ok((Some((network.clone(), stale, parent, last_host_access)), changes))
+                changes.extend(parents.iter().map(|p| Change::DelParent(p.name.clone())));
+                Ok((Some((network.clone(), stale, parents, last_host_access)), changes))
             })
             .await?;
-        let Some((network, stale, parent, last_host_access)) = removed else {
+        let Some((network, stale, parents, last_host_access)) = removed else {
             tracing::debug!(network = short_id(&id), "delete of an unknown network: nothing to do");
             return Ok(Empty {});
         };
@@ -204,7 +219,8 @@ impl<K: Kernel> Plugin<K> {
         if let Err(e) = self.process_pending().await {
             tracing::warn!("deleting queued links failed: {e}; start-up reconcile will retry");
         }
-        if let Some(parent) = parent {
+        // The inner VLAN before the outer one of QinQ.
+        for parent in parents {
             match self.kernel.link(&parent.name).await {
                 Ok(Some(link)) if self.is_ours(&link) => {
                     self.delete_quietly(link.index, &parent.name).await;
@@ -227,6 +243,29 @@ impl<K: Kernel> Plugin<K> {
         );
         Ok(Empty {})
     }
+}
+
+/// The parents rustvlan made that go with this network: its own, unless another network
+/// or an inner VLAN uses it, then a QinQ outer VLAN that nothing else uses.
+fn parents_to_remove(state: &State, network: &NetworkRecord) -> Vec<ParentRecord> {
+    let unused = |name: &str, besides: &str| {
+        !state.networks_on_parent(name).any(|n| n.id != network.id)
+            && !state
+                .parents
+                .values()
+                .any(|p| p.name != besides && matches!(&p.kind, ParentKind::Vlan { base, .. } if base == name))
+    };
+    let mut out = Vec::new();
+    if let Some(own) = state.parents.get(&network.parent).filter(|p| unused(&p.name, &p.name)) {
+        out.push(own.clone());
+        if let ParentKind::Vlan { base, .. } = &own.kind
+            && let Some(outer) = state.parents.get(base)
+            && unused(&outer.name, &own.name)
+        {
+            out.push(outer.clone());
+        }
+    }
+    out
 }
 
 /// The families a network has enabled must have pools, as Docker's own drivers check;

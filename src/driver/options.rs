@@ -13,7 +13,10 @@ use crate::error::{Error, Result};
 use crate::ipam::{parse_address, parse_subnet};
 use crate::kernel::IFNAME_MAX;
 use crate::keys::check_option_keys;
-use crate::model::{Family, IpvlanFlag, IpvlanMode, LinkKind, LinkMode, MacvlanMode, Named, ParentKind, Subnet};
+use crate::model::{
+    Family, IpvlanFlag, IpvlanMode, LinkKind, LinkMode, MacvlanMode, Named, ParentKind, ParentRecord, Subnet,
+    VlanProtocol,
+};
 
 pub const GENERIC: &str = "com.docker.network.generic";
 pub const INTERNAL: &str = "com.docker.network.internal";
@@ -40,6 +43,7 @@ pub struct NetworkOptions {
     pub driver_mtu: Option<String>,
     pub host_access: Option<String>,
     pub host_access_ip: Option<String>,
+    pub vlan_protocol: Option<String>,
 }
 
 /// Every `-o` key rustvlan understands: the fields of [`NetworkOptions`].
@@ -55,6 +59,7 @@ pub const VALID_KEYS: &[&str] = &[
     "com.docker.network.driver.mtu",
     "host_access",
     "host_access_ip",
+    "vlan_protocol",
 ];
 
 /// `--aux-address host=IP`: the shim's address, reserved by whatever IPAM the network has.
@@ -73,6 +78,10 @@ pub struct ParentChoice {
     /// `parent=eth0 vlan=10`) is made on its base when missing; a dummy is what a
     /// network without a parent gets.
     pub make: Option<ParentKind>,
+    /// QinQ: the outer VLAN the inner one is made on, made first when missing.
+    pub outer: Option<ParentRecord>,
+    /// The name as the user gave it, when it was over 15 bytes and `name` is short.
+    pub alias: Option<String>,
 }
 
 impl ParentChoice {
@@ -153,21 +162,76 @@ fn parse_vlan_id(text: &str, context: &str) -> Result<u16> {
     }
 }
 
-/// `eth0.10` names VLAN 10 on `eth0`; a name whose last dot is followed by anything but
-/// digits (`br.lan`) is an ordinary interface name.
-fn vlan_in_name(name: &str) -> Result<Option<ParentKind>> {
-    let Some((base, suffix)) = name.rsplit_once('.') else {
-        return Ok(None);
-    };
-    if suffix.is_empty() || !suffix.bytes().all(|b| b.is_ascii_digit()) {
-        return Ok(None);
+/// One VLAN tag, or two for QinQ (outer first): `10`, `100.10`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VlanTags {
+    pub outer: u16,
+    pub inner: Option<u16>,
+}
+
+impl std::fmt::Display for VlanTags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.inner {
+            Some(inner) => write!(f, "{}.{inner}", self.outer),
+            None => write!(f, "{}", self.outer),
+        }
     }
-    let id = parse_vlan_id(suffix, &format!("in parent {name}"))?;
-    check_ifname("the VLAN's base interface", base)?;
-    Ok(Some(ParentKind::Vlan {
-        base: base.to_string(),
-        id,
-    }))
+}
+
+fn parse_vlan_option(text: &str) -> Result<VlanTags> {
+    let context = "in option vlan";
+    match text.split_once('.') {
+        Some((outer, inner)) => Ok(VlanTags {
+            outer: parse_vlan_id(outer, context)?,
+            inner: Some(parse_vlan_id(inner, context)?),
+        }),
+        None => Ok(VlanTags {
+            outer: parse_vlan_id(text, context)?,
+            inner: None,
+        }),
+    }
+}
+
+fn numeric(suffix: &str) -> bool {
+    !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `eth0.10` names VLAN 10 on `eth0`, `eth0.100.10` VLAN 10 inside VLAN 100 (QinQ); a
+/// name whose last dot is followed by anything but digits (`br.lan`) is an ordinary
+/// interface name. Returns the base and the tags.
+fn vlan_in_name(name: &str) -> Result<(&str, Option<VlanTags>)> {
+    let Some((rest, last)) = name.rsplit_once('.').filter(|(_, last)| numeric(last)) else {
+        return Ok((name, None));
+    };
+    let context = format!("in parent {name}");
+    let last = parse_vlan_id(last, &context)?;
+    let tags = match rest.rsplit_once('.').filter(|(_, outer)| numeric(outer)) {
+        Some((base, outer)) => {
+            let outer = parse_vlan_id(outer, &context)?;
+            return Ok((
+                base,
+                Some(VlanTags {
+                    outer,
+                    inner: Some(last),
+                }),
+            ));
+        }
+        None => VlanTags {
+            outer: last,
+            inner: None,
+        },
+    };
+    Ok((rest, Some(tags)))
+}
+
+/// A VLAN link's name: `base.tags`, or, when that is over 15 bytes, `v<tags>-<4 hex
+/// digits of a hash of the long name>` (at most 15: `v4094.4094-abcd`).
+fn vlan_link_name(long: &str, tags: &str) -> (String, Option<String>) {
+    if long.len() <= IFNAME_MAX {
+        return (long.to_string(), None);
+    }
+    let hash = crate::util::stable_hash(&[long.as_bytes()]) & 0xffff;
+    (format!("v{tags}-{hash:04x}"), Some(long.to_string()))
 }
 
 /// One of a [`Named`] enum's values, or an error that lists them all.
@@ -237,10 +301,13 @@ pub fn parse_network_options(network_id: &str, options: &BTreeMap<String, Value>
         (None, Some(b)) => Some(parse_mtu("com.docker.network.driver.mtu", b)?),
         (None, None) => None,
     };
-    let vlan = given(&o.vlan).map(|v| parse_vlan_id(v, "in option vlan")).transpose()?;
+    let vlan = given(&o.vlan).map(parse_vlan_option).transpose()?;
+    let protocol = given(&o.vlan_protocol)
+        .map(|p| parse_named::<VlanProtocol>(&p.to_ascii_lowercase(), "vlan_protocol", "protocols"))
+        .transpose()?;
     // `--internal` keeps a given parent, as Docker 28's drivers do (20.10's replaced it
     // with a dummy): Join gives its containers no gateway.
-    let parent = parse_parent(network_id, given(&o.parent), vlan, link.kind())?;
+    let parent = parse_parent(network_id, given(&o.parent), vlan, protocol, link.kind())?;
     let host_access = parse_host_access(&o, link, &parent, internal)?;
 
     Ok(NetworkConfig {
@@ -321,12 +388,24 @@ fn parse_host_access(
     }
 }
 
-/// The parent from `parent` and `vlan`; without a parent, a dummy named after the network.
-fn parse_parent(network_id: &str, parent: Option<&str>, vlan: Option<u16>, kind: LinkKind) -> Result<ParentChoice> {
+/// The parent from `parent`, `vlan` and `vlan_protocol`; without a parent, a dummy named
+/// after the network.
+fn parse_parent(
+    network_id: &str,
+    parent: Option<&str>,
+    vlan: Option<VlanTags>,
+    protocol: Option<VlanProtocol>,
+    kind: LinkKind,
+) -> Result<ParentChoice> {
     let Some(name) = parent else {
-        if let Some(id) = vlan {
+        if let Some(tags) = vlan {
             return Err(Error::invalid(format!(
-                "vlan={id} needs a parent interface (-o parent=eth0)"
+                "vlan={tags} needs a parent interface (-o parent=eth0)"
+            )));
+        }
+        if let Some(p) = protocol {
+            return Err(Error::invalid(format!(
+                "vlan_protocol={p} needs a VLAN parent (-o parent=eth0.100, or -o parent=eth0 -o vlan=100)"
             )));
         }
         let prefix = match kind {
@@ -336,27 +415,77 @@ fn parse_parent(network_id: &str, parent: Option<&str>, vlan: Option<u16>, kind:
         return Ok(ParentChoice {
             name: format!("{prefix}{}", crate::util::short_id(network_id)),
             make: Some(ParentKind::Dummy),
+            outer: None,
+            alias: None,
         });
     };
-    match (vlan_in_name(name)?, vlan) {
-        (Some(ParentKind::Vlan { id: named, .. }), Some(id)) if named != id => Err(Error::invalid(format!(
-            "parent {name} names VLAN {named} but vlan={id}"
-        ))),
-        (None, Some(id)) => {
-            check_ifname("parent", name)?;
-            let full = format!("{name}.{id}");
-            check_ifname("the VLAN interface name", &full)?;
-            let base = name.to_string();
+    let (base, in_name) = vlan_in_name(name)?;
+    let tags = match (in_name, vlan) {
+        (Some(named), Some(tags)) if named != tags => {
+            return Err(Error::invalid(format!(
+                "parent {name} names VLAN {named} but vlan={tags}"
+            )));
+        }
+        (Some(_), Some(_)) if name.len() > IFNAME_MAX => {
+            return Err(Error::invalid(format!(
+                "give either parent={name} or vlan=, not both, when the name is over {IFNAME_MAX} bytes"
+            )));
+        }
+        (None, Some(tags)) => Some(tags),
+        (in_name, _) => in_name,
+    };
+    let base = if in_name.is_some() { base } else { name };
+    check_ifname("parent", base)?;
+    let Some(tags) = tags else {
+        check_ifname("parent", name)?;
+        if let Some(p) = protocol {
+            return Err(Error::invalid(format!(
+                "vlan_protocol={p} needs a VLAN parent (-o parent={name}.100, or -o vlan=100)"
+            )));
+        }
+        return Ok(ParentChoice {
+            name: name.to_string(),
+            make: None,
+            outer: None,
+            alias: None,
+        });
+    };
+    match tags.inner {
+        None => {
+            let (link, alias) = vlan_link_name(&format!("{base}.{tags}"), &tags.to_string());
             Ok(ParentChoice {
-                name: full,
-                make: Some(ParentKind::Vlan { base, id }),
+                name: link,
+                make: Some(ParentKind::Vlan {
+                    base: base.to_string(),
+                    id: tags.outer,
+                    protocol: protocol.unwrap_or_default(),
+                }),
+                outer: None,
+                alias,
             })
         }
-        (in_name, _) => {
-            check_ifname("parent", name)?;
+        Some(inner) => {
+            // QinQ: the outer tag is 802.1ad unless told otherwise ("Q-in-Q" with two
+            // 802.1Q tags is what some switches do); the inner tag is always 802.1Q.
+            let (outer_name, outer_alias) = vlan_link_name(&format!("{base}.{}", tags.outer), &tags.outer.to_string());
+            let (link, alias) = vlan_link_name(&format!("{base}.{tags}"), &tags.to_string());
             Ok(ParentChoice {
-                name: name.to_string(),
-                make: in_name,
+                name: link,
+                make: Some(ParentKind::Vlan {
+                    base: outer_name.clone(),
+                    id: inner,
+                    protocol: VlanProtocol::Ieee8021Q,
+                }),
+                outer: Some(ParentRecord {
+                    name: outer_name,
+                    kind: ParentKind::Vlan {
+                        base: base.to_string(),
+                        id: tags.outer,
+                        protocol: protocol.unwrap_or(VlanProtocol::Ieee8021Ad),
+                    },
+                    alias: outer_alias,
+                }),
+                alias,
             })
         }
     }
@@ -493,7 +622,9 @@ mod tests {
             c.parent,
             ParentChoice {
                 name: "vp0".into(),
-                make: None
+                make: None,
+                outer: None,
+                alias: None,
             }
         );
         assert_eq!(c.mtu, None);
@@ -592,7 +723,7 @@ mod tests {
             err(json!({"parent": "vp0", "color": "red", "macvlan_mod": "vepa"})),
             "unknown options color, macvlan_mod (did you mean macvlan_mode?); valid options: parent, vlan, kind, \
              mode, macvlan_mode, ipvlan_mode, ipvlan_flag, mtu, com.docker.network.driver.mtu, host_access, \
-             host_access_ip (namespaced keys such as com.example.key are accepted and ignored)"
+             host_access_ip, vlan_protocol (namespaced keys such as com.example.key are accepted and ignored)"
         );
         assert_eq!(
             err(json!({"mtu": "9999999"})),
@@ -618,8 +749,11 @@ mod tests {
                 name: "eth0.10".into(),
                 make: Some(ParentKind::Vlan {
                     base: "eth0".into(),
-                    id: 10
-                })
+                    id: 10,
+                    protocol: VlanProtocol::Ieee8021Q,
+                }),
+                outer: None,
+                alias: None,
             }
         );
         let c = parse(json!({"parent": "eth0", "vlan": "10"}), false).unwrap();
@@ -629,8 +763,11 @@ mod tests {
                 name: "eth0.10".into(),
                 make: Some(ParentKind::Vlan {
                     base: "eth0".into(),
-                    id: 10
-                })
+                    id: 10,
+                    protocol: VlanProtocol::Ieee8021Q,
+                }),
+                outer: None,
+                alias: None,
             }
         );
         let c = parse(json!({"parent": "eth0.10", "vlan": "10"}), false).unwrap();
@@ -640,7 +777,9 @@ mod tests {
             c.parent,
             ParentChoice {
                 name: "br.lan".into(),
-                make: None
+                make: None,
+                outer: None,
+                alias: None,
             }
         );
         assert_eq!(
@@ -678,16 +817,85 @@ mod tests {
     }
 
     #[test]
+    fn qinq_parents() {
+        let outer = |base: &str, name: &str, protocol| ParentRecord {
+            name: name.into(),
+            kind: ParentKind::Vlan {
+                base: base.into(),
+                id: 100,
+                protocol,
+            },
+            alias: None,
+        };
+        let want = ParentChoice {
+            name: "eth0.100.10".into(),
+            make: Some(ParentKind::Vlan {
+                base: "eth0.100".into(),
+                id: 10,
+                protocol: VlanProtocol::Ieee8021Q,
+            }),
+            outer: Some(outer("eth0", "eth0.100", VlanProtocol::Ieee8021Ad)),
+            alias: None,
+        };
+        assert_eq!(parse(json!({"parent": "eth0.100.10"}), false).unwrap().parent, want);
+        assert_eq!(
+            parse(json!({"parent": "eth0", "vlan": "100.10"}), false)
+                .unwrap()
+                .parent,
+            want
+        );
+        // Two 802.1Q tags, as some switches do QinQ.
+        let c = parse(json!({"parent": "eth0.100.10", "vlan_protocol": "802.1q"}), false).unwrap();
+        assert_eq!(c.parent.outer, Some(outer("eth0", "eth0.100", VlanProtocol::Ieee8021Q)));
+        // One 802.1ad tag.
+        let c = parse(json!({"parent": "eth0.100", "vlan_protocol": "802.1ad"}), false).unwrap();
+        assert_eq!(
+            c.parent.make,
+            Some(ParentKind::Vlan {
+                base: "eth0".into(),
+                id: 100,
+                protocol: VlanProtocol::Ieee8021Ad
+            })
+        );
+        assert_eq!(c.parent.outer, None);
+        // Long names get short ones, both the inner and the outer.
+        let c = parse(json!({"parent": "enp0s31f6", "vlan": "100.10"}), false).unwrap();
+        assert_eq!(c.parent.alias.as_deref(), Some("enp0s31f6.100.10"));
+        assert!(
+            c.parent.name.starts_with("v100.10-") && c.parent.name.len() == 12,
+            "{}",
+            c.parent.name
+        );
+        assert_eq!(c.parent.outer.as_ref().unwrap().name, "enp0s31f6.100");
+        assert_eq!(
+            err(json!({"parent": "eth0", "vlan_protocol": "802.1ad"})),
+            "vlan_protocol=802.1ad needs a VLAN parent (-o parent=eth0.100, or -o vlan=100)"
+        );
+        assert_eq!(
+            err(json!({"parent": "eth0.100", "vlan_protocol": "qinq"})),
+            "unknown vlan_protocol \"qinq\"; valid protocols: 802.1q (default), 802.1ad"
+        );
+        assert_eq!(
+            err(json!({"parent": "eth0.100.10", "vlan": "100.20"})),
+            "parent eth0.100.10 names VLAN 100.10 but vlan=100.20"
+        );
+        assert_eq!(
+            err(json!({"parent": "eth0", "vlan": "100.5000"})),
+            "VLAN id 5000 in option vlan is outside 1-4094"
+        );
+    }
+
+    #[test]
     fn interface_name_rules() {
         assert!(parse(json!({"parent": "enp0s31f6longe"}), false).is_ok());
         assert_eq!(
             err(json!({"parent": "averyveryverylongnic"})),
             "parent \"averyveryverylongnic\" is 20 bytes long; interface names have at most 15"
         );
-        assert_eq!(
-            err(json!({"parent": "enp0s31f6lo", "vlan": "1000"})),
-            "the VLAN interface name \"enp0s31f6lo.1000\" is 16 bytes long; interface names have at most 15"
-        );
+        // A VLAN whose name would be over 15 bytes gets a short one, the same every time.
+        let c = parse(json!({"parent": "enp0s31f6lo", "vlan": "1000"}), false).unwrap();
+        assert_eq!(c.parent.name, "v1000-a01b");
+        assert_eq!(c.parent.alias.as_deref(), Some("enp0s31f6lo.1000"));
         assert_eq!(
             err(json!({"parent": "a/b"})),
             "parent \"a/b\" is not a valid interface name"
@@ -714,6 +922,7 @@ mod tests {
                 &o.driver_mtu,
                 &o.host_access,
                 &o.host_access_ip,
+                &o.vlan_protocol,
             ];
             assert_eq!(fields.iter().filter(|f| f.is_some()).count(), 1, "{key}");
         }
@@ -737,7 +946,9 @@ mod tests {
             c.parent,
             ParentChoice {
                 name: "eth0".into(),
-                make: None
+                make: None,
+                outer: None,
+                alias: None,
             }
         );
         assert!(c.internal);
@@ -748,7 +959,9 @@ mod tests {
             c.parent,
             ParentChoice {
                 name: "di-18fb91e8ffcc".into(),
-                make: Some(ParentKind::Dummy)
+                make: Some(ParentKind::Dummy),
+                outer: None,
+                alias: None,
             }
         );
         assert!(!c.internal);

@@ -50,12 +50,15 @@ impl<K: Kernel> Plugin<K> {
                 .filter(|l| self.is_ours(l) && !l.kind.is_child() && !state.parents.contains_key(&l.name))
                 .cloned()
                 .collect();
-            let missing: Vec<ParentRecord> = state
+            let mut missing: Vec<ParentRecord> = state
                 .parents
                 .values()
                 .filter(|p| !names.contains(p.name.as_str()))
                 .cloned()
                 .collect();
+            // A QinQ outer VLAN before the inner ones made on it.
+            let missing_names: BTreeSet<String> = missing.iter().map(|p| p.name.clone()).collect();
+            missing.sort_by_key(|p| matches!(&p.kind, ParentKind::Vlan { base, .. } if missing_names.contains(base)));
             let without = state
                 .endpoints
                 .values()
@@ -75,10 +78,10 @@ impl<K: Kernel> Plugin<K> {
         }
         for parent in missing_parents {
             let made = match &parent.kind {
-                ParentKind::Vlan { base, id } => match self.kernel.link(base).await {
+                ParentKind::Vlan { base, id, protocol } => match self.kernel.link(base).await {
                     Ok(Some(b)) => self
                         .kernel
-                        .add_vlan(&parent.name, b.index, *id, self.group)
+                        .add_vlan(&parent.name, b.index, *id, *protocol, self.group)
                         .await
                         .map_err(|e| e.to_string()),
                     Ok(None) => Err(format!("its base interface {base} does not exist")),

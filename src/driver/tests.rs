@@ -688,11 +688,23 @@ async fn reconcile_deletes_only_orphans_and_remakes_missing_parents() {
     p.kernel.add_child(&child("rvdeadbeef0003", 0)).await.unwrap();
     // A VLAN this store made whose record was never written (a crash), and one it did not make.
     p.kernel
-        .add_vlan("eth1.99", p.kernel.get("eth1").unwrap().index, 99, p.group)
+        .add_vlan(
+            "eth1.99",
+            p.kernel.get("eth1").unwrap().index,
+            99,
+            crate::model::VlanProtocol::Ieee8021Q,
+            p.group,
+        )
         .await
         .unwrap();
     p.kernel
-        .add_vlan("eth1.98", p.kernel.get("eth1").unwrap().index, 98, 0)
+        .add_vlan(
+            "eth1.98",
+            p.kernel.get("eth1").unwrap().index,
+            98,
+            crate::model::VlanProtocol::Ieee8021Q,
+            0,
+        )
         .await
         .unwrap();
     let report = p.reconcile().await.unwrap();
@@ -1416,4 +1428,45 @@ async fn reconcile_remakes_a_missing_shim_with_its_address_and_routes() {
     assert_eq!(report.host_access.shims_recreated, vec![shim.clone()]);
     assert_eq!(p.kernel.addresses_of(&shim), vec!["10.77.0.250/32".parse().unwrap()]);
     assert_eq!(p.kernel.routes(), vec![("10.77.0.5/32".parse().unwrap(), shim)]);
+}
+
+#[tokio::test]
+async fn qinq_outer_vlan_is_shared_and_goes_with_the_last_inner_one() {
+    let dir = temp_dir();
+    let p = open(&dir, kernel());
+    p.create_network(network(
+        NET_A,
+        json!({"parent": "eth0.100.10"}),
+        "10.77.0.0/24",
+        "10.77.0.1/24",
+    ))
+    .await
+    .unwrap();
+    p.create_network(network(
+        NET_B,
+        json!({"parent": "eth0", "vlan": "100.20"}),
+        "10.78.0.0/24",
+        "10.78.0.1/24",
+    ))
+    .await
+    .unwrap();
+    let outer = p.kernel.get("eth0.100").expect("outer VLAN made");
+    assert_eq!(p.kernel.get("eth0.100.10").unwrap().parent_index, Some(outer.index));
+    assert_eq!(p.kernel.get("eth0.100.20").unwrap().parent_index, Some(outer.index));
+    assert_eq!(p.state().parents.len(), 3);
+
+    p.delete_network(NetworkRequest {
+        network_id: NET_A.into(),
+    })
+    .await
+    .unwrap();
+    assert!(p.kernel.get("eth0.100.10").is_none());
+    assert!(p.kernel.get("eth0.100").is_some(), "eth0.100.20 still hangs off it");
+    p.delete_network(NetworkRequest {
+        network_id: NET_B.into(),
+    })
+    .await
+    .unwrap();
+    assert!(p.kernel.get("eth0.100").is_none(), "gone with the last inner VLAN");
+    assert!(p.state().parents.is_empty());
 }

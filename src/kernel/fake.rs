@@ -286,7 +286,14 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
-    async fn add_vlan(&self, name: &str, base_index: u32, _id: u16, group: u32) -> KResult<()> {
+    async fn add_vlan(
+        &self,
+        name: &str,
+        base_index: u32,
+        _id: u16,
+        _protocol: crate::model::VlanProtocol,
+        group: u32,
+    ) -> KResult<()> {
         let mut inner = self.inner.lock().unwrap();
         let base = inner
             .links

@@ -10,6 +10,7 @@ use ipnetwork::IpNetwork;
 
 use super::{ChildLink, HostRoute, KResult, Kernel, LinkInfo};
 use crate::metrics::{LinkOp, LinkOpMetrics};
+use crate::model::VlanProtocol;
 
 pub struct Metered<K> {
     inner: K,
@@ -60,9 +61,12 @@ impl<K: Kernel> Kernel for Metered<K> {
         self.timed(LinkOp::AddChild, self.inner.add_child(link)).await
     }
 
-    async fn add_vlan(&self, name: &str, base_index: u32, id: u16, group: u32) -> KResult<()> {
-        self.timed(LinkOp::AddVlan, self.inner.add_vlan(name, base_index, id, group))
-            .await
+    async fn add_vlan(&self, name: &str, base_index: u32, id: u16, protocol: VlanProtocol, group: u32) -> KResult<()> {
+        self.timed(
+            LinkOp::AddVlan,
+            self.inner.add_vlan(name, base_index, id, protocol, group),
+        )
+        .await
     }
 
     async fn add_dummy(&self, name: &str, mtu: Option<u32>, group: u32) -> KResult<()> {

@@ -18,7 +18,7 @@ pub use netlink::NetlinkKernel;
 
 use ipnetwork::IpNetwork;
 
-use crate::model::{LinkMode, MacAddr};
+use crate::model::{LinkMode, MacAddr, VlanProtocol};
 
 /// The routing protocol number (RTPROT) of the host routes rustvlan adds, so that they
 /// are told apart from everyone else's, as `ip route show proto 250` does.
@@ -150,8 +150,15 @@ pub trait Kernel: Send + Sync + 'static {
     /// A macvlan or ipvlan child, in one RTM_NEWLINK so that it exists fully set up or not
     /// at all. Left down: dockerd brings it up inside the container.
     fn add_child(&self, link: &ChildLink) -> impl Future<Output = KResult<()>> + Send;
-    /// An 802.1Q link `name` with VLAN `id` on `base_index`, set up.
-    fn add_vlan(&self, name: &str, base_index: u32, id: u16, group: u32) -> impl Future<Output = KResult<()>> + Send;
+    /// A VLAN link `name` with VLAN `id` of `protocol` on `base_index`, set up.
+    fn add_vlan(
+        &self,
+        name: &str,
+        base_index: u32,
+        id: u16,
+        protocol: VlanProtocol,
+        group: u32,
+    ) -> impl Future<Output = KResult<()>> + Send;
     /// A dummy link, set up, with `mtu` if given.
     fn add_dummy(&self, name: &str, mtu: Option<u32>, group: u32) -> impl Future<Output = KResult<()>> + Send;
     /// Deletes a link; Ok(false) if it was already gone.

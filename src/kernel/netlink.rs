@@ -5,6 +5,7 @@ use std::path::Path;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{
     IpVlanFlags, IpVlanMode, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, MacVlanMode,
+    VlanProtocol as NlVlanProtocol,
 };
 use rtnetlink::{Handle, LinkDummy, LinkIpVlan, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVlan};
 
@@ -20,7 +21,7 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::{AddressMessageBuilder, RouteMessageBuilder};
 
 use super::{ChildLink, Errno, HostRoute, KResult, Kernel, KernelError, LinkInfo, LinkType, ROUTE_PROTOCOL};
-use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacAddr, MacvlanMode};
+use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacAddr, MacvlanMode, VlanProtocol};
 
 /// The kernel handles a NETLINK_ROUTE request inside the sender's `sendmsg`, and a link
 /// move or delete holds it there for an RCU grace period (~16 ms) under the RTNL lock.
@@ -314,14 +315,18 @@ impl Kernel for NetlinkKernel {
             .map_err(|e| kernel_error(&format!("creating {} link {}", link.mode.kind(), link.name), e))
     }
 
-    async fn add_vlan(&self, name: &str, base_index: u32, id: u16, group: u32) -> KResult<()> {
-        let message = finish(LinkVlan::new(name, base_index, id).up(), None, group);
+    async fn add_vlan(&self, name: &str, base_index: u32, id: u16, protocol: VlanProtocol, group: u32) -> KResult<()> {
+        let tpid = match protocol {
+            VlanProtocol::Ieee8021Q => NlVlanProtocol::Ieee8021Q,
+            VlanProtocol::Ieee8021Ad => NlVlanProtocol::Ieee8021Ad,
+        };
+        let message = finish(LinkVlan::new(name, base_index, id).protocol(tpid).up(), None, group);
         self.handle
             .link()
             .add(message)
             .execute()
             .await
-            .map_err(|e| kernel_error(&format!("creating 802.1Q link {name} (VLAN {id})"), e))
+            .map_err(|e| kernel_error(&format!("creating {protocol} link {name} (VLAN {id})"), e))
     }
 
     async fn add_dummy(&self, name: &str, mtu: Option<u32>, group: u32) -> KResult<()> {
