@@ -14,7 +14,7 @@ say() { printf '[test.sh] %s\n' "$*" >&2; }
 
 # protobuf-compiler: protoc, which the etcd client needs to build; etcd-server and
 # etcd-client: the real etcd cluster of tests/shared.rs.
-rv_need_pkgs iproute2 docker.io busybox-static curl docker-registry prometheus util-linux protobuf-compiler libprotobuf-dev etcd-server etcd-client
+rv_need_pkgs iproute2 docker.io busybox-static curl docker-registry prometheus util-linux protobuf-compiler libprotobuf-dev etcd-server etcd-client dnsmasq-base
 
 # The Docker engines the end-to-end suites run against: Debian 12's dockerd 20.10 and
 # Debian sid's dockerd 28 (RUSTVLAN_DOCKERD=20.10 or =28 runs one alone). The first runs

@@ -30,6 +30,9 @@ pub struct StateDump {
     /// Shared addresses released here whose etcd claims are still to be deleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shared_releases: Vec<crate::model::SharedRelease>,
+    /// DHCP leases of `rustvlan-dhcp` pools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<crate::model::LeaseRecord>,
     /// By pool id (`rustvlan-local/10.0.0.0/24#3`).
     pub pools: BTreeMap<String, PoolDump>,
     /// Addresses recorded for a pool that no longer exists: a store bug, shown if any.

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod dhcp;
 pub mod driver;
 pub mod dump;
 pub mod error;

@@ -30,6 +30,11 @@ enum Command {
         /// Empty means none (a managed plugin's settings can only empty a variable).
         #[arg(long, env = "RUSTVLAN_EXTRA_SOCKET", default_value = "")]
         extra_socket: String,
+        /// The socket of the `rustvlan-dhcp` IPAM (leases from the LAN's DHCP server).
+        /// Empty: `rustvlan-dhcp.sock` beside --extra-socket if given, else beside
+        /// --socket; `none`: not served.
+        #[arg(long, env = "RUSTVLAN_DHCP_SOCKET", default_value = "")]
+        dhcp_socket: String,
         #[arg(long, env = "RUSTVLAN_STATE_DIR", default_value = "/var/lib/rustvlan")]
         state_dir: PathBuf,
         /// error, warn, info, debug or trace.
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
         Command::Serve {
             socket,
             extra_socket,
+            dhcp_socket,
             state_dir,
             log_level,
             default_pool,
@@ -203,9 +209,21 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
+            let extra_socket = Some(PathBuf::from(extra_socket)).filter(|p| !p.as_os_str().is_empty());
+            let dhcp_socket = match dhcp_socket.as_str() {
+                "none" => None,
+                "" => Some(
+                    extra_socket
+                        .as_ref()
+                        .unwrap_or(&socket)
+                        .with_file_name("rustvlan-dhcp.sock"),
+                ),
+                path => Some(PathBuf::from(path)),
+            };
             let config = ServeConfig {
                 socket,
-                extra_socket: Some(PathBuf::from(extra_socket)).filter(|p| !p.as_os_str().is_empty()),
+                extra_socket,
+                dhcp_socket,
                 reclaim_after,
                 state_dir,
                 pool_defaults: PoolDefaults {

@@ -97,6 +97,11 @@ impl LinkOp {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LinkOpLabels {
     pub op: &'static str,
     /// `ok`, the errno's name (`EEXIST`), or `error` when the kernel could not be asked.
@@ -253,6 +258,7 @@ pub struct Metrics {
     pending_deletes: Gauge,
     parents_made: Gauge,
     reconcile_actions: Family<ActionLabels, Counter>,
+    dhcp_leases: Family<OutcomeLabels, Counter>,
     addresses_reclaimed: Counter,
     shared_releases_pending: Gauge,
     pub(crate) shared_conflicts: Gauge,
@@ -339,6 +345,13 @@ impl Metrics {
             "What the start-up reconcile did to bring the kernel in line with the records",
             reconcile_actions.clone(),
         );
+        let dhcp_leases = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "dhcp_lease_events",
+            "DHCP lease events of rustvlan-dhcp pools: acquired, renewed, released, and the renewals that failed \
+             (nak, no_answer, expired, changed)",
+            dhcp_leases.clone(),
+        );
         let addresses_reclaimed = Counter::default();
         registry.register(
             "addresses_reclaimed",
@@ -406,6 +419,7 @@ impl Metrics {
             pending_deletes,
             parents_made,
             reconcile_actions,
+            dhcp_leases,
             addresses_reclaimed,
             shared_releases_pending,
             shared_conflicts,
@@ -432,6 +446,10 @@ impl Metrics {
                 .get_or_create(&ActionLabels { action })
                 .inc_by(n as u64);
         }
+    }
+
+    pub fn count_dhcp(&self, outcome: &'static str) {
+        self.dhcp_leases.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     pub fn count_reclaimed(&self, n: usize) {

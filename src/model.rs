@@ -357,6 +357,59 @@ pub struct PoolRecord {
     /// every host shares (see [`crate::etcd`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
+    /// A pool of `--ipam-driver rustvlan-dhcp`: its addresses are leases from the LAN's
+    /// DHCP server, kept as [`LeaseRecord`]s, never taken from the pool itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
+}
+
+/// A lease from the LAN's DHCP server for one endpoint's address, renewed by rustvlan
+/// for as long as the address is held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The pool id dockerd holds the address under.
+    pub pool_id: String,
+    pub address: ipnetwork::Ipv4Network,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<std::net::Ipv4Addr>,
+    /// The DHCP server that granted it (option 54).
+    pub server: std::net::Ipv4Addr,
+    /// The parent interface the lease's packets go through.
+    pub parent: String,
+    /// chaddr: the endpoint's MAC (macvlan) or the parent's (ipvlan).
+    pub mac: MacAddr,
+    /// Option 61, as hex.
+    pub client_id: String,
+    /// Lease time, T1 and T2 from the last ACK, in seconds.
+    pub lease_secs: u32,
+    pub t1_secs: u32,
+    pub t2_secs: u32,
+    /// When the last ACK came (Unix seconds).
+    pub acked_at: u64,
+    #[serde(default)]
+    pub renewals: u64,
+    /// `bound`, or what went wrong with the last renewal (a NAK, no answer).
+    #[serde(default)]
+    pub trouble: Option<String>,
+}
+
+impl LeaseRecord {
+    /// The store key: one lease per pool and address.
+    pub fn key(&self) -> String {
+        lease_key(&self.pool_id, std::net::IpAddr::V4(self.address.ip()))
+    }
+
+    pub fn expires_at(&self) -> u64 {
+        self.acked_at + u64::from(self.lease_secs)
+    }
+
+    pub fn renew_at(&self) -> u64 {
+        self.acked_at + u64::from(self.t1_secs)
+    }
+}
+
+pub fn lease_key(pool_id: &str, ip: std::net::IpAddr) -> String {
+    format!("{pool_id}@{ip}")
 }
 
 /// A shared address released here whose claim in etcd is still to be deleted (etcd was

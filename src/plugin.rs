@@ -30,6 +30,11 @@ pub struct Plugin<K> {
     pub(crate) shared: Option<Arc<crate::ipam::SharedPlans>>,
     /// Parent name -> interface index, so that Join costs one netlink round trip.
     pub(crate) parent_indexes: Mutex<std::collections::HashMap<String, u32>>,
+    /// The DHCP client of `rustvlan-dhcp` pools.
+    pub(crate) dhcp: crate::dhcp::Dhcp,
+    /// When each `rustvlan-dhcp` pool was made (seq -> instant), to keep two networks
+    /// being created at once from claiming each other's pool.
+    pub(crate) dhcp_pools_made: Mutex<std::collections::HashMap<u64, std::time::Instant>>,
 }
 
 impl<K: Kernel> Plugin<K> {
@@ -47,6 +52,8 @@ impl<K: Kernel> Plugin<K> {
             reaper: Default::default(),
             shared: None,
             parent_indexes: Mutex::new(Default::default()),
+            dhcp: Default::default(),
+            dhcp_pools_made: Mutex::new(Default::default()),
         }
     }
 

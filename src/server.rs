@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::api::{metrics_router, router};
+use crate::api::{dhcp_router, metrics_router, router};
 use crate::etcd::Etcd;
 use crate::ipam::SharedPlans;
 use crate::kernel::NetlinkKernel;
@@ -23,6 +23,8 @@ pub struct ServeConfig {
     /// A second socket answering the same API, e.g. a managed plugin's socket in the
     /// host's /run/docker/plugins so that dockerd also finds it by its short name.
     pub extra_socket: Option<PathBuf>,
+    /// The `rustvlan-dhcp` IPAM's socket.
+    pub dhcp_socket: Option<PathBuf>,
     /// Grace period before unused addresses are released (see `driver::reclaim`).
     pub reclaim_after: Duration,
     pub state_dir: PathBuf,
@@ -88,6 +90,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             Err(e) => tracing::warn!("not answering on the extra socket: {e:#}"),
         }
     }
+    let dhcp_listener = match &config.dhcp_socket {
+        Some(path) => {
+            let listener = bind_socket(path).with_context(|| "the rustvlan-dhcp socket (--dhcp-socket)")?;
+            sockets.push(path.clone());
+            Some(listener)
+        }
+        None => None,
+    };
     let names: Vec<String> = sockets.iter().map(|s| s.display().to_string()).collect();
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     tracing::info!(
@@ -103,6 +113,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let retiring = plugin.shared.clone();
     let app = router(Arc::clone(&plugin));
     let mut servers = tokio::task::JoinSet::new();
+    if let Some(listener) = dhcp_listener {
+        let mut stop = stop_rx.clone();
+        let shutdown = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        servers.spawn(
+            axum::serve(listener, dhcp_router(Arc::clone(&plugin)))
+                .with_graceful_shutdown(shutdown)
+                .into_future(),
+        );
+    }
+    tokio::spawn(Arc::clone(&plugin).renew_leases());
     if let Some(listener) = metrics_listener {
         let mut stop = stop_rx.clone();
         let shutdown = async move {

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::ipam::{Ipam, IpamChange};
-use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PendingDelete, SharedRelease};
+use crate::model::{EndpointRecord, LeaseRecord, NetworkRecord, ParentRecord, PendingDelete, SharedRelease};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -22,6 +22,9 @@ pub enum Change {
     PutSharedRelease(SharedRelease),
     /// By [`SharedRelease::key`].
     DelSharedRelease(String),
+    PutLease(LeaseRecord),
+    /// By [`LeaseRecord::key`].
+    DelLease(String),
     Ipam(IpamChange),
 }
 
@@ -35,6 +38,8 @@ pub struct State {
     pub pending: BTreeMap<String, PendingDelete>,
     /// Shared addresses released here whose etcd claims are still to be deleted.
     pub shared_releases: BTreeMap<String, SharedRelease>,
+    /// DHCP leases of `rustvlan-dhcp` pools, by [`LeaseRecord::key`].
+    pub leases: BTreeMap<String, LeaseRecord>,
     pub ipam: Ipam,
     /// Host link name -> endpoint id, so that names stay unique without a scan.
     link_names: HashMap<String, String>,
@@ -48,6 +53,7 @@ impl State {
             parents: BTreeMap::new(),
             pending: BTreeMap::new(),
             shared_releases: BTreeMap::new(),
+            leases: BTreeMap::new(),
             ipam,
             link_names: HashMap::new(),
         }
@@ -95,6 +101,12 @@ impl State {
             }
             Change::DelSharedRelease(key) => {
                 self.shared_releases.remove(&key);
+            }
+            Change::PutLease(l) => {
+                self.leases.insert(l.key(), l);
+            }
+            Change::DelLease(key) => {
+                self.leases.remove(&key);
             }
             Change::Ipam(c) => self.ipam.apply(&c),
         }

@@ -78,6 +78,9 @@ pub struct StatusReport {
     /// Pools shared through etcd: with which etcd, as which host, and whether it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdStatus>,
+    /// Leases from the LAN's DHCP server (`rustvlan-dhcp` pools).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<crate::model::LeaseRecord>,
     /// Networks with `host_access=on`: their shim and the host's address on it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_access: Vec<HostAccessStatus>,
@@ -197,6 +200,12 @@ pub enum Drift {
         ip: std::net::IpAddr,
         held_by: String,
     },
+    /// A DHCP lease whose last renewal failed (NAK, no answer, another address).
+    LeaseTrouble {
+        address: IpNetwork,
+        server: std::net::Ipv4Addr,
+        trouble: String,
+    },
     /// A host-access network's shim is not in the host namespace.
     ShimMissing { shim: String, parent: String },
     /// Shared pools are configured and etcd does not answer.
@@ -264,6 +273,14 @@ impl fmt::Display for Drift {
                      are not affected"
                 )
             }
+            Drift::LeaseTrouble {
+                address,
+                server,
+                trouble,
+            } => write!(
+                f,
+                "DHCP lease {address} from {server}: {trouble}; the container keeps its address until it is restarted"
+            ),
             Drift::ShimMissing { shim, parent } => write!(
                 f,
                 "host-access shim {shim} on {parent} is missing: the host cannot reach those networks' containers; \
@@ -429,6 +446,15 @@ impl StatusReport {
                 });
             }
         }
+        for lease in &records.leases {
+            if let Some(trouble) = &lease.trouble {
+                drift.push(Drift::LeaseTrouble {
+                    address: IpNetwork::V4(lease.address),
+                    server: lease.server,
+                    trouble: trouble.clone(),
+                });
+            }
+        }
         for (parent, networks) in missing_parents {
             drift.push(Drift::ParentMissing {
                 parent: parent.to_string(),
@@ -493,6 +519,7 @@ impl StatusReport {
                 host_id: s.host_id.clone(),
                 answering: s.connected && s.trouble.is_none(),
             }),
+            leases: records.leases.clone(),
             host_access,
             drift,
         }
@@ -608,6 +635,31 @@ impl StatusReport {
             for p in &self.parents_made {
                 let present = if p.present { "present" } else { "MISSING" };
                 let _ = writeln!(out, "  {:<15}  {present:<7}  {}", p.name, p.describe);
+            }
+        }
+        if !self.leases.is_empty() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let _ = writeln!(out, "\nDHCP LEASES ({})", self.leases.len());
+            let _ = writeln!(
+                out,
+                "  {:<18}  {:<15}  {:<15}  {:<17}  {:>10}  {:>8}  STATE",
+                "ADDRESS", "SERVER", "PARENT", "MAC", "EXPIRES IN", "RENEWALS"
+            );
+            for l in &self.leases {
+                let left = l.expires_at().saturating_sub(now);
+                let _ = writeln!(
+                    out,
+                    "  {:<18}  {:<15}  {:<15}  {:<17}  {:>9}s  {:>8}  {}",
+                    l.address.to_string(),
+                    l.server.to_string(),
+                    l.parent,
+                    l.mac.to_string(),
+                    left,
+                    l.renewals,
+                    l.trouble.as_deref().unwrap_or("bound")
+                );
             }
         }
         if !self.host_access.is_empty() {

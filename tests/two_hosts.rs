@@ -576,3 +576,189 @@ fn host_access_lets_a_docker_host_reach_its_containers() {
         "host_access_lets_a_docker_host_reach_its_containers",
     );
 }
+
+/// dnsmasq serving the LAN on `br0`: 10.201.0.100-199, router 10.201.0.254, short T1.
+struct LanDhcp {
+    child: std::process::Child,
+    leases: PathBuf,
+    _dir: TempDir,
+}
+
+impl LanDhcp {
+    fn start(lan: &Netns) -> LanDhcp {
+        let dir = TempDir::new();
+        let leases = dir.path().join("leases");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lan.name,
+                "dnsmasq",
+                "--no-daemon",
+                "--port=0",
+                "--interface=br0",
+            ])
+            .args(["--bind-interfaces", "--no-ping", "--no-resolv", "--conf-file=/dev/null"])
+            .args([
+                "--dhcp-range=10.201.0.100,10.201.0.199,255.255.255.0,2m",
+                "--dhcp-lease-max=200",
+            ])
+            .args(["--dhcp-option=option:router,10.201.0.254", "--dhcp-option=option:T1,10"])
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq (Debian's dnsmasq-base)");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        LanDhcp {
+            child,
+            leases,
+            _dir: dir,
+        }
+    }
+
+    /// The addresses in dnsmasq's lease file.
+    fn leased(&self) -> BTreeSet<String> {
+        std::fs::read_to_string(&self.leases)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for LanDhcp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn containers_get_leases_from_the_lan_s_dhcp_server() {
+    if !require_dockerd() {
+        return;
+    }
+    let lan = lan();
+    let dhcp = LanDhcp::start(&lan);
+    let host = DockerHost::start(1, &lan, None, &Rustvlan::Legacy);
+    let ping = |from: &str, to: &str| {
+        host.docker(&["exec", from, "ping", "-c", "2", "-W", "2", to])
+            .status
+            .success()
+    };
+    // Without --subnet (Docker shows 0.0.0.0/0, as for its null IPAM), then with
+    // --subnet and --gateway, which each lease is checked against.
+    for (net, extra) in [
+        ("rvdhcp", vec![]),
+        (
+            "rvdhcpsub",
+            vec!["--subnet", "10.201.0.0/24", "--gateway", "10.201.0.254"],
+        ),
+    ] {
+        let mut args = vec!["network", "create", "-d", "rustvlan", "--ipam-driver", "rustvlan-dhcp"];
+        args.extend(extra);
+        args.extend(["-o", "parent=lan0", net]);
+        host.docker_ok(&args);
+        let names = [format!("{net}-1"), format!("{net}-2")];
+        let mut ips = Vec::new();
+        for name in &names {
+            host.docker_ok(&["run", "-d", "--name", name, "--net", net, &image(), "sleep", "100000"]);
+            ips.push(ip_only(&host.ipv4_of(name)));
+        }
+        let leased = dhcp.leased();
+        for ip in &ips {
+            assert!(leased.contains(ip), "{net}: {ip} is not in dnsmasq's leases {leased:?}");
+        }
+        assert_ne!(ips[0], ips[1]);
+        assert!(ping(&names[0], &ips[1]), "{net}: container to container");
+        assert!(
+            ping(&names[1], "10.201.0.254"),
+            "{net}: container to the LAN (dnsmasq's namespace)"
+        );
+        let routes = host.docker_ok(&["exec", &names[0], "ip", "route"]);
+        assert!(
+            routes.contains("default via 10.201.0.254"),
+            "{net}: the lease's router: {routes}"
+        );
+        for name in &names {
+            host.docker_ok(&["rm", "-f", name]);
+        }
+        let leased = dhcp.leased();
+        assert!(
+            ips.iter().all(|ip| !leased.contains(ip)),
+            "{net}: docker rm released the leases: {leased:?}"
+        );
+        host.docker_ok(&["network", "rm", net]);
+    }
+    mark_ran(
+        "RUSTVLAN_E2E_MARKER",
+        "containers_get_leases_from_the_lan_s_dhcp_server",
+    );
+}
+
+#[test]
+fn fifty_containers_ten_at_a_time_get_fifty_distinct_leases() {
+    if !require_dockerd() {
+        return;
+    }
+    let lan = lan();
+    let dhcp = LanDhcp::start(&lan);
+    let host = DockerHost::start(1, &lan, None, &Rustvlan::Legacy);
+    host.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "rustvlan",
+        "--ipam-driver",
+        "rustvlan-dhcp",
+        "-o",
+        "parent=lan0",
+        "rvdhcp50",
+    ]);
+    let started = std::time::Instant::now();
+    let failures = common::parallel(50, 10, |i| {
+        let out = host.docker(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("rvd50-{i}"),
+            "--net",
+            "rvdhcp50",
+            &image(),
+            "sleep",
+            "100000",
+        ]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    });
+    let took = started.elapsed();
+    assert!(failures.is_empty(), "{} of 50 failed: {failures:?}", failures.len());
+    let ips: BTreeSet<String> = (0..50).map(|i| ip_only(&host.ipv4_of(&format!("rvd50-{i}")))).collect();
+    assert_eq!(ips.len(), 50, "50 distinct addresses");
+    let leased = dhcp.leased();
+    assert!(
+        ips.iter().all(|ip| leased.contains(ip)),
+        "each is a lease in dnsmasq's file"
+    );
+    report(&format!(
+        "dhcp: 50 containers 10 at a time on dockerd {}: {:.1} s, 0 failures, 50 distinct leases",
+        host.docker_ok(&["version", "--format", "{{.Server.Version}}"]),
+        took.as_secs_f64()
+    ));
+    let names: Vec<String> = (0..50).map(|i| format!("rvd50-{i}")).collect();
+    let mut args = vec!["rm", "-f"];
+    args.extend(names.iter().map(String::as_str));
+    host.docker_ok(&args);
+    let leased = dhcp.leased();
+    assert!(ips.iter().all(|ip| !leased.contains(ip)), "all released: {leased:?}");
+    host.docker_ok(&["network", "rm", "rvdhcp50"]);
+    mark_ran(
+        "RUSTVLAN_E2E_MARKER",
+        "fifty_containers_ten_at_a_time_get_fifty_distinct_leases",
+    );
+}

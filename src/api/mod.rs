@@ -3,4 +3,4 @@
 mod router;
 pub mod wire;
 
-pub use router::{MAX_BODY, metrics_router, router};
+pub use router::{MAX_BODY, dhcp_router, metrics_router, router};

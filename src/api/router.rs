@@ -313,6 +313,59 @@ macro_rules! route {
     };
 }
 
+/// `rustvlan-dhcp`: the IPAM whose addresses are leases from the LAN's DHCP server, on a
+/// socket of its own, because the MAC that a lease needs is asked for per IPAM driver
+/// (`RequiresMACAddress`), and asking it of `rustvlan` would force MACs onto ipvlan.
+pub fn dhcp_router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
+    use Api::Ipam;
+    Router::new()
+        .route(
+            "/Plugin.Activate",
+            constant("Plugin.Activate", |_| ActivateResponse {
+                implements: vec!["IpamDriver"],
+            }),
+        )
+        .route(
+            "/IpamDriver.GetCapabilities",
+            constant("IpamDriver.GetCapabilities", Plugin::dhcp_ipam_capabilities),
+        )
+        .route(
+            "/IpamDriver.GetDefaultAddressSpaces",
+            constant("IpamDriver.GetDefaultAddressSpaces", Plugin::address_spaces),
+        )
+        .route(
+            "/IpamDriver.RequestPool",
+            route!(Ipam, "IpamDriver.RequestPool", |p, r: RequestPoolRequest| p
+                .request_pool_of(r, true)
+                .await),
+        )
+        .route(
+            "/IpamDriver.ReleasePool",
+            route!(Ipam, "IpamDriver.ReleasePool", |p, r: ReleasePoolRequest| p
+                .release_pool(r)
+                .await),
+        )
+        .route(
+            "/IpamDriver.RequestAddress",
+            route!(Ipam, "IpamDriver.RequestAddress", |p, r: RequestAddressRequest| p
+                .request_address(r)
+                .await),
+        )
+        .route(
+            "/IpamDriver.ReleaseAddress",
+            route!(Ipam, "IpamDriver.ReleaseAddress", |p, r: ReleaseAddressRequest| p
+                .release_address(r)
+                .await),
+        )
+        .fallback(|uri: axum::http::Uri| async move {
+            json_response(
+                StatusCode::NOT_FOUND,
+                &json!({ "Err": format!("rustvlan-dhcp does not implement {}", uri.path()) }),
+            )
+        })
+        .with_state(plugin)
+}
+
 pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
     use Api::{Driver, Ipam};
     Router::new()

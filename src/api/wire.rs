@@ -158,6 +158,12 @@ pub struct InterfaceName {
 /// libnetwork's route types: 0 = via next hop, 1 = directly connected.
 pub const ROUTE_TYPE_CONNECTED: u8 = 1;
 
+/// RequestPool's `Data` key for a gateway dockerd takes as given (it then asks for none).
+pub const GATEWAY_DATA: &str = "com.docker.network.gateway";
+
+/// RequestAddress's option with the endpoint's MAC, sent to IPAMs that ask for it.
+pub const ENDPOINT_MAC_OPTION: &str = "com.docker.network.endpoint.macaddress";
+
 #[derive(Debug, Serialize)]
 pub struct StaticRoute {
     #[serde(rename = "Destination")]

@@ -84,6 +84,13 @@ impl<K: Kernel> Plugin<K> {
         tracing::debug!(endpoint = short_id(&endpoint.id), link = %endpoint.link_name, "joined");
         let mut answer = join_answer(&network, &endpoint);
         answer.static_routes.extend(host_routes);
+        // A DHCP lease's router is the gateway (rustvlan-dhcp pools have no other).
+        if !network.internal
+            && let Some(IpNetwork::V4(address)) = endpoint.ipv4
+            && let Some(router) = self.lease_router(&network.parent, address.ip())
+        {
+            answer.gateway = Some(router.to_string());
+        }
         Ok(answer)
     }
 

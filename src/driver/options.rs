@@ -550,7 +550,13 @@ pub fn parse_subnets(field: &str, data: &[IpamData], family: Family) -> Result<V
     let mut subnets: Vec<Subnet> = Vec::with_capacity(data.len());
     for (i, d) in data.iter().enumerate() {
         let at = format!("{field}[{i}]");
-        let pool = parse_subnet(&format!("{at}.Pool"), &d.pool)?;
+        // 0.0.0.0/0 is what an IPAM that hands out no subnet shows (Docker's null IPAM,
+        // rustvlan-dhcp without --subnet); anywhere else a /0 is a mistake.
+        let pool = if d.pool == "0.0.0.0/0" {
+            IpNetwork::V4(ipnetwork::Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("0 is a valid prefix"))
+        } else {
+            parse_subnet(&format!("{at}.Pool"), &d.pool)?
+        };
         if Family::of(&pool) != family {
             return Err(Error::invalid(format!("{at}.Pool {pool} is not an {family} subnet")));
         }

@@ -73,6 +73,8 @@ pub struct Pool {
 /// What RequestPool carries, still as the strings dockerd sent.
 #[derive(Debug, Clone, Default)]
 pub struct PoolRequest {
+    /// `--ipam-driver rustvlan-dhcp`: the LAN's DHCP server hands out the addresses.
+    pub dhcp: bool,
     pub address_space: String,
     pub pool: String,
     pub sub_pool: String,
@@ -428,7 +430,21 @@ impl Ipam {
                 req.address_space
             )));
         }
-        let pool = if req.pool.is_empty() {
+        if req.dhcp && req.family == Family::V6 {
+            return Err(Error::invalid(
+                "rustvlan-dhcp hands out IPv4 leases only; give IPv6 networks --ipam-driver rustvlan",
+            ));
+        }
+        if req.dhcp && !req.sub_pool.is_empty() {
+            return Err(Error::invalid(format!(
+                "--ip-range {} cannot be honoured with rustvlan-dhcp: the LAN's DHCP server decides the addresses",
+                req.sub_pool
+            )));
+        }
+        let pool = if req.dhcp && req.pool.is_empty() {
+            // As Docker's null IPAM shows it: the leases bring their own subnets.
+            IpNetwork::V4(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("0 is a valid prefix"))
+        } else if req.pool.is_empty() {
             if !req.sub_pool.is_empty() {
                 return Err(Error::invalid(format!(
                     "SubPool {} needs an explicit Pool (--ip-range needs --subnet)",
@@ -466,6 +482,7 @@ impl Ipam {
             options: req.options.clone(),
             claimed_by: None,
             shared: false,
+            dhcp: req.dhcp,
         };
         let probe = Pool::new(record.clone());
         let (lo, hi) = probe.dynamic_range();
@@ -549,7 +566,7 @@ impl Ipam {
             p.record.claimed_by.is_none()
                 && p.record.address_space == address_space
                 && p.record.pool == subnet
-                && gateway.is_none_or(|g| p.offset(g).is_some_and(|o| p.allocated.contains(o)))
+                && (p.record.dhcp || gateway.is_none_or(|g| p.offset(g).is_some_and(|o| p.allocated.contains(o))))
         })?;
         let mut record = pool.record.clone();
         record.claimed_by = Some(network.to_string());

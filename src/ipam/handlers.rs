@@ -40,6 +40,11 @@ impl<K: Kernel> Plugin<K> {
     }
 
     pub async fn request_pool(&self, req: RequestPoolRequest) -> Result<RequestPoolResponse> {
+        self.request_pool_of(req, false).await
+    }
+
+    /// RequestPool of `rustvlan` (`dhcp` false) or `rustvlan-dhcp`.
+    pub(crate) async fn request_pool_of(&self, req: RequestPoolRequest, dhcp: bool) -> Result<RequestPoolResponse> {
         if let Some(options) = &req.options {
             check_option_keys("IPAM option", options.keys().map(String::as_str), IPAM_KEYS)?;
             if let Some(segment) = options.get(SEGMENT_OPTION) {
@@ -56,6 +61,7 @@ impl<K: Kernel> Plugin<K> {
             }
         }
         let request = PoolRequest {
+            dhcp,
             address_space: req.address_space,
             pool: req.pool.unwrap_or_default(),
             sub_pool: req.sub_pool.unwrap_or_default(),
@@ -66,16 +72,35 @@ impl<K: Kernel> Plugin<K> {
                 Family::V4
             },
         };
-        let record = self.allocations().request_pool(&request).await?;
-        tracing::info!(pool_id = %pool_id(&record), "pool allocated");
+        let record = if dhcp {
+            self.check_no_dhcp_pool_being_bound(&request)?;
+            // Leases are this host's: never shared through etcd.
+            let record = crate::ipam::LocalAllocations::new(self).request_pool(&request).await?;
+            self.dhcp_pools_made
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(record.seq, std::time::Instant::now());
+            record
+        } else {
+            self.allocations().request_pool(&request).await?
+        };
+        tracing::info!(pool_id = %pool_id(&record), dhcp, "pool allocated");
+        let mut data = BTreeMap::new();
+        if dhcp {
+            // dockerd takes this as the network's gateway instead of picking one (it
+            // still asks for a --gateway the user gave); each container's router comes
+            // from its lease at Join. The subnet's own address stands for "none".
+            data.insert(crate::api::wire::GATEWAY_DATA.to_string(), record.pool.to_string());
+        }
         Ok(RequestPoolResponse {
             pool_id: pool_id(&record),
             pool: record.pool.to_string(),
-            data: BTreeMap::new(),
+            data,
         })
     }
 
     pub async fn release_pool(&self, req: ReleasePoolRequest) -> Result<Empty> {
+        self.release_pool_leases(&req.pool_id).await?;
         let released = self.allocations().release_pool(&req.pool_id).await?;
         if released {
             tracing::info!(pool_id = %req.pool_id, "pool released");
@@ -95,6 +120,16 @@ impl<K: Kernel> Plugin<K> {
             .as_ref()
             .and_then(|o| o.get(REQUEST_ADDRESS_TYPE))
             .is_some_and(|t| t == REQUEST_ADDRESS_TYPE_GATEWAY);
+        if !gateway
+            && let Some(cidr) = self
+                .request_lease(&req.pool_id, address, req.options.as_ref().unwrap_or(&BTreeMap::new()))
+                .await?
+        {
+            return Ok(RequestAddressResponse {
+                address: cidr.to_string(),
+                data: BTreeMap::new(),
+            });
+        }
         let cidr = self
             .allocations()
             .request_address(&req.pool_id, address, gateway)
@@ -108,6 +143,9 @@ impl<K: Kernel> Plugin<K> {
 
     pub async fn release_address(&self, req: ReleaseAddressRequest) -> Result<Empty> {
         let ip = parse_address("Address", &req.address)?;
+        if self.release_lease(&req.pool_id, ip).await? {
+            return Ok(Empty {});
+        }
         if !self.allocations().release_address(&req.pool_id, ip).await? {
             tracing::debug!(pool_id = %req.pool_id, address = %ip, "release of an address not allocated: nothing to do");
         }

@@ -9,6 +9,7 @@ mod addrset;
 mod allocations;
 mod allocator;
 mod handlers;
+pub mod leases;
 pub mod reclaim;
 pub mod shared;
 

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::dump::{AddressUse, PoolDump, StateDump};
 use crate::ipam::{Ipam, IpamChange, IpamConfig, pool_id};
 use crate::metrics::StoreMetrics;
-use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PendingDelete, PoolRecord, SharedRelease};
+use crate::model::{
+    EndpointRecord, LeaseRecord, NetworkRecord, ParentRecord, PendingDelete, PoolRecord, SharedRelease,
+};
 use crate::state::{Change, State};
 
 const SCHEMA_VERSION: u64 = 1;
@@ -41,6 +43,7 @@ const CURSOR: &str = "cursor/";
 const ADDRESS: &str = "addr/";
 const PENDING: &str = "pending/";
 const SHARED_RELEASE: &str = "relq/";
+const LEASE: &str = "lease/";
 
 /// Settings for pools without an explicit subnet; the v6 range is chosen once per store.
 #[derive(Debug, Clone)]
@@ -135,6 +138,7 @@ pub struct Records {
     pub parents: BTreeMap<String, ParentRecord>,
     pub pending: BTreeMap<String, PendingDelete>,
     pub shared_releases: BTreeMap<String, SharedRelease>,
+    pub leases: BTreeMap<String, LeaseRecord>,
     pub pools: BTreeMap<u64, PoolRecord>,
     pub cursors: BTreeMap<u64, IpAddr>,
     pub addresses: BTreeMap<u64, BTreeMap<IpAddr, bool>>,
@@ -173,6 +177,7 @@ impl Records {
         out.extend(self.endpoints.into_values().map(Change::PutEndpoint));
         out.extend(self.pending.into_values().map(Change::PutPending));
         out.extend(self.shared_releases.into_values().map(Change::PutSharedRelease));
+        out.extend(self.leases.into_values().map(Change::PutLease));
         out
     }
 
@@ -217,6 +222,7 @@ impl Records {
             parents: self.parents.clone(),
             pending_deletes: self.pending.clone(),
             shared_releases: self.shared_releases.values().cloned().collect(),
+            leases: self.leases.values().cloned().collect(),
             pools,
             orphan_addresses,
             unbound_addresses: None,
@@ -472,6 +478,7 @@ impl Store {
             Change::PutParent(p) => put(format!("{PARENT}{}", p.name), to_json(p)),
             Change::PutPending(p) => put(format!("{PENDING}{}", p.link_name), to_json(p)),
             Change::PutSharedRelease(r) => put(format!("{SHARED_RELEASE}{}", r.key()), to_json(r)),
+            Change::PutLease(l) => put(format!("{LEASE}{}", l.key()), to_json(l)),
             Change::Ipam(IpamChange::PutPool(p)) => put(seq_key(POOL, p.seq), to_json(p)),
             Change::Ipam(IpamChange::PutAddress { pool, ip, gateway }) => {
                 put(address_key(*pool, *ip), to_json(&AddressValue { gateway: *gateway }))
@@ -483,6 +490,7 @@ impl Store {
             Change::DelParent(name) => del(batch, format!("{PARENT}{name}")),
             Change::DelPending(name) => del(batch, format!("{PENDING}{name}")),
             Change::DelSharedRelease(key) => del(batch, format!("{SHARED_RELEASE}{key}")),
+            Change::DelLease(key) => del(batch, format!("{LEASE}{key}")),
             Change::Ipam(IpamChange::DelAddress { pool, ip }) => del(batch, address_key(*pool, *ip)),
             Change::Ipam(IpamChange::DelPool(seq)) => {
                 del(batch, seq_key(POOL, *seq));
@@ -633,6 +641,12 @@ fn decode_record(r: &mut Records, key: &str, value: &[u8]) -> anyhow::Result<()>
             bail!("holds the shared release {}", release.key());
         }
         r.shared_releases.insert(release.key(), release);
+    } else if let Some(rest) = key.strip_prefix(LEASE) {
+        let lease: LeaseRecord = de(value)?;
+        if lease.key() != rest {
+            bail!("holds the lease {}", lease.key());
+        }
+        r.leases.insert(lease.key(), lease);
     } else if let Some(name) = key.strip_prefix(PENDING) {
         let p: PendingDelete = de(value)?;
         if p.link_name != name {

@@ -1,0 +1,458 @@
+//! `--ipam-driver rustvlan-dhcp`: an endpoint's address is a lease from the LAN's DHCP
+//! server, taken at RequestAddress (before the container starts) on the parent of the
+//! network that claimed the pool, kept in the store, renewed in the background for as
+//! long as dockerd holds the address, and released at ReleaseAddress.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use crate::api::wire::{ENDPOINT_MAC_OPTION, IpamCapabilities};
+use crate::dhcp::{DhcpError, Granted, Identity};
+use crate::error::{Error, Result};
+use crate::kernel::Kernel;
+use crate::model::{IpvlanMode, LeaseRecord, LinkMode, MacAddr, NetworkRecord, PoolRecord, lease_key};
+use crate::plugin::Plugin;
+use crate::state::Change;
+use crate::util::short_id;
+
+/// How long a RequestAddress may wait for the server: well under the 30 s dockerd gives
+/// a managed plugin, and enough for a server that pings an address before offering it.
+pub const ACQUIRE_BUDGET: Duration = Duration::from_secs(8);
+/// A renewal's own budget; a renewal that gets no answer is tried again later.
+const RENEW_BUDGET: Duration = Duration::from_secs(5);
+/// How soon a renewal that got no answer is tried again.
+const RENEW_RETRY_SECS: u64 = 5;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+impl LeaseRecord {
+    fn identity(&self) -> Identity {
+        Identity {
+            mac: self.mac,
+            client_id: unhex(&self.client_id),
+        }
+    }
+}
+
+fn dhcp_error(e: DhcpError) -> Error {
+    match e {
+        DhcpError::NoAnswer { .. } => Error::unavailable(e.to_string()),
+        DhcpError::Refused { .. } => Error::conflict(e.to_string()),
+        _ => Error::kernel(e.to_string()),
+    }
+}
+
+impl<K: Kernel> Plugin<K> {
+    pub fn dhcp_ipam_capabilities(&self) -> IpamCapabilities {
+        // The MAC is what the lease is for: dockerd sends it with RequestAddress, and
+        // the same one to CreateEndpoint.
+        IpamCapabilities {
+            requires_mac_address: true,
+            requires_request_replay: false,
+        }
+    }
+
+    /// A DHCP pool is bound to its network at CreateNetwork, by subnet: the newest
+    /// unclaimed pool of that subnet. Two networks of one subnet (both without
+    /// `--subnet`, say) being created at the same moment could take each other's pool,
+    /// and so each other's parent; the second RequestPool is refused instead while the
+    /// first pool, made in the last 10 s, waits for its CreateNetwork.
+    pub(crate) fn check_no_dhcp_pool_being_bound(&self, request: &crate::ipam::PoolRequest) -> Result<()> {
+        let made = self.dhcp_pools_made.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.state();
+        let subnet = if request.pool.is_empty() {
+            "0.0.0.0/0"
+        } else {
+            request.pool.as_str()
+        };
+        let busy = state.ipam.pools().any(|p| {
+            p.record.dhcp
+                && p.record.claimed_by.is_none()
+                && p.record.address_space == request.address_space
+                && p.record.pool.to_string() == subnet
+                && made
+                    .get(&p.record.seq)
+                    .is_some_and(|at| at.elapsed() < Duration::from_secs(10))
+        });
+        if busy {
+            return Err(Error::conflict(format!(
+                "another rustvlan-dhcp network of subnet {subnet} is being created right now; retry in a moment (its \
+                 pool is bound when its CreateNetwork comes)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The DHCP pool and the network that claimed it, if `pool_id` is one.
+    fn dhcp_pool(&self, pool_id: &str) -> Result<Option<(PoolRecord, Option<NetworkRecord>)>> {
+        let state = self.state();
+        let Some(pool) = state.ipam.lookup(pool_id)?.filter(|p| p.record.dhcp) else {
+            return Ok(None);
+        };
+        let network = pool
+            .record
+            .claimed_by
+            .as_ref()
+            .and_then(|id| state.networks.get(id))
+            .cloned();
+        Ok(Some((pool.record.clone(), network)))
+    }
+
+    /// RequestAddress on a DHCP pool, for an endpoint (a gateway request is
+    /// bookkeeping, answered by the allocator). None: not a DHCP pool.
+    pub(crate) async fn request_lease(
+        &self,
+        pool_id: &str,
+        wanted: Option<IpAddr>,
+        options: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<ipnetwork::IpNetwork>> {
+        let Some((pool, network)) = self.dhcp_pool(pool_id)? else {
+            return Ok(None);
+        };
+        let network = network.ok_or_else(|| {
+            Error::invalid(format!(
+                "pool {pool_id} belongs to no rustvlan network yet: use --ipam-driver rustvlan-dhcp with -d rustvlan"
+            ))
+        })?;
+        let wanted = match wanted {
+            Some(IpAddr::V4(ip)) => Some(ip),
+            Some(ip) => return Err(Error::invalid(format!("{ip} is not IPv4: DHCP leases are IPv4"))),
+            None => None,
+        };
+        let mac_text = options.get(ENDPOINT_MAC_OPTION).ok_or_else(|| {
+            Error::invalid(format!(
+                "RequestAddress on a rustvlan-dhcp pool came without the endpoint's MAC ({ENDPOINT_MAC_OPTION}); \
+                 dockerd sends it to IPAMs that ask for it"
+            ))
+        })?;
+        let endpoint_mac: MacAddr = mac_text
+            .parse()
+            .map_err(|e: String| Error::invalid(format!("{ENDPOINT_MAC_OPTION} {e}")))?;
+        let parent = self.kernel.link(&network.parent).await?.ok_or_else(|| {
+            Error::kernel(format!(
+                "parent interface {} of network {} is missing",
+                network.parent,
+                short_id(&network.id)
+            ))
+        })?;
+        let identity = match network.link {
+            LinkMode::Macvlan { .. } => Identity::of_mac(endpoint_mac),
+            LinkMode::Ipvlan {
+                mode: IpvlanMode::L2, ..
+            } => {
+                // Every ipvlan link has the parent's MAC: a client-id of the endpoint's own
+                // keeps the leases apart (type 0, RFC 2132).
+                let mac = parent
+                    .mac
+                    .ok_or_else(|| Error::kernel(format!("parent {} has no Ethernet address", network.parent)))?;
+                let mut client_id = vec![0];
+                client_id.extend_from_slice(format!("rustvlan:{endpoint_mac}").as_bytes());
+                Identity { mac, client_id }
+            }
+            LinkMode::Ipvlan { mode, .. } => {
+                return Err(Error::invalid(format!(
+                    "ipvlan {mode} routes instead of bridging, so its containers have no LAN broadcast domain for DHCP; \
+                     use ipvlan_mode=l2, or static addresses with --ipam-driver rustvlan"
+                )));
+            }
+        };
+        let granted = self
+            .dhcp
+            .acquire(parent.index, &network.parent, &identity, wanted, ACQUIRE_BUDGET)
+            .await
+            .map_err(dhcp_error)?;
+        if let Err(e) = check_against_network(&granted, &pool, &network) {
+            let _ = self.dhcp.release(
+                parent.index,
+                &network.parent,
+                &identity,
+                granted.address.ip(),
+                granted.server,
+            );
+            return Err(e);
+        }
+        let lease = LeaseRecord {
+            pool_id: pool_id.to_string(),
+            address: granted.address,
+            router: granted.router,
+            server: granted.server,
+            parent: network.parent.clone(),
+            mac: identity.mac,
+            client_id: hex(&identity.client_id),
+            lease_secs: granted.lease_secs,
+            t1_secs: granted.t1_secs,
+            t2_secs: granted.t2_secs,
+            acked_at: now_secs(),
+            renewals: 0,
+            trouble: None,
+        };
+        let committed = self
+            .commit(|state| {
+                if let Some(other) = state
+                    .leases
+                    .get(&lease.key())
+                    .filter(|l| l.mac != lease.mac || l.client_id != lease.client_id)
+                {
+                    return Err(Error::conflict(format!(
+                        "DHCP server {} gave {} again, while rustvlan holds it for MAC {}",
+                        lease.server, lease.address, other.mac
+                    )));
+                }
+                Ok(((), vec![Change::PutLease(lease.clone())]))
+            })
+            .await;
+        if let Err(e) = committed {
+            let _ = self.dhcp.release(
+                parent.index,
+                &network.parent,
+                &identity,
+                granted.address.ip(),
+                granted.server,
+            );
+            return Err(e);
+        }
+        self.metrics.count_dhcp("acquired");
+        tracing::info!(
+            network = short_id(&network.id),
+            address = %granted.address,
+            server = %granted.server,
+            mac = %identity.mac,
+            lease_secs = granted.lease_secs,
+            "DHCP lease taken"
+        );
+        Ok(Some(ipnetwork::IpNetwork::V4(granted.address)))
+    }
+
+    /// ReleaseAddress on a DHCP pool: the lease is forgotten, then RELEASE goes to its
+    /// server. Ok(false): no such lease (a gateway, or a repeat).
+    pub(crate) async fn release_lease(&self, pool_id: &str, ip: IpAddr) -> Result<bool> {
+        let key = lease_key(pool_id, ip);
+        let lease = self
+            .commit(|state| match state.leases.get(&key) {
+                Some(l) => Ok((Some(l.clone()), vec![Change::DelLease(key.clone())])),
+                None => Ok((None, Vec::new())),
+            })
+            .await?;
+        let Some(lease) = lease else { return Ok(false) };
+        self.send_release(&lease).await;
+        Ok(true)
+    }
+
+    /// Best effort: a lease whose RELEASE is lost expires on the server by itself.
+    async fn send_release(&self, lease: &LeaseRecord) {
+        let sent = match self.kernel.link(&lease.parent).await {
+            Ok(Some(parent)) => self
+                .dhcp
+                .release(
+                    parent.index,
+                    &lease.parent,
+                    &lease.identity(),
+                    lease.address.ip(),
+                    lease.server,
+                )
+                .map_err(|e| e.to_string()),
+            Ok(None) => Err(format!("parent {} is gone", lease.parent)),
+            Err(e) => Err(e.to_string()),
+        };
+        match sent {
+            Ok(()) => {
+                self.metrics.count_dhcp("released");
+                tracing::info!(address = %lease.address, server = %lease.server, "DHCP lease released");
+            }
+            Err(e) => {
+                tracing::warn!(address = %lease.address, "DHCP release not sent: {e}; the lease expires on its own")
+            }
+        }
+    }
+
+    /// The leases of a pool being released go too (dockerd released their addresses
+    /// first, unless it skipped that).
+    pub(crate) async fn release_pool_leases(&self, pool_id: &str) -> Result<()> {
+        let gone = self
+            .commit(|state| {
+                let gone: Vec<LeaseRecord> = state
+                    .leases
+                    .values()
+                    .filter(|l| l.pool_id == pool_id)
+                    .cloned()
+                    .collect();
+                let changes = gone.iter().map(|l| Change::DelLease(l.key())).collect();
+                Ok((gone, changes))
+            })
+            .await?;
+        for lease in &gone {
+            self.send_release(lease).await;
+        }
+        Ok(())
+    }
+
+    /// The router of the lease holding `ip` on `parent`, for Join's gateway.
+    pub(crate) fn lease_router(&self, parent: &str, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+        let state = self.state();
+        state
+            .leases
+            .values()
+            .find(|l| l.parent == parent && l.address.ip() == ip)
+            .and_then(|l| l.router)
+    }
+
+    /// Renews every lease whose T1 has come (and, after a restart, every lease past
+    /// it), one second at a time. A NAK or a different address cannot be pushed into a
+    /// running container: it is recorded on the lease, shown by status and counted.
+    pub async fn renew_leases(self: std::sync::Arc<Self>) {
+        let mut retry_at: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = now_secs();
+            let due: Vec<LeaseRecord> = self
+                .state()
+                .leases
+                .values()
+                .filter(|l| l.renew_at() <= now && retry_at.get(&l.key()).is_none_or(|at| *at <= now))
+                .cloned()
+                .collect();
+            retry_at.retain(|key, _| self.state().leases.contains_key(key));
+            for lease in due {
+                let outcome = self.renew_one(&lease).await;
+                match outcome {
+                    Ok(()) => {
+                        retry_at.remove(&lease.key());
+                    }
+                    Err(()) => {
+                        retry_at.insert(lease.key(), now_secs() + RENEW_RETRY_SECS);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn renew_one(&self, lease: &LeaseRecord) -> std::result::Result<(), ()> {
+        let result = match self.kernel.link(&lease.parent).await {
+            Ok(Some(parent)) => self
+                .dhcp
+                .renew(
+                    parent.index,
+                    &lease.parent,
+                    &lease.identity(),
+                    lease.address.ip(),
+                    RENEW_BUDGET,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(None) => Err(format!("parent {} is missing", lease.parent)),
+            Err(e) => Err(e.to_string()),
+        };
+        let key = lease.key();
+        let (updated, outcome) = match result {
+            Ok(granted) if granted.address.ip() == lease.address.ip() => (
+                LeaseRecord {
+                    lease_secs: granted.lease_secs,
+                    t1_secs: granted.t1_secs,
+                    t2_secs: granted.t2_secs,
+                    router: granted.router.or(lease.router),
+                    server: granted.server,
+                    acked_at: now_secs(),
+                    renewals: lease.renewals + 1,
+                    trouble: None,
+                    ..lease.clone()
+                },
+                "renewed",
+            ),
+            Ok(granted) => (
+                LeaseRecord {
+                    trouble: Some(format!(
+                        "the server answered with another address, {}; the container keeps {}",
+                        granted.address, lease.address
+                    )),
+                    ..lease.clone()
+                },
+                "changed",
+            ),
+            Err(e) => {
+                let expired = now_secs() >= lease.expires_at();
+                let outcome = if e.contains("DHCPNAK") {
+                    "nak"
+                } else if expired {
+                    "expired"
+                } else {
+                    "no_answer"
+                };
+                (
+                    LeaseRecord {
+                        trouble: Some(if expired {
+                            format!("expired; last renewal: {e}")
+                        } else {
+                            e
+                        }),
+                        ..lease.clone()
+                    },
+                    outcome,
+                )
+            }
+        };
+        self.metrics.count_dhcp(outcome);
+        if outcome == "renewed" {
+            tracing::debug!(address = %lease.address, renewals = updated.renewals, "DHCP lease renewed");
+        } else {
+            tracing::error!(address = %lease.address, trouble = ?updated.trouble, "DHCP lease renewal failed");
+        }
+        let _ = self
+            .commit(|state| {
+                // Released meanwhile: nothing to record.
+                if state.leases.contains_key(&key) {
+                    Ok(((), vec![Change::PutLease(updated.clone())]))
+                } else {
+                    Ok(((), Vec::new()))
+                }
+            })
+            .await;
+        if outcome == "renewed" { Ok(()) } else { Err(()) }
+    }
+}
+
+/// A lease must fit what the user said: `--subnet` (the same subnet) and `--gateway`.
+fn check_against_network(granted: &Granted, pool: &PoolRecord, network: &NetworkRecord) -> Result<()> {
+    let lease_net = ipnetwork::IpNetwork::V4(
+        ipnetwork::Ipv4Network::new(granted.address.network(), granted.address.prefix()).expect("same prefix"),
+    );
+    if pool.pool.prefix() != 0 && lease_net != pool.pool {
+        return Err(Error::conflict(format!(
+            "the DHCP server {} offered {} (subnet {lease_net}), but the network's --subnet is {}; fix --subnet, or \
+             leave it out to take the subnet from the leases",
+            granted.server, granted.address, pool.pool
+        )));
+    }
+    let gateway = network
+        .ipv4
+        .iter()
+        .find(|s| s.pool == pool.pool)
+        .and_then(|s| s.gateway)
+        .map(|g| g.ip())
+        // The subnet's own address is what RequestPool gave dockerd for "no --gateway".
+        .filter(|g| *g != pool.pool.network());
+    if let (Some(gateway), Some(router)) = (gateway, granted.router)
+        && gateway != IpAddr::V4(router)
+    {
+        return Err(Error::conflict(format!(
+            "the DHCP server {} gives router {router}, but the network's --gateway is {gateway}; fix --gateway, or \
+             leave it out to take the router from the leases",
+            granted.server
+        )));
+    }
+    Ok(())
+}

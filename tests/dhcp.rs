@@ -1,0 +1,280 @@
+//! `--ipam-driver rustvlan-dhcp` against a real DHCP server: Debian's dnsmasq in a LAN
+//! namespace at the far end of the parent's veth, with short T1/T2 so that renewals
+//! happen within seconds. rustvlan runs in a host namespace and is driven over its two
+//! sockets as dockerd drives them (RequestPool and RequestAddress on the rustvlan-dhcp
+//! socket, CreateNetwork, CreateEndpoint and Join on the driver's).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Netns, Server, TempDir, require_root};
+use serde_json::{Value, json};
+
+const NET: &str = "0000dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
+
+fn ep_id(n: u32) -> String {
+    format!("{n:04}{}", "e".repeat(60))
+}
+
+fn mac(n: u32) -> String {
+    format!("02:42:0a:40:00:{n:02x}")
+}
+
+/// dnsmasq on `dhp` in the LAN namespace, leases in `dir/leases`.
+struct Dnsmasq {
+    child: Child,
+    leases: PathBuf,
+}
+
+impl Dnsmasq {
+    fn start(lan: &Netns, dir: &Path, range: &str, authoritative: bool) -> Dnsmasq {
+        let leases = dir.join("leases");
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &lan.name,
+            "dnsmasq",
+            "--no-daemon",
+            "--port=0",
+            "--interface=dhp",
+        ])
+        .args(["--bind-interfaces", "--no-ping", "--no-resolv", "--conf-file=/dev/null"])
+        .arg(format!("--dhcp-range={range},255.255.255.0,2m"))
+        .args(["--dhcp-option=option:router,10.64.0.1", "--dhcp-option=option:T1,3"])
+        .arg("--dhcp-option=option:T2,5")
+        .arg(format!("--dhcp-leasefile={}", leases.display()))
+        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("dnsmasq.log")).unwrap()));
+        if authoritative {
+            cmd.arg("--dhcp-authoritative");
+        }
+        let child = cmd.spawn().expect("dnsmasq (Debian's dnsmasq-base)");
+        std::thread::sleep(Duration::from_millis(300));
+        Dnsmasq { child, leases }
+    }
+
+    /// The lease file's line for `mac`: `expiry mac ip hostname client-id`.
+    fn lease_of(&self, mac: &str) -> Option<(u64, String)> {
+        let text = std::fs::read_to_string(&self.leases).unwrap_or_default();
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&mac)).then(|| (f[0].parse().unwrap(), f[2].to_string()))
+        })
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Rig {
+    host: Netns,
+    lan: Netns,
+    dir: TempDir,
+    server: Server,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn rig() -> Option<Rig> {
+    if !require_root() {
+        return None;
+    }
+    let host = Netns::new();
+    let lan = Netns::new();
+    host.veth("dh0", "dhp");
+    host.ip(&["link", "set", "dhp", "netns", &lan.name]);
+    lan.ip(&["link", "set", "dhp", "up"]);
+    lan.ip(&["addr", "add", "10.64.0.1/24", "dev", "dhp"]);
+    let dir = TempDir::new();
+    let server = Server::start(Some(&host), dir.path());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    Some(Rig {
+        host,
+        lan,
+        dir,
+        server,
+        runtime,
+    })
+}
+
+impl Rig {
+    fn dhcp_socket(&self) -> PathBuf {
+        self.server.socket.with_file_name("rustvlan-dhcp.sock")
+    }
+
+    /// A call on the rustvlan-dhcp socket.
+    fn ipam(&self, method: &str, body: Value) -> (u16, Value) {
+        let (status, bytes) = self
+            .runtime
+            .block_on(rustvlan::client::post(
+                &self.dhcp_socket(),
+                &format!("/{method}"),
+                body.to_string(),
+            ))
+            .expect("rustvlan-dhcp socket");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    fn ipam_ok(&self, method: &str, body: Value) -> Value {
+        let (status, answer) = self.ipam(method, body.clone());
+        assert_eq!(status, 200, "{method} {body}: {answer}");
+        assert!(answer.get("Error").is_none_or(|e| e == ""), "{method}: {answer}");
+        answer
+    }
+
+    /// RequestPool without a subnet and CreateNetwork on `dh0`, as dockerd does them.
+    fn network(&self) -> String {
+        let pool = self.ipam_ok(
+            "IpamDriver.RequestPool",
+            json!({"AddressSpace": "rustvlan-local", "Pool": "", "SubPool": "", "Options": {}, "V6": false}),
+        );
+        assert_eq!(pool["Pool"], "0.0.0.0/0", "{pool}");
+        assert_eq!(pool["Data"]["com.docker.network.gateway"], "0.0.0.0/0", "{pool}");
+        // A second network of the same subnet made at this moment waits its turn, so
+        // that neither takes the other's pool (and parent) at CreateNetwork.
+        let (status, second) = self.ipam(
+            "IpamDriver.RequestPool",
+            json!({"AddressSpace": "rustvlan-local", "Pool": "", "SubPool": "", "Options": {}, "V6": false}),
+        );
+        assert_ne!(status, 200, "{second}");
+        assert!(second.to_string().contains("retry in a moment"), "{second}");
+        self.server.ok(
+            "/NetworkDriver.CreateNetwork",
+            json!({"NetworkID": NET, "IPv4Data": [{"AddressSpace": "rustvlan-local", "Pool": "0.0.0.0/0",
+                   "Gateway": "0.0.0.0/0"}], "Options": {"com.docker.network.generic": {"parent": "dh0"}}}),
+        );
+        pool["PoolID"].as_str().unwrap().to_string()
+    }
+
+    fn request(&self, pool: &str, n: u32) -> (u16, Value) {
+        self.ipam(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": pool, "Address": "", "Options": {"com.docker.network.endpoint.macaddress": mac(n)}}),
+        )
+    }
+
+    fn lease_renewals(&self, address: &str) -> u64 {
+        let state = self.server.state();
+        let lease = state.leases.iter().find(|l| l.address.to_string() == address);
+        lease.map_or(0, |l| l.renewals)
+    }
+}
+
+fn wait_for(seconds: u64, what: &str, mut ok: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {seconds} s waiting for {what}");
+}
+
+#[test]
+fn leases_are_taken_renewed_across_a_crash_and_released() {
+    let Some(mut rig) = rig() else { return };
+    let mut dnsmasq = Dnsmasq::start(&rig.lan, rig.dir.path(), "10.64.0.50,10.64.0.150", false);
+    let pool = rig.network();
+
+    let (status, answer) = rig.request(&pool, 1);
+    assert_eq!(status, 200, "{answer}");
+    let address = answer["Address"].as_str().unwrap().to_string();
+    assert!(address.starts_with("10.64.0.") && address.ends_with("/24"), "{address}");
+    let (expiry, leased) = dnsmasq.lease_of(&mac(1)).expect("the lease is in dnsmasq's file");
+    assert_eq!(format!("{leased}/24"), address);
+
+    // The endpoint and Join: the gateway is the lease's router.
+    let ep = ep_id(1);
+    rig.server.ok(
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NET, "EndpointID": ep, "Interface": {"Address": address, "MacAddress": mac(1)}}),
+    );
+    let joined = rig.server.ok(
+        "/NetworkDriver.Join",
+        json!({"NetworkID": NET, "EndpointID": ep, "SandboxKey": "/var/run/docker/netns/x"}),
+    );
+    assert_eq!(joined["Gateway"], "10.64.0.1", "{joined}");
+
+    // T1 is 3 s: renewals move the expiry in dnsmasq's file.
+    wait_for(15, "a renewal", || rig.lease_renewals(&address) >= 1);
+    wait_for(5, "a later expiry in dnsmasq's file", || {
+        dnsmasq.lease_of(&mac(1)).is_some_and(|(e, _)| e > expiry)
+    });
+
+    // A crash: renewals go on after the restart.
+    rig.server.kill9();
+    rig.server.restart();
+    let before = rig.lease_renewals(&address);
+    wait_for(15, "a renewal after the restart", || {
+        rig.lease_renewals(&address) > before
+    });
+    let status_text = rig.server.state_text();
+    assert!(!status_text.is_empty());
+
+    // ReleaseAddress: out of dnsmasq's file and out of rustvlan's records.
+    rig.ipam_ok("IpamDriver.ReleaseAddress", json!({"PoolID": pool, "Address": address}));
+    wait_for(5, "dnsmasq to drop the lease", || dnsmasq.lease_of(&mac(1)).is_none());
+    assert!(rig.server.state().leases.is_empty());
+
+    // No server: a clear error within 10 s, nothing allocated.
+    dnsmasq.stop();
+    let started = Instant::now();
+    let (status, answer) = rig.request(&pool, 2);
+    let took = started.elapsed();
+    assert_ne!(status, 200, "{answer}");
+    let err = answer["Err"]
+        .as_str()
+        .or(answer["Error"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(err.contains("no DHCP server answered on dh0"), "{err}");
+    assert!(took < Duration::from_secs(10), "failed after {took:?}");
+    assert!(rig.server.state().leases.is_empty());
+    common::report(&format!("dhcp: no server -> error after {:.1} s", took.as_secs_f64()));
+
+    // The server back: new leases work.
+    let dnsmasq = Dnsmasq::start(&rig.lan, rig.dir.path(), "10.64.0.50,10.64.0.150", false);
+    let (status, answer) = rig.request(&pool, 3);
+    assert_eq!(status, 200, "{answer}");
+    assert!(dnsmasq.lease_of(&mac(3)).is_some());
+    drop(dnsmasq);
+
+    // A server that no longer knows the lease and is authoritative NAKs its renewal:
+    // status shows it (exit 1).
+    let _ = std::fs::remove_file(rig.dir.path().join("leases"));
+    let _dnsmasq = Dnsmasq::start(&rig.lan, rig.dir.path(), "10.64.0.200,10.64.0.250", true);
+    wait_for(20, "a NAK recorded on the lease", || {
+        rig.server
+            .state()
+            .leases
+            .iter()
+            .any(|l| l.trouble.as_deref().is_some_and(|t| t.contains("DHCPNAK")))
+    });
+    let out = rig
+        .server
+        .command()
+        .args(["status", "--socket"])
+        .arg(&rig.server.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("DHCP LEASES (1)") && text.contains("DHCPNAK"), "{text}");
+    let _ = &mut rig.host;
+}
