@@ -631,3 +631,127 @@ fn ipvlan_l2_host_access_reaches_containers_both_ways() {
         "ipvlan_l2_host_access_reaches_containers_both_ways",
     );
 }
+
+#[test]
+fn ipvlan_l2_endpoints_get_leases_with_client_ids_of_their_own() {
+    require_vm();
+    let rig = Rig::new();
+    let far = wire(&rig, "vdx", "vdy");
+    far.ip(&["addr", "add", "10.41.0.1/24", "dev", "vdy"]);
+    let dir = TempDir::new();
+    let leases = dir.path().join("leases");
+    let mut dnsmasq = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &far.name,
+            "dnsmasq",
+            "--no-daemon",
+            "--port=0",
+            "--interface=vdy",
+        ])
+        .args(["--bind-interfaces", "--no-ping", "--no-resolv", "--conf-file=/dev/null"])
+        .args([
+            "--dhcp-range=10.41.0.50,10.41.0.150,255.255.255.0,2m",
+            "--dhcp-option=option:router,10.41.0.1",
+        ])
+        .arg(format!("--dhcp-leasefile={}", leases.display()))
+        .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+        .spawn()
+        .expect("dnsmasq");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dhcp_socket = rig.server.socket.with_file_name("rustvlan-dhcp.sock");
+    let ipam = |method: &str, body: Value| -> Value {
+        let (status, bytes) = runtime
+            .block_on(rustvlan::client::post(
+                &dhcp_socket,
+                &format!("/{method}"),
+                body.to_string(),
+            ))
+            .unwrap();
+        let answer: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(status, 200, "{method}: {answer}");
+        answer
+    };
+    let pool = ipam(
+        "IpamDriver.RequestPool",
+        json!({"AddressSpace": "rustvlan-local", "Pool": "", "SubPool": "", "Options": {}, "V6": false}),
+    );
+    let pool_id = pool["PoolID"].as_str().unwrap().to_string();
+    let net = id("l", 1);
+    rig.server.ok(
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": net, "IPv4Data": [{"AddressSpace": "rustvlan-local", "Pool": "0.0.0.0/0", "Gateway": "0.0.0.0/0"}],
+               "Options": {"com.docker.network.generic": {"parent": "vdx", "ipvlan_mode": "l2"}}}),
+    );
+    let parent_mac = rig.host.link_json("vdx")["address"].as_str().unwrap().to_string();
+    let mut addresses = Vec::new();
+    for n in 1..=2u32 {
+        let mac = format!("02:42:0a:29:00:{n:02x}");
+        let answer = ipam(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": "", "Options": {"com.docker.network.endpoint.macaddress": mac}}),
+        );
+        let address = answer["Address"].as_str().unwrap().to_string();
+        // dockerd sends the MAC it made to CreateEndpoint too; ipvlan keeps the parent's.
+        rig.server.ok(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": net, "EndpointID": id("m", n), "Interface": {"Address": address, "MacAddress": mac}}),
+        );
+        addresses.push(address);
+    }
+    assert_ne!(addresses[0], addresses[1], "two endpoints, two leases");
+    let text = std::fs::read_to_string(&leases).unwrap();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for l in &lines {
+        assert_eq!(l[1], parent_mac, "chaddr is the parent's MAC: {text}");
+    }
+    assert_ne!(lines[0][4], lines[1][4], "distinct client-ids: {text}");
+
+    // The containers, their links moved in with the leased addresses, reach each other
+    // and the LAN through the lease's router.
+    let mut ns = Vec::new();
+    for (n, address) in addresses.iter().enumerate() {
+        let ep = id("m", n as u32 + 1);
+        let joined = rig.server.ok(
+            "/NetworkDriver.Join",
+            json!({"NetworkID": net, "EndpointID": ep, "SandboxKey": "/var/run/docker/netns/x"}),
+        );
+        assert_eq!(joined["Gateway"], "10.41.0.1", "{joined}");
+        let link = joined["InterfaceName"]["SrcName"].as_str().unwrap().to_string();
+        let c = Netns::new();
+        rig.host.ip(&["link", "set", &link, "netns", &c.name]);
+        c.ip(&["addr", "add", address, "dev", &link]);
+        c.ip(&["link", "set", &link, "up"]);
+        ns.push(c);
+    }
+    let ip1 = addresses[1].split('/').next().unwrap();
+    assert!(ns[0].exec(&["ping", "-c", "1", "-W", "2", ip1]).status.success());
+    assert!(
+        ns[1]
+            .exec(&["ping", "-c", "1", "-W", "2", "10.41.0.1"])
+            .status
+            .success()
+    );
+    drop(ns);
+    for address in &addresses {
+        ipam(
+            "IpamDriver.ReleaseAddress",
+            json!({"PoolID": pool_id, "Address": address}),
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let text = std::fs::read_to_string(&leases).unwrap_or_default();
+    assert!(text.trim().is_empty(), "both released: {text}");
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
+    mark_ran(
+        "RUSTVLAN_VM_MARKER",
+        "ipvlan_l2_endpoints_get_leases_with_client_ids_of_their_own",
+    );
+}

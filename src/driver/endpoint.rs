@@ -77,6 +77,15 @@ impl<K: Kernel> Plugin<K> {
                         )))
                     };
                 }
+                // rustvlan-dhcp asks dockerd for a MAC per endpoint, and dockerd then sends it
+                // here too; an ipvlan link has its parent's MAC, and the MAC only named
+                // the lease's client-id.
+                let leased_ipvlan = matches!(network.link, LinkMode::Ipvlan { .. })
+                    && state
+                        .ipam
+                        .pools()
+                        .any(|p| p.record.dhcp && p.record.claimed_by.as_deref() == Some(network.id.as_str()));
+                let requested_mac = requested_mac.filter(|_| !leased_ipvlan);
                 let record = plan_endpoint(state, network, &req.endpoint_id, ipv4, ipv6, requested_mac)?;
                 Ok((endpoint_answer(&record), vec![Change::PutEndpoint(record)]))
             })
