@@ -19,7 +19,7 @@ say() { printf '[bench.sh] %s\n' "$*" >&2; }
 
 smoke=false
 [[ ${1:-} == --smoke ]] && smoke=true
-rv_need_pkgs iproute2 docker.io busybox-static containernetworking-plugins iperf3 iputils-ping util-linux python3 protobuf-compiler libprotobuf-dev etcd-server
+rv_need_pkgs iproute2 docker.io busybox-static containernetworking-plugins iperf3 iputils-ping util-linux python3 protobuf-compiler libprotobuf-dev etcd-server dnsmasq-base
 
 work=$(mktemp -d /tmp/rvbench.XXXXXX)
 cleanup() {

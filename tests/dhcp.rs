@@ -253,6 +253,20 @@ fn leases_are_taken_renewed_across_a_crash_and_released() {
     let (status, answer) = rig.request(&pool, 3);
     assert_eq!(status, 200, "{answer}");
     assert!(dnsmasq.lease_of(&mac(3)).is_some());
+    // --ip asks for an address (option 50); this server grants a free one.
+    let (status, answer) = rig.ipam(
+        "IpamDriver.RequestAddress",
+        json!({"PoolID": pool, "Address": "10.64.0.77", "Options": {"com.docker.network.endpoint.macaddress": mac(4)}}),
+    );
+    assert_eq!(
+        (status, answer["Address"].as_str()),
+        (200, Some("10.64.0.77/24")),
+        "{answer}"
+    );
+    rig.ipam_ok(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID": pool, "Address": "10.64.0.77/24"}),
+    );
     drop(dnsmasq);
 
     // A server that no longer knows the lease and is authoritative NAKs its renewal:
@@ -277,4 +291,50 @@ fn leases_are_taken_renewed_across_a_crash_and_released() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("DHCP LEASES (1)") && text.contains("DHCPNAK"), "{text}");
     let _ = &mut rig.host;
+}
+
+#[test]
+fn a_lease_that_contradicts_subnet_or_gateway_is_refused_and_released() {
+    let Some(rig) = rig() else { return };
+    let dnsmasq = Dnsmasq::start(&rig.lan, rig.dir.path(), "10.64.0.50,10.64.0.150", false);
+    for (n, subnet, gateway, expect) in [
+        (1u32, "10.65.0.0/24", None, "but the network's --subnet is 10.65.0.0/24"),
+        (
+            2,
+            "10.64.0.0/24",
+            Some("10.64.0.9"),
+            "gives router 10.64.0.1, but the network's --gateway is 10.64.0.9",
+        ),
+    ] {
+        let pool = rig.ipam_ok(
+            "IpamDriver.RequestPool",
+            json!({"AddressSpace": "rustvlan-local", "Pool": subnet, "SubPool": "", "Options": {}, "V6": false}),
+        );
+        let pool_id = pool["PoolID"].as_str().unwrap().to_string();
+        let network_gateway = match gateway {
+            Some(g) => {
+                rig.ipam_ok(
+                    "IpamDriver.RequestAddress",
+                    json!({"PoolID": pool_id, "Address": g, "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+                );
+                format!("{g}/24")
+            }
+            None => pool["Data"]["com.docker.network.gateway"].as_str().unwrap().to_string(),
+        };
+        let net = format!("{n:04}{}", "f".repeat(60));
+        rig.server.ok(
+            "/NetworkDriver.CreateNetwork",
+            json!({"NetworkID": net, "IPv4Data": [{"AddressSpace": "rustvlan-local", "Pool": subnet,
+                   "Gateway": network_gateway}], "Options": {"com.docker.network.generic": {"parent": "dh0"}}}),
+        );
+        let (status, answer) = rig.request(&pool_id, 10 + n);
+        assert_ne!(status, 200, "{answer}");
+        assert!(answer.to_string().contains(expect), "{answer}");
+        wait_for(5, "the refused lease released", || {
+            dnsmasq.lease_of(&mac(10 + n)).is_none()
+        });
+        assert!(rig.server.state().leases.is_empty());
+        rig.server.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": net}));
+        rig.ipam_ok("IpamDriver.ReleasePool", json!({"PoolID": pool_id}));
+    }
 }

@@ -23,6 +23,7 @@ mod p4p5;
 mod p6;
 mod p7;
 mod p8;
+mod p9;
 mod stats;
 mod svg;
 
@@ -401,6 +402,10 @@ fn main() {
         if wanted("p8") {
             eprintln!("[bench] P8 shared allocations on etcd");
             sections.push(p8::run(&bench).await);
+        }
+        if wanted("p9") {
+            eprintln!("[bench] P9 DHCP leases");
+            sections.push(p9::run(&bench).await);
         }
     });
     if std::env::var_os("RUSTVLAN_BENCH_KEEP").is_none() {
