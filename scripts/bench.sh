@@ -59,7 +59,7 @@ rv_engine 20.10
 rv_dockerd_start "$work/docker-20.10"
 rv_test_image "$RUSTVLAN_BENCH_IMAGE"
 rv_test_image "$RUSTVLAN_BENCH_PERF_IMAGE" "$(command -v iperf3)"
-bench_on --only p1,p2,p3,p4,p5,p6,p8
+bench_on --only p1,p2,p3,p4,p5,p6,p8,p9
 rv_dockerd_stop "$work/docker-20.10"
 
 rv_engine 28
@@ -70,7 +70,7 @@ bench_on --only p1,p7 --merge
 rv_dockerd_stop "$work/docker-28"
 
 if $smoke; then
-    for f in REPORT.md results.json p1.svg p1-28.svg p2-sequential.svg p3-rate.svg p4.svg p5.svg p6-throughput.svg p7.svg p8-rate.svg; do
+    for f in REPORT.md results.json p1.svg p1-28.svg p2-sequential.svg p3-rate.svg p4.svg p5.svg p6-throughput.svg p7.svg p8-rate.svg p9-lease.svg; do
         [[ -s $out/$f ]] || { say "the smoke run did not write $f"; exit 1; }
     done
     # Every comparison has results and its section in the report, and both dockerds are named.
@@ -80,7 +80,7 @@ out = sys.argv[1]
 r = json.load(open(f"{out}/results.json"))
 report = open(f"{out}/REPORT.md").read()
 bad = []
-for c in ["p1", "p1-28", "p2", "p3", "p4p5", "p6", "p7", "p8"]:
+for c in ["p1", "p1-28", "p2", "p3", "p4p5", "p6", "p7", "p8", "p9"]:
     comp = r["comparisons"].get(c)
     if comp is None or "skipped" in comp["results"]:
         bad.append(f"no results for {c}")
