@@ -372,6 +372,9 @@ pub struct LeaseRecord {
     pub address: ipnetwork::Ipv4Network,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<std::net::Ipv4Addr>,
+    /// Classless static routes (option 121) besides the default one: (destination, via).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<(ipnetwork::Ipv4Network, std::net::Ipv4Addr)>,
     /// The DHCP server that granted it (option 54).
     pub server: std::net::Ipv4Addr,
     /// The parent interface the lease's packets go through.

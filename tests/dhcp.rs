@@ -46,6 +46,8 @@ impl Dnsmasq {
         .arg(format!("--dhcp-range={range},255.255.255.0,2m"))
         .args(["--dhcp-option=option:router,10.64.0.1", "--dhcp-option=option:T1,3"])
         .arg("--dhcp-option=option:T2,5")
+        // Option 121: a route to 10.70.0.0/16 besides the default one.
+        .arg("--dhcp-option=121,10.70.0.0/16,10.64.0.254,0.0.0.0/0,10.64.0.1")
         .arg(format!("--dhcp-leasefile={}", leases.display()))
         .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
         .stdout(Stdio::null())
@@ -210,6 +212,11 @@ fn leases_are_taken_renewed_across_a_crash_and_released() {
         json!({"NetworkID": NET, "EndpointID": ep, "SandboxKey": "/var/run/docker/netns/x"}),
     );
     assert_eq!(joined["Gateway"], "10.64.0.1", "{joined}");
+    assert_eq!(
+        joined["StaticRoutes"],
+        json!([{"Destination": "10.70.0.0/16", "RouteType": 0, "NextHop": "10.64.0.254"}]),
+        "option 121's routes"
+    );
 
     // T1 is 3 s: renewals move the expiry in dnsmasq's file.
     wait_for(15, "a renewal", || rig.lease_renewals(&address) >= 1);

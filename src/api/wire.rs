@@ -157,6 +157,8 @@ pub struct InterfaceName {
 
 /// libnetwork's route types: 0 = via next hop, 1 = directly connected.
 pub const ROUTE_TYPE_CONNECTED: u8 = 1;
+/// libnetwork's route type for a route through a next hop.
+pub const ROUTE_TYPE_NEXT_HOP: u8 = 0;
 
 /// RequestPool's `Data` key for a gateway dockerd takes as given (it then asks for none).
 pub const GATEWAY_DATA: &str = "com.docker.network.gateway";

@@ -42,6 +42,8 @@ impl Identity {
 pub struct Granted {
     pub address: Ipv4Network,
     pub router: Option<Ipv4Addr>,
+    /// Option 121 (RFC 3442) without its default route, which is `router` then.
+    pub routes: Vec<(Ipv4Network, Ipv4Addr)>,
     pub server: Ipv4Addr,
     pub lease_secs: u32,
     pub t1_secs: u32,
@@ -98,9 +100,10 @@ fn retransmit_after(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.min(2))
 }
 
-const PARAMETERS: [OptionCode; 6] = [
+const PARAMETERS: [OptionCode; 7] = [
     OptionCode::SubnetMask,
     OptionCode::Router,
+    OptionCode::ClasslessStaticRoute,
     OptionCode::AddressLeaseTime,
     OptionCode::ServerIdentifier,
     OptionCode::Renewal,
@@ -321,13 +324,27 @@ fn granted(reply: &wire::Reply) -> Result<Granted, DhcpError> {
         Some(DhcpOption::Rebinding(secs)) => *secs,
         _ => lease_secs / 8 * 7,
     };
-    let router = match opts.get(OptionCode::Router) {
+    let mut router = match opts.get(OptionCode::Router) {
         Some(DhcpOption::Router(routers)) => routers.first().copied(),
         _ => None,
     };
+    let mut routes = Vec::new();
+    if let Some(DhcpOption::ClasslessStaticRoute(classless)) = opts.get(OptionCode::ClasslessStaticRoute) {
+        // RFC 3442: with option 121 the client ignores option 3; a default route, if
+        // any, is among the classless ones.
+        router = None;
+        for (net, gateway) in classless {
+            match Ipv4Network::new(net.network(), net.prefix_len()) {
+                Ok(n) if n.prefix() == 0 => router = Some(*gateway),
+                Ok(n) => routes.push((n, *gateway)),
+                Err(_) => {}
+            }
+        }
+    }
     Ok(Granted {
         address,
         router,
+        routes,
         server,
         lease_secs,
         t1_secs,

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::options::{HOST_AUX_ADDRESS, HostAccessRequest};
-use crate::api::wire::StaticRoute;
+use crate::api::wire::{ROUTE_TYPE_NEXT_HOP, StaticRoute};
 use crate::error::{Error, Result};
 use crate::ipam::{IpamChange, pool_id};
 use crate::kernel::{ChildLink, HostRoute, Kernel, LinkInfo};
@@ -35,9 +35,6 @@ use crate::state::{Change, State};
 use crate::util::short_id;
 
 pub const SHIM_PREFIX: &str = "rvh";
-
-/// libnetwork's route type for a route through a next hop.
-const ROUTE_TYPE_NEXT_HOP: u8 = 0;
 
 /// The shim's name on `parent`: the same on every run, at most 15 bytes, and never an
 /// endpoint's (those are `rv` and hex digits).

@@ -84,12 +84,20 @@ impl<K: Kernel> Plugin<K> {
         tracing::debug!(endpoint = short_id(&endpoint.id), link = %endpoint.link_name, "joined");
         let mut answer = join_answer(&network, &endpoint);
         answer.static_routes.extend(host_routes);
-        // A DHCP lease's router is the gateway (rustvlan-dhcp pools have no other).
+        // A DHCP lease's router is the gateway (rustvlan-dhcp pools have no other), and
+        // its classless static routes (option 121) are the container's too.
         if !network.internal
             && let Some(IpNetwork::V4(address)) = endpoint.ipv4
-            && let Some(router) = self.lease_router(&network.parent, address.ip())
+            && let Some((router, routes)) = self.lease_routing(&network.parent, address.ip())
         {
-            answer.gateway = Some(router.to_string());
+            answer.gateway = router.map(|r| r.to_string());
+            answer
+                .static_routes
+                .extend(routes.into_iter().map(|(destination, via)| StaticRoute {
+                    destination: destination.to_string(),
+                    route_type: crate::api::wire::ROUTE_TYPE_NEXT_HOP,
+                    next_hop: Some(via.to_string()),
+                }));
         }
         Ok(answer)
     }

@@ -189,6 +189,7 @@ impl<K: Kernel> Plugin<K> {
             pool_id: pool_id.to_string(),
             address: granted.address,
             router: granted.router,
+            routes: granted.routes.clone(),
             server: granted.server,
             parent: network.parent.clone(),
             mac: identity.mac,
@@ -300,14 +301,20 @@ impl<K: Kernel> Plugin<K> {
         Ok(())
     }
 
-    /// The router of the lease holding `ip` on `parent`, for Join's gateway.
-    pub(crate) fn lease_router(&self, parent: &str, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+    /// The router and option-121 routes of the lease holding `ip` on `parent`, for
+    /// Join's gateway and static routes.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn lease_routing(
+        &self,
+        parent: &str,
+        ip: Ipv4Addr,
+    ) -> Option<(Option<Ipv4Addr>, Vec<(ipnetwork::Ipv4Network, Ipv4Addr)>)> {
         let state = self.state();
         state
             .leases
             .values()
             .find(|l| l.parent == parent && l.address.ip() == ip)
-            .and_then(|l| l.router)
+            .map(|l| (l.router, l.routes.clone()))
     }
 
     /// Renews every lease whose T1 has come (and, after a restart, every lease past
@@ -365,6 +372,7 @@ impl<K: Kernel> Plugin<K> {
                     t1_secs: granted.t1_secs,
                     t2_secs: granted.t2_secs,
                     router: granted.router.or(lease.router),
+                    routes: granted.routes.clone(),
                     server: granted.server,
                     acked_at: now_secs(),
                     renewals: lease.renewals + 1,
