@@ -90,12 +90,19 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             Err(e) => tracing::warn!("not answering on the extra socket: {e:#}"),
         }
     }
+    // Like the extra socket, never a reason not to serve the driver: another rustvlan
+    // (a legacy service beside the managed plugin) may already serve the name.
     let dhcp_listener = match &config.dhcp_socket {
-        Some(path) => {
-            let listener = bind_socket(path).with_context(|| "the rustvlan-dhcp socket (--dhcp-socket)")?;
-            sockets.push(path.clone());
-            Some(listener)
-        }
+        Some(path) => match bind_socket(path) {
+            Ok(listener) => {
+                sockets.push(path.clone());
+                Some(listener)
+            }
+            Err(e) => {
+                tracing::warn!("not serving rustvlan-dhcp: {e:#}");
+                None
+            }
+        },
         None => None,
     };
     let names: Vec<String> = sockets.iter().map(|s| s.display().to_string()).collect();
