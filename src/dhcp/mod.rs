@@ -179,9 +179,7 @@ impl Exchange<'_> {
                 loop {
                     let left = wait_until.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(left, replies.recv()).await {
-                        Ok(Some(reply))
-                            if kinds.contains(&reply.kind) && reply.message.chaddr()[..6] == identity.mac.0 =>
-                        {
+                        Ok(Some(reply)) if kinds.contains(&reply.kind) && reply.chaddr == identity.mac => {
                             return Ok(reply);
                         }
                         Ok(Some(_)) => continue,

@@ -59,6 +59,8 @@ pub fn frame(src_mac: MacAddr, dst_mac: MacAddr, src_ip: Ipv4Addr, dst_ip: Ipv4A
 #[derive(Debug)]
 pub struct Reply {
     pub from_mac: MacAddr,
+    /// The client hardware address, when it is an Ethernet one (hlen 6).
+    pub chaddr: MacAddr,
     pub message: Message,
     pub kind: MessageType,
 }
@@ -74,16 +76,26 @@ pub fn parse(frame: &[u8]) -> Option<Reply> {
     if ip[0] >> 4 != 4 || ihl < 20 || ip[9] != IPPROTO_UDP || fragmented || ip.len() < ihl + 8 {
         return None;
     }
+    // Frames come from anyone on the LAN: lengths are checked, never trusted.
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+    if total < ihl + 8 {
+        return None;
+    }
     let udp = &ip[ihl..total];
     if udp.len() < 8 || u16::from_be_bytes([udp[2], udp[3]]) != CLIENT_PORT {
         return None;
     }
     let message = Message::decode(&mut Decoder::new(&udp[8..])).ok()?;
+    // dhcproto slices chaddr by hlen, which any sender sets: only Ethernet's 6 is ours.
+    if message.hlen() != 6 {
+        return None;
+    }
+    let chaddr = MacAddr(message.chaddr().try_into().ok()?);
     let kind = message.opts().msg_type()?;
     let from_mac = MacAddr(frame[6..12].try_into().ok()?);
     Some(Reply {
         from_mac,
+        chaddr,
         message,
         kind,
     })
@@ -112,6 +124,15 @@ mod tests {
         f.swap(34, 36);
         f.swap(35, 37);
         let reply = parse(&f).expect("the same frame to port 68");
+        // Hostile lengths from the LAN are dropped, never a panic.
+        let mut short = f.clone();
+        short[16..18].copy_from_slice(&0u16.to_be_bytes());
+        assert!(parse(&short).is_none(), "an IPv4 total length below its header");
+        let mut odd_hlen = f.clone();
+        odd_hlen[42 + 2] = 2;
+        assert!(parse(&odd_hlen).is_none(), "hlen 2");
+        odd_hlen[42 + 2] = 200;
+        assert!(parse(&odd_hlen).is_none(), "hlen 200");
         assert_eq!((reply.kind, reply.from_mac), (MessageType::Offer, mac));
         assert_eq!(reply.message.xid(), m.xid());
     }

@@ -105,6 +105,12 @@ pub fn choose_host_address(state: &State, network: &NetworkRecord, request: &Hos
     let subnet = network.ipv4.first().ok_or_else(|| {
         Error::invalid("host_access=on needs an IPv4 subnet: the host reaches the containers over IPv4")
     })?;
+    if network_pool(state, network, subnet.pool.ip()).is_some_and(|p| p.dhcp) {
+        return Err(Error::invalid(
+            "host_access=on does not work with --ipam-driver rustvlan-dhcp yet: the host's address would have to be a \
+             lease of its own; use --ipam-driver rustvlan, or leave host access off",
+        ));
+    }
     let aux = network.ipv4.iter().find_map(|s| s.aux_addresses.get(HOST_AUX_ADDRESS));
     if let Some(aux) = aux {
         if let Some(ip) = request.ip.filter(|ip| *ip != aux.ip()) {
