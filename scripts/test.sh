@@ -12,9 +12,25 @@ source scripts/lib/env.sh
 say() { printf '[test.sh] %s\n' "$*" >&2; }
 [[ $(id -u) == 0 ]] || { say "run me as root: the tests make namespaces, links and a dockerd"; exit 1; }
 
+# First: every program the suites run is installed below (or by the script that runs it).
+say "scripts/check-deps.sh: the programs the tests, benchmarks and scripts run, and their packages"
+scripts/check-deps.sh
+# The check must be able to fail: a copy of the tree whose test.sh does not install
+# iputils-ping must be refused, naming ping and its package.
+copy=$(mktemp -d /tmp/rvdeps.XXXXXX)
+cp -r scripts tests benches .ci "$copy/"
+sed -i 's/ iputils-ping / /' "$copy/scripts/test.sh"
+if python3 scripts/deps/check.py "$copy" >"$copy/out" 2>&1 || ! grep -q 'MISSING ping (Debian package iputils-ping)' "$copy/out"; then
+    cat "$copy/out" >&2
+    say "check-deps passed a tree whose tests run ping without installing it"
+    exit 1
+fi
+say "check-deps refuses a tree without iputils-ping, as it must: $(grep -m1 'MISSING ping' "$copy/out")"
+rm -rf "$copy"
+
 # protobuf-compiler: protoc, which the etcd client needs to build; etcd-server and
 # etcd-client: the real etcd cluster of tests/shared.rs.
-rv_need_pkgs iproute2 docker.io busybox-static curl docker-registry prometheus util-linux protobuf-compiler libprotobuf-dev etcd-server etcd-client dnsmasq-base
+rv_need_pkgs iproute2 iputils-ping docker.io busybox-static curl docker-registry prometheus util-linux protobuf-compiler libprotobuf-dev etcd-server etcd-client dnsmasq-base
 
 # The Docker engines the end-to-end suites run against: Debian 12's dockerd 20.10 and
 # Debian sid's dockerd 28 (RUSTVLAN_DOCKERD=20.10 or =28 runs one alone). The first runs
@@ -130,3 +146,6 @@ docker0_after=$(ip -o addr show dev docker0 2>/dev/null | awk '{print $3, $4}' |
     exit 1
 }
 say "the host's docker0 survived every suite: ${docker0_after//$'\n'/, }"
+
+# Every program the suites ran is here now, from the package scripts/deps/programs.tsv names.
+scripts/check-deps.sh --installed >/dev/null
