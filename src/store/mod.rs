@@ -64,6 +64,11 @@ pub struct Store {
     /// Set by the request whose flush is running (the leader). The others wait for the
     /// next value of `flushed` and usually find their write covered (group commit).
     flushing: AtomicBool,
+    /// Held by whoever writes the queue to sled and flushes it: the request path's
+    /// leader, and `flush` at start-up, shutdown and in tools. Two commits at once could
+    /// write an older generation over a newer one, or publish a generation whose batch
+    /// another commit has taken but not yet written.
+    committing: StdMutex<()>,
     /// The generation marker beside the store: rewritten after flushes, off the
     /// request path (it only has to trail what is on disk, never lead it).
     marker: StdMutex<Option<std::fs::File>>,
@@ -255,6 +260,7 @@ impl Store {
             written: AtomicU64::new(0),
             flushed: tokio::sync::watch::Sender::new(0),
             flushing: AtomicBool::new(false),
+            committing: StdMutex::new(()),
             queue: StdMutex::new(Vec::new()),
             marker: StdMutex::new(None),
             marker_wanted: AtomicBool::new(false),
@@ -536,29 +542,32 @@ impl Store {
                 flushed.changed().await.map_err(|_| anyhow!("the state store closed"))?;
                 continue;
             }
+            // The leader's whole turn runs in the blocking task, publishing included, so
+            // that a request dropped while it waits cannot leave `flushing` set.
             let store = Arc::clone(self);
-            let result = tokio::task::spawn_blocking(move || store.commit_queue())
-                .await
-                .map_err(|e| anyhow!("flush task failed: {e}"))
-                .and_then(|r| r);
-            // Clear before publishing, so that a waiter woken by the news can lead next.
-            self.flushing.store(false, Ordering::SeqCst);
-            match result {
-                Ok(target) => {
-                    self.flushed.send_modify(|f| *f = (*f).max(target));
-                    self.schedule_marker();
+            let lead = tokio::task::spawn_blocking(move || {
+                let result = store.commit_queue();
+                // Clear before publishing, so that a waiter woken by the news can lead next.
+                store.flushing.store(false, Ordering::SeqCst);
+                match &result {
+                    Ok(target) => {
+                        store.flushed.send_modify(|f| *f = (*f).max(*target));
+                        store.schedule_marker();
+                    }
+                    Err(err) => {
+                        store.fail(err);
+                        store.flushed.send_modify(|_| {});
+                    }
                 }
-                Err(err) => {
-                    self.fail(&err);
-                    self.flushed.send_modify(|_| {});
-                    return Err(err);
-                }
-            }
+                result
+            });
+            lead.await.map_err(|e| anyhow!("flush task failed: {e}"))??;
         }
     }
 
     /// Writes the queue and makes it durable; returns the ticket now on disk.
     fn commit_queue(&self) -> anyhow::Result<u64> {
+        let _committing = self.committing.lock().unwrap_or_else(|p| p.into_inner());
         let started = std::time::Instant::now();
         let already_durable = *self.flushed.borrow();
         let (changes, target) = self.take_queue();

@@ -259,6 +259,16 @@ impl Drop for TempDir {
     }
 }
 
+/// The store's directory for a server whose files are in `dir`: `dir/state`, or, with
+/// RUSTVLAN_TEST_STATE_BASE, a directory of that name there (the VM's crash run keeps
+/// its stores on the 9p share that way, while sockets stay on the guest's own /tmp).
+fn state_dir_for(dir: &Path) -> PathBuf {
+    match std::env::var_os("RUSTVLAN_TEST_STATE_BASE") {
+        Some(base) => PathBuf::from(base).join(dir.file_name().expect("a named directory")),
+        None => dir.join("state"),
+    }
+}
+
 /// A running `rustvlan serve`.
 pub struct Server {
     pub child: Option<Child>,
@@ -292,7 +302,7 @@ impl Server {
         let mut server = Server {
             child: None,
             socket: socket.to_path_buf(),
-            state_dir: dir.join("state"),
+            state_dir: state_dir_for(dir),
             log: dir.join("rustvlan.log"),
             netns: netns.map(|n| n.name.clone()),
             runtime: tokio::runtime::Builder::new_current_thread()
