@@ -26,6 +26,11 @@ cleanup() {
     local rc=$? d
     set +e
     for d in "$work"/docker-*; do [[ -d $d ]] && rv_dockerd_stop "$d"; done
+    # P6's rule that lets its bridge's traffic through the host's firewall, if a killed
+    # run left it behind.
+    iptables -w -S FORWARD 2>/dev/null | grep -- '--comment rustvlan-bench-p6' | while read -ra rule; do
+        iptables -w -D "${rule[@]:1}"
+    done
     rm -rf "$work"
     ((rc == 0)) || say "FAIL (rc=$rc)"
 }
@@ -70,7 +75,7 @@ bench_on --only p1,p7 --merge
 rv_dockerd_stop "$work/docker-28"
 
 if $smoke; then
-    for f in REPORT.md results.json p1.svg p1-28.svg p2-sequential.svg p3-rate.svg p4.svg p5.svg p6-throughput.svg p7.svg p8-rate.svg p9-lease.svg; do
+    for f in REPORT.md results.json p1.svg p1-28.svg p2-sequential.svg p3-rate.svg p4.svg p5.svg p6-throughput.svg p6-cpu.svg p7.svg p8-rate.svg p9-lease.svg; do
         [[ -s $out/$f ]] || { say "the smoke run did not write $f"; exit 1; }
     done
     # Every comparison has results and its section in the report, and both dockerds are named.

@@ -157,6 +157,20 @@ impl Plugin {
         (started.elapsed().as_secs_f64() * 1000.0, body.len())
     }
 
+    /// Every `*_seconds_sum` series of `GET /metrics` (the time spent in plugin calls,
+    /// link operations and store commits), by series name and labels.
+    pub async fn time_sums(&self) -> std::collections::BTreeMap<String, f64> {
+        let (status, body) = rustvlan::client::get(&self.socket, "/metrics").await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(series, _)| series.split('{').next().is_some_and(|n| n.ends_with("_seconds_sum")))
+            .filter_map(|(series, v)| Some((series.to_string(), v.parse().ok()?)))
+            .collect()
+    }
+
     /// Finishes the links queued for deletion now (DeleteEndpoint answers before the
     /// kernel has deleted its link, and deletes are batched), so that one variant's
     /// background work does not fall into the next variant's measurement.
