@@ -168,6 +168,7 @@ struct Location {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve {
@@ -294,6 +295,19 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(format!("{text:?} is not a duration like 90s, 10m or 1h")),
     };
     Ok(Duration::from_secs(seconds))
+}
+
+/// glibc gives each thread that allocates under contention an arena of its own; with
+/// tokio's blocking threads that is many half-empty heaps and a peak well above what is
+/// live (bench P5: 33 MiB against 30 while creating 10 000 endpoints). Two arenas, one per
+/// worker, keep the peak near the live size.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any thread
+    // is started, so no allocation runs concurrently, and M_ARENA_MAX accepts any
+    // positive value. A zero return (refused) leaves glibc's default, which is harmless.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
