@@ -98,7 +98,10 @@ rv__engine28_install() {
     (cd "$work/debs" && ls ./*.deb | sed 's|^\./||') >"$cache/versions"
     rm -rf "$work"
     local v
-    v=$("$cache/bin/runc" --version | head -n1) || { rv_fail "sid's runc does not run: $v"; return 1; }
+    # Not `| head -n1`: under pipefail, runc killed by SIGPIPE writing its second line
+    # would fail the check at random.
+    v=$("$cache/bin/runc" --version 2>&1) || { rv_fail "sid's runc does not run: $v"; return 1; }
+    v=${v%%$'\n'*}
     rv_log "Docker 28 ready in $cache ($(tr '\n' ' ' <"$cache/versions"))"
 }
 
