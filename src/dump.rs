@@ -56,7 +56,8 @@ pub struct SharedDump {
     pub endpoints: String,
     /// Connected to etcd since start-up.
     pub connected: bool,
-    /// Why etcd did not answer when this dump was made; None: it did.
+    /// Why etcd did not answer when this dump was made, in a sentence that starts
+    /// "etcd unreachable (endpoints)"; None: it did.
     #[serde(default)]
     pub trouble: Option<String>,
     /// Addresses this host records that another host holds in etcd.

@@ -39,7 +39,21 @@ pub struct EtcdConfig {
 /// An etcd call that failed or timed out, worded for the user.
 #[derive(Debug, Clone)]
 pub struct EtcdError {
+    pub kind: EtcdErrorKind,
     pub message: String,
+}
+
+/// What callers tell apart: etcd not answering is waited out, the rest is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdErrorKind {
+    /// No answer, or a failed call; the message starts "etcd unreachable (endpoints)".
+    Unreachable,
+    /// Another live machine registered this host id.
+    HostIdTaken,
+    /// `reclaim` of a host that is still live.
+    HostLive,
+    /// The TLS options or files are wrong.
+    Config,
 }
 
 impl std::fmt::Display for EtcdError {
@@ -113,6 +127,23 @@ pub enum Holder {
     Shared {
         shared: String,
     },
+}
+
+/// An address every host of a shared plan reserves alike: the LAN's, not a host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    Gateway,
+    Aux,
+}
+
+impl Reservation {
+    /// As written in the claim's value (`{"shared": "gateway"}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reservation::Gateway => "gateway",
+            Reservation::Aux => "aux",
+        }
+    }
 }
 
 /// The answer to a claim.
@@ -213,6 +244,7 @@ impl Etcd {
         if config.ca.is_some() || config.cert.is_some() {
             let read = |path: &PathBuf| {
                 std::fs::read(path).map_err(|e| EtcdError {
+                    kind: EtcdErrorKind::Config,
                     message: format!("cannot read {}: {e}", path.display()),
                 })
             };
@@ -227,6 +259,7 @@ impl Etcd {
                 (None, None) => {}
                 _ => {
                     return Err(EtcdError {
+                        kind: EtcdErrorKind::Config,
                         message: "--etcd-cert and --etcd-key go together".into(),
                     });
                 }
@@ -237,9 +270,11 @@ impl Etcd {
         let client = tokio::time::timeout(CALL_TIMEOUT, connecting)
             .await
             .map_err(|_| EtcdError {
+                kind: EtcdErrorKind::Unreachable,
                 message: format!("etcd unreachable ({endpoints}): no answer within {CALL_TIMEOUT:?}"),
             })?
             .map_err(|e| EtcdError {
+                kind: EtcdErrorKind::Unreachable,
                 message: format!("etcd unreachable ({endpoints}): {e}"),
             })?;
         Ok(Etcd {
@@ -297,6 +332,7 @@ impl Etcd {
 
     fn no_answer(&self, what: &str) -> EtcdError {
         EtcdError {
+            kind: EtcdErrorKind::Unreachable,
             message: format!(
                 "etcd unreachable ({}): {what}: no answer within {CALL_TIMEOUT:?} (no quorum?)",
                 self.endpoints
@@ -319,6 +355,7 @@ impl Etcd {
         match answer {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(EtcdError {
+                kind: EtcdErrorKind::Unreachable,
                 message: format!("etcd unreachable ({}): {what}: {}", self.endpoints, plain(e)),
             }),
             Err(_) => Err(self.no_answer(what)),
@@ -329,7 +366,7 @@ impl Etcd {
     /// address, which every host reserves alike). Create-if-absent in one transaction
     /// that answers the holder when it fails; a host's claims go together with the
     /// others queued at the same moment (see [`ClaimQueue`]).
-    pub async fn claim(&self, plan: &str, ip: IpAddr, shared: Option<&str>) -> EResult<Claim> {
+    pub async fn claim(&self, plan: &str, ip: IpAddr, shared: Option<Reservation>) -> EResult<Claim> {
         if shared.is_some() {
             return self.claim_one(plan, ip, shared).await;
         }
@@ -475,11 +512,11 @@ impl Etcd {
     }
 
     /// A claim in a transaction of its own (the LAN's reservations).
-    async fn claim_one(&self, plan: &str, ip: IpAddr, shared: Option<&str>) -> EResult<Claim> {
+    async fn claim_one(&self, plan: &str, ip: IpAddr, shared: Option<Reservation>) -> EResult<Claim> {
         let key = self.alloc_key(plan, ip);
         let value = match shared {
             Some(kind) => serde_json::to_vec(&Holder::Shared {
-                shared: kind.to_string(),
+                shared: kind.as_str().to_string(),
             })
             .expect("serializes"),
             None => self.ours(),
@@ -589,6 +626,7 @@ impl Etcd {
             && record.hostname != hostname
         {
             return Err(EtcdError {
+                kind: EtcdErrorKind::HostIdTaken,
                 message: format!(
                     "host id {} is live on {} already; give each host its own --host-id",
                     self.host, record.hostname
@@ -748,6 +786,7 @@ impl Etcd {
             .await?;
         if !live.kvs().is_empty() {
             return Err(EtcdError {
+                kind: EtcdErrorKind::HostLive,
                 message: format!(
                     "host {host} is live; stop rustvlan there (and wait {HOST_TTL} s) before reclaiming its addresses"
                 ),

@@ -21,7 +21,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::error::ErrorKind;
 use crate::kernel::Errno;
-use crate::model::{LinkMode, Named};
+use crate::model::{DhcpEvent, LinkMode, Named};
 use crate::state::State;
 
 /// The `Content-Type` of what [`Metrics::encode`] writes.
@@ -448,8 +448,10 @@ impl Metrics {
         }
     }
 
-    pub fn count_dhcp(&self, outcome: &'static str) {
-        self.dhcp_leases.get_or_create(&OutcomeLabels { outcome }).inc();
+    pub fn count_dhcp(&self, event: DhcpEvent) {
+        self.dhcp_leases
+            .get_or_create(&OutcomeLabels { outcome: event.label() })
+            .inc();
     }
 
     pub fn count_reclaimed(&self, n: usize) {

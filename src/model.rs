@@ -411,6 +411,38 @@ impl LeaseRecord {
     }
 }
 
+/// What happened to a `rustvlan-dhcp` lease: acquired, renewed, released, or a renewal
+/// that failed and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhcpEvent {
+    Acquired,
+    Renewed,
+    Released,
+    /// The server refused the renewal (DHCPNAK).
+    Nak,
+    /// No answer, and the lease is still valid.
+    NoAnswer,
+    /// No lease, and the old one has ended.
+    Expired,
+    /// The server answered with another address.
+    Changed,
+}
+
+impl DhcpEvent {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DhcpEvent::Acquired => "acquired",
+            DhcpEvent::Renewed => "renewed",
+            DhcpEvent::Released => "released",
+            DhcpEvent::Nak => "nak",
+            DhcpEvent::NoAnswer => "no_answer",
+            DhcpEvent::Expired => "expired",
+            DhcpEvent::Changed => "changed",
+        }
+    }
+}
+
 pub fn lease_key(pool_id: &str, ip: std::net::IpAddr) -> String {
     format!("{pool_id}@{ip}")
 }

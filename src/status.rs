@@ -262,11 +262,8 @@ impl fmt::Display for Drift {
                 "address {ip} of shared plan {plan}: recorded here, but held by host {held_by} in etcd (it was reclaimed \
                  while this host was away); the container using it here must move to another address"
             ),
-            Drift::EtcdUnreachable { endpoints, trouble } => {
-                // rustvlan's etcd errors already name etcd and its endpoints.
-                if !trouble.starts_with("etcd unreachable") {
-                    write!(f, "etcd unreachable ({endpoints}): ")?;
-                }
+            Drift::EtcdUnreachable { trouble, .. } => {
+                // The trouble names etcd and its endpoints (see `SharedDump::trouble`).
                 write!(
                     f,
                     "{trouble}; shared pools cannot allocate until it answers, local pools work, running containers \

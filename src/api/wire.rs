@@ -24,12 +24,20 @@ pub struct ActivateResponse {
 
 // ----------------------------------------------------------------- NetworkDriver
 
+/// libnetwork's data scope: whether a network's records are one host's or the swarm's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataScope {
+    Local,
+    Global,
+}
+
 #[derive(Debug, Serialize)]
 pub struct DriverCapabilities {
     #[serde(rename = "Scope")]
-    pub scope: &'static str,
+    pub scope: DataScope,
     #[serde(rename = "ConnectivityScope")]
-    pub connectivity_scope: &'static str,
+    pub connectivity_scope: DataScope,
     /// dockerd 28 and later then ask `GwAllocCheck` before CreateNetwork; older ones
     /// ignore the field.
     #[serde(rename = "GwAllocChecker")]

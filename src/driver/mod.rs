@@ -16,7 +16,7 @@ mod reconcile;
 pub use reaper::LinkReaper;
 pub use reconcile::ReconcileReport;
 
-use crate::api::wire::DriverCapabilities;
+use crate::api::wire::{DataScope, DriverCapabilities};
 use crate::kernel::{Kernel, LinkInfo};
 use crate::model::{EndpointRecord, PendingDelete};
 use crate::plugin::Plugin;
@@ -32,8 +32,8 @@ impl<K: Kernel> Plugin<K> {
 
     pub fn driver_capabilities(&self) -> DriverCapabilities {
         DriverCapabilities {
-            scope: "local",
-            connectivity_scope: "global",
+            scope: DataScope::Local,
+            connectivity_scope: DataScope::Global,
             gw_alloc_checker: true,
         }
     }

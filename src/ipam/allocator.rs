@@ -85,6 +85,43 @@ pub struct PoolRequest {
 /// `--ipam-opt segment=NAME`: keeps apart two L2 segments that really reuse a subnet.
 pub const SEGMENT_OPTION: &str = "segment";
 
+/// `--ipam-opt scope=local|shared`: see [`PoolScope`].
+pub const SCOPE_OPTION: &str = "scope";
+
+/// Where a pool's addresses are held: this host's alone, or shared with the other hosts
+/// through etcd (when rustvlan has `--etcd-endpoints`; otherwise every pool is local).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolScope {
+    Local,
+    #[default]
+    Shared,
+}
+
+impl std::str::FromStr for PoolScope {
+    type Err = Error;
+
+    fn from_str(scope: &str) -> Result<PoolScope> {
+        match scope {
+            "local" => Ok(PoolScope::Local),
+            "shared" => Ok(PoolScope::Shared),
+            _ => Err(Error::invalid(format!(
+                "--ipam-opt scope={scope:?}: use scope=local (this host alone) or scope=shared (the default: shared \
+                 through etcd when rustvlan has --etcd-endpoints)"
+            ))),
+        }
+    }
+}
+
+impl PoolRequest {
+    /// The scope asked for (checked when the request was read).
+    pub fn scope(&self) -> PoolScope {
+        self.options
+            .get(SCOPE_OPTION)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Ipam {
     config: IpamConfig,

@@ -11,8 +11,8 @@ use crate::api::wire::{
 use crate::error::Error;
 use crate::error::Result;
 use crate::ipam::{
-    Allocations, GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, PoolRequest, SCOPE_OPTION, SEGMENT_OPTION, parse_address,
-    pool_id,
+    Allocations, GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, PoolRequest, PoolScope, SCOPE_OPTION, SEGMENT_OPTION,
+    parse_address, pool_id,
 };
 use crate::kernel::Kernel;
 use crate::keys::check_option_keys;
@@ -50,14 +50,8 @@ impl<K: Kernel> Plugin<K> {
             if let Some(segment) = options.get(SEGMENT_OPTION) {
                 check_segment(segment)?;
             }
-            if let Some(scope) = options.get(SCOPE_OPTION)
-                && scope != "local"
-                && scope != "shared"
-            {
-                return Err(Error::invalid(format!(
-                    "--ipam-opt scope={scope:?}: use scope=local (this host alone) or scope=shared (the default: shared \
-                     through etcd when rustvlan has --etcd-endpoints)"
-                )));
+            if let Some(scope) = options.get(SCOPE_OPTION) {
+                scope.parse::<PoolScope>()?;
             }
         }
         let request = PoolRequest {

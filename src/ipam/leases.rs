@@ -10,7 +10,7 @@ use crate::api::wire::{ENDPOINT_MAC_OPTION, IpamCapabilities};
 use crate::dhcp::{DhcpError, Granted, Identity};
 use crate::error::{Error, Result};
 use crate::kernel::Kernel;
-use crate::model::{IpvlanMode, LeaseRecord, LinkMode, MacAddr, NetworkRecord, PoolRecord, lease_key};
+use crate::model::{DhcpEvent, IpvlanMode, LeaseRecord, LinkMode, MacAddr, NetworkRecord, PoolRecord, lease_key};
 use crate::plugin::Plugin;
 use crate::state::Change;
 use crate::util::short_id;
@@ -226,7 +226,7 @@ impl<K: Kernel> Plugin<K> {
             );
             return Err(e);
         }
-        self.metrics.count_dhcp("acquired");
+        self.metrics.count_dhcp(DhcpEvent::Acquired);
         tracing::info!(
             network = short_id(&network.id),
             address = %granted.address,
@@ -271,7 +271,7 @@ impl<K: Kernel> Plugin<K> {
         };
         match sent {
             Ok(()) => {
-                self.metrics.count_dhcp("released");
+                self.metrics.count_dhcp(DhcpEvent::Released);
                 tracing::info!(address = %lease.address, server = %lease.server, "DHCP lease released");
             }
             Err(e) => {
@@ -349,76 +349,14 @@ impl<K: Kernel> Plugin<K> {
     }
 
     async fn renew_one(&self, lease: &LeaseRecord) -> std::result::Result<(), ()> {
-        let result = match self.kernel.link(&lease.parent).await {
-            Ok(Some(parent)) => self
-                .dhcp
-                .renew(
-                    parent.index,
-                    &lease.parent,
-                    &lease.identity(),
-                    lease.address.ip(),
-                    RENEW_BUDGET,
-                )
-                .await
-                .map_err(|e| e.to_string()),
-            Ok(None) => Err(format!("parent {} is missing", lease.parent)),
-            Err(e) => Err(e.to_string()),
-        };
-        let key = lease.key();
-        let (updated, outcome) = match result {
-            Ok(granted) if granted.address.ip() == lease.address.ip() => (
-                LeaseRecord {
-                    lease_secs: granted.lease_secs,
-                    t1_secs: granted.t1_secs,
-                    t2_secs: granted.t2_secs,
-                    router: granted.router.or(lease.router),
-                    routes: granted.routes.clone(),
-                    server: granted.server,
-                    acked_at: now_secs(),
-                    renewals: lease.renewals + 1,
-                    trouble: None,
-                    ..lease.clone()
-                },
-                "renewed",
-            ),
-            Ok(granted) => (
-                LeaseRecord {
-                    trouble: Some(format!(
-                        "the server answered with another address, {}; the container keeps {}",
-                        granted.address, lease.address
-                    )),
-                    ..lease.clone()
-                },
-                "changed",
-            ),
-            Err(e) => {
-                let expired = now_secs() >= lease.expires_at();
-                let outcome = if e.contains("DHCPNAK") {
-                    "nak"
-                } else if expired {
-                    "expired"
-                } else {
-                    "no_answer"
-                };
-                (
-                    LeaseRecord {
-                        trouble: Some(if expired {
-                            format!("expired; last renewal: {e}")
-                        } else {
-                            e
-                        }),
-                        ..lease.clone()
-                    },
-                    outcome,
-                )
-            }
-        };
-        self.metrics.count_dhcp(outcome);
-        if outcome == "renewed" {
+        let (updated, event) = renewal_outcome(lease, self.try_renew(lease).await);
+        self.metrics.count_dhcp(event);
+        if event == DhcpEvent::Renewed {
             tracing::debug!(address = %lease.address, renewals = updated.renewals, "DHCP lease renewed");
         } else {
             tracing::error!(address = %lease.address, trouble = ?updated.trouble, "DHCP lease renewal failed");
         }
+        let key = lease.key();
         let _ = self
             .commit(|state| {
                 // Released meanwhile: nothing to record.
@@ -429,7 +367,95 @@ impl<K: Kernel> Plugin<K> {
                 }
             })
             .await;
-        if outcome == "renewed" { Ok(()) } else { Err(()) }
+        if event == DhcpEvent::Renewed { Ok(()) } else { Err(()) }
+    }
+
+    async fn try_renew(&self, lease: &LeaseRecord) -> std::result::Result<Granted, RenewFailure> {
+        let parent = match self.kernel.link(&lease.parent).await {
+            Ok(Some(parent)) => parent,
+            Ok(None) => return Err(RenewFailure::Parent(format!("parent {} is missing", lease.parent))),
+            Err(e) => return Err(RenewFailure::Parent(e.to_string())),
+        };
+        self.dhcp
+            .renew(
+                parent.index,
+                &lease.parent,
+                &lease.identity(),
+                lease.address.ip(),
+                RENEW_BUDGET,
+            )
+            .await
+            .map_err(RenewFailure::Dhcp)
+    }
+}
+
+/// Why a renewal brought no lease.
+enum RenewFailure {
+    Dhcp(DhcpError),
+    /// The parent could not be found or read.
+    Parent(String),
+}
+
+impl std::fmt::Display for RenewFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RenewFailure::Dhcp(e) => e.fmt(f),
+            RenewFailure::Parent(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The lease as a renewal's result leaves it, and the event to count.
+fn renewal_outcome(
+    lease: &LeaseRecord,
+    result: std::result::Result<Granted, RenewFailure>,
+) -> (LeaseRecord, DhcpEvent) {
+    match result {
+        Ok(granted) if granted.address.ip() == lease.address.ip() => (
+            LeaseRecord {
+                lease_secs: granted.lease_secs,
+                t1_secs: granted.t1_secs,
+                t2_secs: granted.t2_secs,
+                router: granted.router.or(lease.router),
+                routes: granted.routes.clone(),
+                server: granted.server,
+                acked_at: now_secs(),
+                renewals: lease.renewals + 1,
+                trouble: None,
+                ..lease.clone()
+            },
+            DhcpEvent::Renewed,
+        ),
+        Ok(granted) => (
+            LeaseRecord {
+                trouble: Some(format!(
+                    "the server answered with another address, {}; the container keeps {}",
+                    granted.address, lease.address
+                )),
+                ..lease.clone()
+            },
+            DhcpEvent::Changed,
+        ),
+        Err(e) => {
+            let expired = now_secs() >= lease.expires_at();
+            let event = match e {
+                RenewFailure::Dhcp(DhcpError::Refused { .. }) => DhcpEvent::Nak,
+                _ if expired => DhcpEvent::Expired,
+                _ => DhcpEvent::NoAnswer,
+            };
+            let trouble = if expired {
+                format!("expired; last renewal: {e}")
+            } else {
+                e.to_string()
+            };
+            (
+                LeaseRecord {
+                    trouble: Some(trouble),
+                    ..lease.clone()
+                },
+                event,
+            )
+        }
     }
 }
 

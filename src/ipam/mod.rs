@@ -16,4 +16,4 @@ pub mod shared;
 pub use addrset::AddressSet;
 pub use allocations::{Allocations, LocalAllocations};
 pub use allocator::*;
-pub use shared::{PoolAllocations, SCOPE_OPTION, SharedPlans};
+pub use shared::{PoolAllocations, SharedPlans};

@@ -14,16 +14,13 @@ use ipnetwork::IpNetwork;
 
 use super::allocations::{Allocations, LocalAllocations};
 use super::allocator::SearchStart;
-use super::{IpamChange, PoolRequest, plan_name};
+use super::{IpamChange, PoolRequest, PoolScope, plan_name};
 use crate::error::{Error, Result};
-use crate::etcd::{Claim, Etcd, Holder};
+use crate::etcd::{Claim, Etcd, EtcdErrorKind, Holder, Reservation};
 use crate::kernel::Kernel;
 use crate::model::{PoolRecord, SharedRelease};
 use crate::plugin::Plugin;
 use crate::state::{Change, State};
-
-/// `--ipam-opt scope=local` keeps a pool on this host alone, even with etcd.
-pub const SCOPE_OPTION: &str = "scope";
 
 /// What this host knows of the shared plans beyond its own records.
 pub struct SharedPlans {
@@ -266,8 +263,9 @@ fn unavailable(e: &crate::etcd::EtcdError, plan: &str) -> Error {
 
 fn holder_text(holder: &Holder) -> String {
     match holder {
-        Holder::Host { host } => format!("host {host}"),
-        Holder::Shared { shared } => format!("the LAN ({shared} of the shared plan)"),
+        // Both are text from etcd: escaped, as anything from the network.
+        Holder::Host { host } => format!("host {}", host.escape_debug()),
+        Holder::Shared { shared } => format!("the LAN ({} of the shared plan)", shared.escape_debug()),
     }
 }
 
@@ -421,9 +419,9 @@ impl<K: Kernel> PoolAllocations<'_, K> {
         // A named address asked for before the pool's network exists is the network's
         // aux address: the LAN's, reserved by every host alike, as the gateway is.
         let reservation = if gateway {
-            Some("gateway")
+            Some(Reservation::Gateway)
         } else if address.is_some() && record.claimed_by.is_none() {
-            Some("aux")
+            Some(Reservation::Aux)
         } else {
             None
         };
@@ -559,8 +557,7 @@ impl<K: Kernel> Allocations for PoolAllocations<'_, K> {
         if self.shared().is_none() {
             return self.local.request_pool(request).await;
         }
-        let scope_local = request.options.get(SCOPE_OPTION).is_some_and(|s| s == "local");
-        if request.pool.is_empty() || scope_local {
+        if request.pool.is_empty() || request.scope() == PoolScope::Local {
             return self.local.request_pool(request).await;
         }
         self.plugin
@@ -647,7 +644,10 @@ impl SharedPlans {
                 "etcd unreachable ({}): not reached since rustvlan started",
                 self.endpoints
             )),
-            Some(etcd) => etcd.probe().await.err().map(|e| e.to_string()),
+            Some(etcd) => etcd.probe().await.err().map(|e| match e.kind {
+                EtcdErrorKind::Unreachable => e.to_string(),
+                _ => format!("etcd unreachable ({}): {e}", self.endpoints),
+            }),
         }
     }
 
