@@ -28,6 +28,22 @@ fi
 say "check-deps refuses a tree without iputils-ping, as it must: $(grep -m1 'MISSING ping' "$copy/out")"
 rm -rf "$copy"
 
+# The layer rule of src/ (README "Where things are"): no import points up a layer and no
+# files import each other in a circle, beyond the known ones in scripts/layers-baseline.txt.
+say "scripts/layers.py: the layer rule of src/"
+python3 scripts/layers.py
+# It must be able to fail: a core file that imports the app is refused.
+copy=$(mktemp -d /tmp/rvlayers.XXXXXX)
+cp -r src "$copy/"
+echo 'use crate::server::serve;' >>"$copy/src/model.rs"
+if python3 scripts/layers.py --tree "$copy" >"$copy/out" 2>&1 || ! grep -q 'AGAINST THE RULE: model -> server' "$copy/out"; then
+    cat "$copy/out" >&2
+    say "scripts/layers.py passed a model.rs that imports the server"
+    exit 1
+fi
+say "scripts/layers.py refuses an import up the layers, as it must: $(grep -m1 'AGAINST' "$copy/out")"
+rm -rf "$copy"
+
 # protobuf-compiler: protoc, which the etcd client needs to build; etcd-server and
 # etcd-client: the real etcd cluster of tests/shared.rs.
 rv_need_pkgs iproute2 iputils-ping docker.io busybox-static curl docker-registry prometheus util-linux protobuf-compiler libprotobuf-dev etcd-server etcd-client dnsmasq-base

@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""The layer rule of src/: every file imports only downwards, and no files import
+each other in a circle.
+
+    python3 scripts/layers.py [--tree DIR] [--baseline FILE | --no-baseline]
+
+Layers, lowest first (README "Where things are"):
+  core     pure types and decisions: model, state, error, util, keys, the allocator
+  adapter  speaks to the outside: kernel, store, etcd, dhcp, metrics
+  ledger   the state behind its lock, the journal, commit: plugin
+  service  driver, ipam (each never imports the other)
+  edge     Docker's wire format and router, the dump, status
+  app      server, cli, client, main, lib
+
+A file may import a lower layer, or its own component (driver from driver); core, edge
+and app files may use others of their layer; adapters may also use metrics, and the
+two services never import each other. An import is every `crate::a::b` path and every `super::` path
+in code (comments stripped), resolved to the longest file module it names.
+
+Until the engine is split (issue 23), the imports that break the rule today are listed
+in scripts/layers-baseline.txt: the check fails on any edge not listed there (a new
+violation) and on a listed edge that no longer occurs (the list must shrink with the
+code). --no-baseline shows every violation.
+"""
+
+import argparse
+import os
+import re
+import sys
+
+LAYERS = ["core", "adapter", "ledger", "service", "edge", "app"]
+
+# Module (as in `crate::a::b`) -> layer; a module not listed takes its parent's layer.
+MODULE_LAYER = {
+    "model": "core",
+    "state": "core",
+    "error": "core",
+    "util": "core",
+    "keys": "core",
+    "ipam::allocator": "core",
+    "ipam::addrset": "core",
+    "kernel": "adapter",
+    "store": "adapter",
+    "etcd": "adapter",
+    "dhcp": "adapter",
+    "metrics": "adapter",
+    "plugin": "ledger",
+    "driver": "service",
+    "ipam": "service",
+    "api": "edge",
+    "dump": "edge",
+    "status": "edge",
+    "server": "app",
+    "cli": "app",
+    "client": "app",
+    "main": "app",
+    "lib": "app",
+}
+
+# Adapters share these with each other.
+ADAPTER_COMMONS = {"metrics"}
+
+
+def module_of(path, src):
+    rel = os.path.relpath(path, src)[: -len(".rs")]
+    parts = rel.split(os.sep)
+    if parts[-1] == "mod":
+        parts = parts[:-1]
+    return "::".join(parts)
+
+
+def layer_of(module):
+    parts = module.split("::")
+    while parts:
+        m = "::".join(parts)
+        if m in MODULE_LAYER:
+            return MODULE_LAYER[m]
+        parts = parts[:-1]
+    raise SystemExit(f"layers: no layer for module {module}; add it to MODULE_LAYER in scripts/layers.py")
+
+
+def component(module):
+    """The unit a file may import freely within: its top-level module, or the
+    allocator files as one."""
+    if layer_of(module) == "core" and module.startswith("ipam::"):
+        return "ipam-core"
+    return module.split("::")[0]
+
+
+def strip_comments(text):
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    out = []
+    for line in text.splitlines():
+        # Enough for this tree: `//` inside a string literal is rare in import lines.
+        out.append(re.sub(r"//.*", "", line))
+    return "\n".join(out)
+
+
+def test_code_removed(text):
+    """Drops `#[cfg(test)] mod … { … }` blocks: tests may reach anywhere."""
+    out, i = [], 0
+    for m in re.finditer(r"#\[cfg\(test\)\]\s*(pub(\(crate\))?\s+)?mod\s+\w+\s*\{", text):
+        if m.start() < i:
+            continue
+        out.append(text[i : m.start()])
+        depth, j = 1, m.end()
+        while j < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        i = j
+    out.append(text[i:])
+    return "".join(out)
+
+
+def use_paths(text):
+    """Every path a file names: `crate::…` and `super::…`, with `use` groups expanded."""
+    paths = []
+    for m in re.finditer(r"\buse\s+((?:crate|super)(?:::\w+)*)::\{", text):
+        depth, j = 1, m.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        for item in re.split(r"[,\s]+", re.sub(r"\{[^{}]*\}", "", text[m.end() : j - 1])):
+            if item and item != "self":
+                paths.append(m.group(1) + "::" + item.split("::")[0])
+        # Nested groups name their own prefixes.
+        for inner in re.finditer(r"(\w+)::\{", text[m.end() : j - 1]):
+            paths.append(m.group(1) + "::" + inner.group(1))
+    for m in re.finditer(r"\b((?:crate|super)(?:::\w+)+)", text):
+        paths.append(m.group(1))
+    return paths
+
+
+def resolve(path, own, modules):
+    parts = path.split("::")
+    if parts[0] == "crate":
+        parts = parts[1:]
+    else:
+        base = own.split("::")
+        # A file's `super` is its parent module; mod.rs files are their module already.
+        while parts and parts[0] == "super":
+            base = base[:-1]
+            parts = parts[1:]
+        parts = base + parts
+    while parts:
+        m = "::".join(parts)
+        if m in modules:
+            return m
+        parts = parts[:-1]
+    return None
+
+
+def allowed(own, target):
+    lo, lt = LAYERS.index(layer_of(own)), LAYERS.index(layer_of(target))
+    if lt < lo or component(own) == component(target):
+        return True
+    if lt > lo:
+        return False
+    # The same layer: adapters keep to themselves (and metrics), the two services never
+    # meet; core, edge and app files use each other (the circle check still applies).
+    if layer_of(own) == "adapter":
+        return target in ADAPTER_COMMONS
+    return layer_of(own) not in ("service", "ledger")
+
+
+def graph(src):
+    files = {}
+    for root, _, names in os.walk(src):
+        for name in names:
+            if name.endswith(".rs"):
+                path = os.path.join(root, name)
+                files[module_of(path, src)] = path
+    edges = {}
+    for module, path in files.items():
+        if module in ("driver::tests", "kernel::fake"):
+            continue  # test-only files
+        text = test_code_removed(strip_comments(open(path, encoding="utf-8").read()))
+        targets = {resolve(p, module, files) for p in use_paths(text)}
+        edges[module] = sorted(t for t in targets if t and t != module)
+    return files, edges
+
+
+def circles(edges):
+    """Strongly connected components of more than one file (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, []):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10000)
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tree", default=os.path.dirname(here))
+    ap.add_argument("--baseline", default=os.path.join(here, "layers-baseline.txt"))
+    ap.add_argument("--no-baseline", action="store_true")
+    args = ap.parse_args()
+    src = os.path.join(args.tree, "src")
+    files, edges = graph(src)
+
+    found = set()
+    for own, targets in sorted(edges.items()):
+        for t in targets:
+            if not allowed(own, t):
+                found.add(f"{own} -> {t}  ({layer_of(own)} imports {layer_of(t)})")
+    # A circle is listed once, as its files.
+    for comp in circles({k: v for k, v in edges.items()}):
+        found.add("circle: " + " ".join(comp))
+
+    baseline = set()
+    if not args.no_baseline and os.path.exists(args.baseline):
+        for line in open(args.baseline, encoding="utf-8"):
+            line = line.split("#")[0].strip()
+            if line:
+                baseline.add(line)
+    new = sorted(found - baseline)
+    gone = sorted(baseline - found)
+    print(f"layers: {len(files)} files, {sum(map(len, edges.values()))} imports, "
+          f"{len(found)} against the rule ({len(found & baseline)} known, listed in {os.path.basename(args.baseline)})")
+    for line in new:
+        print(f"layers: AGAINST THE RULE: {line}")
+    for line in gone:
+        print(f"layers: fixed, remove it from the baseline: {line}")
+    return 1 if new or gone else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
