@@ -5,7 +5,7 @@ each other in a circle.
     python3 scripts/layers.py [--tree DIR] [--baseline FILE | --no-baseline]
 
 Layers, lowest first (README "Where things are"):
-  core     pure types and decisions: model, state, error, util, keys, the allocator
+  core     pure types and decisions: model, state, error, util, keys, drift, the allocator
   adapter  speaks to the outside: kernel, store, etcd, dhcp, metrics
   ledger   the state behind its lock, the journal, commit: plugin
   service  driver, ipam (each never imports the other)
@@ -37,6 +37,7 @@ MODULE_LAYER = {
     "error": "core",
     "util": "core",
     "keys": "core",
+    "drift": "core",
     "ipam::allocator": "core",
     "ipam::addrset": "core",
     "kernel": "adapter",
@@ -131,10 +132,32 @@ def use_paths(text):
     return paths
 
 
-def resolve(path, own, modules):
+def defined_items(text):
+    return set(m.group(1) for m in re.finditer(
+        r"\bpub(?:\([\w:]+\))?\s+(?:async\s+)?(?:fn|struct|enum|const|static|type|trait|mod)\s+(\w+)", text))
+
+
+def reexports(text):
+    """A mod.rs's `pub use child::{A, B}` / `pub use child::*`: item -> child, and the
+    children re-exported whole."""
+    named, globbed = {}, []
+    for m in re.finditer(r"\bpub\s+use\s+(\w+)::(\{[^}]*\}|\*|\w+)", text):
+        child, what = m.group(1), m.group(2)
+        if what == "*":
+            globbed.append(child)
+        else:
+            for item in re.split(r"[{},\s]+", what):
+                if item:
+                    named[item.split(" as ")[-1]] = child
+    return named, globbed
+
+
+def resolve(path, own, modules, items=None):
     parts = path.split("::")
     if parts[0] == "crate":
         parts = parts[1:]
+    elif parts[0] == "self":
+        parts = own.split("::") + parts[1:]
     else:
         base = own.split("::")
         # A file's `super` is its parent module; mod.rs files are their module already.
@@ -142,9 +165,21 @@ def resolve(path, own, modules):
             base = base[:-1]
             parts = parts[1:]
         parts = base + parts
+    full = parts
     while parts:
         m = "::".join(parts)
         if m in modules:
+            rest = full[len(parts):]
+            # An item the module re-exports from a child is the child's.
+            if items and rest and m in items:
+                own_items, named, globbed = items[m]
+                if rest[0] not in own_items:
+                    child = named.get(rest[0])
+                    for c in globbed:
+                        if child is None and rest[0] in items.get(f"{m}::{c}", (set(),))[0]:
+                            child = c
+                    if child and f"{m}::{child}" in modules:
+                        return f"{m}::{child}"
             return m
         parts = parts[:-1]
     return None
@@ -170,12 +205,13 @@ def graph(src):
             if name.endswith(".rs"):
                 path = os.path.join(root, name)
                 files[module_of(path, src)] = path
+    texts = {m: test_code_removed(strip_comments(open(p, encoding="utf-8").read())) for m, p in files.items()}
+    items = {m: (defined_items(t),) + reexports(t) for m, t in texts.items()}
     edges = {}
-    for module, path in files.items():
+    for module, text in texts.items():
         if module in ("driver::tests", "kernel::fake"):
             continue  # test-only files
-        text = test_code_removed(strip_comments(open(path, encoding="utf-8").read()))
-        targets = {resolve(p, module, files) for p in use_paths(text)}
+        targets = {resolve(p, module, files, items) for p in use_paths(text)}
         edges[module] = sorted(t for t in targets if t and t != module)
     return files, edges
 

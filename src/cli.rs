@@ -128,7 +128,7 @@ fn read_store(state_dir: &Path) -> anyhow::Result<StateDump> {
         return Err(anyhow!("there is no rustvlan store in {}", state_dir.display()));
     }
     let store = Store::open(state_dir)?;
-    Ok(store.records()?.to_dump())
+    Ok(crate::dump::StateDump::of_records(&store.records()?))
 }
 
 fn print_summary(state: &StateDump) {

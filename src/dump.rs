@@ -8,10 +8,13 @@ use std::net::IpAddr;
 use ipnetwork::{IpNetwork, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
+pub use crate::drift::{KernelView, LinkPlace, Presence};
 use crate::error::{Error, Result};
+use crate::ipam::allocator::pool_id;
 use crate::kernel::Kernel;
 use crate::model::{EndpointRecord, NetworkRecord, ParentRecord, PendingDelete};
 use crate::plugin::Plugin;
+use crate::store::Records;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateDump {
@@ -50,6 +53,58 @@ pub struct StateDump {
     pub shared: Option<SharedDump>,
 }
 
+impl StateDump {
+    /// The state as `rustvlan state --json` prints it: deterministic, readable.
+    pub fn of_records(records: &Records) -> StateDump {
+        let pools = records
+            .pools
+            .values()
+            .map(|p| {
+                let addresses = records
+                    .addresses
+                    .get(&p.seq)
+                    .into_iter()
+                    .flatten()
+                    .map(|(ip, &gw)| (*ip, if gw { AddressUse::Gateway } else { AddressUse::Allocated }))
+                    .collect();
+                let dump = PoolDump {
+                    address_space: p.address_space.clone(),
+                    pool: p.pool,
+                    sub_pool: p.sub_pool,
+                    options: p.options.clone(),
+                    claimed_by: p.claimed_by.clone(),
+                    cursor: records.cursors.get(&p.seq).copied(),
+                    addresses,
+                };
+                (pool_id(p), dump)
+            })
+            .collect();
+        let orphan_addresses = records
+            .addresses
+            .iter()
+            .filter(|(seq, _)| !records.pools.contains_key(seq))
+            .map(|(seq, a)| (*seq, a.keys().copied().collect()))
+            .collect();
+        StateDump {
+            schema: records.schema,
+            next_pool_seq: records.next_pool_seq,
+            default_v6_range: records.default_v6_range,
+            link_group: records.link_group,
+            networks: records.networks.clone(),
+            endpoints: records.endpoints.clone(),
+            parents: records.parents.clone(),
+            pending_deletes: records.pending.clone(),
+            shared_releases: records.shared_releases.values().cloned().collect(),
+            leases: records.leases.values().cloned().collect(),
+            pools,
+            orphan_addresses,
+            unbound_addresses: None,
+            kernel: None,
+            shared: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedDump {
     pub host_id: String,
@@ -83,34 +138,6 @@ pub struct PoolDump {
 pub enum AddressUse {
     Gateway,
     Allocated,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum KernelView {
-    Seen {
-        /// Endpoint id -> where its link is.
-        endpoint_links: BTreeMap<String, LinkPlace>,
-        /// Parent name -> whether it exists.
-        parents: BTreeMap<String, Presence>,
-    },
-    /// The kernel could not be asked.
-    Failed { error: String },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LinkPlace {
-    #[serde(rename = "in host namespace")]
-    HostNamespace,
-    #[serde(rename = "not in host namespace (inside a container, or gone)")]
-    Elsewhere,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Presence {
-    Present,
-    Missing,
 }
 
 impl StateDump {
@@ -161,7 +188,8 @@ impl<K: Kernel> Plugin<K> {
         self.commit(|_| Ok(((), Vec::new()))).await?;
         let mut dump = {
             let state = self.state();
-            let mut dump = self.store.records().map_err(|e| Error::store(&e))?.to_dump();
+            let records = self.journal.records().map_err(|e| Error::store(&e))?;
+            let mut dump = StateDump::of_records(&records);
             let mut unbound: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
             for (seq, ip) in crate::ipam::reclaim::unbound_addresses(&state) {
                 if let Some(pool) = state.ipam.pool(seq) {

@@ -5,8 +5,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::kernel::KernelError;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The request itself is wrong: bad JSON, a bad option, an address outside a pool.
@@ -107,20 +105,13 @@ impl Error {
         Self::new(ErrorKind::Kernel, message)
     }
 
-    /// A store failure, with the whole cause chain in the message.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unavailable, message)
     }
 
+    /// A store failure, with the whole cause chain in the message.
     pub fn store(err: &anyhow::Error) -> Self {
         Self::new(ErrorKind::Store, format!("state store: {err:#}"))
-    }
-}
-
-/// A kernel refusal as it is: its text for the user, itself for the log.
-impl From<KernelError> for Error {
-    fn from(e: KernelError) -> Self {
-        Error::kernel(e.to_string()).caused_by(e)
     }
 }
 
@@ -141,7 +132,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::Errno;
+    use crate::kernel::{Errno, KernelError};
 
     #[test]
     fn the_log_chain_names_the_cause_the_message_leaves_out() {

@@ -20,9 +20,9 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::error::ErrorKind;
-use crate::kernel::Errno;
 use crate::model::{DhcpEvent, LinkMode, Named};
 use crate::state::State;
+use nix::errno::Errno;
 
 /// The `Content-Type` of what [`Metrics::encode`] writes.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;

@@ -9,11 +9,12 @@ use crate::kernel::{Kernel, Metered};
 use crate::metrics::{LinkOpMetrics, Metrics};
 use crate::model::EndpointRecord;
 use crate::state::{Change, State};
-use crate::store::Store;
+use crate::store::Journal;
 
 pub struct Plugin<K> {
     state: Mutex<State>,
-    pub(crate) store: Arc<Store>,
+    /// Where committed changes go: the sled store, or memory in unit tests.
+    pub(crate) journal: Arc<dyn Journal>,
     /// Every link operation is counted and timed (see [`crate::metrics`]).
     pub(crate) kernel: Metered<K>,
     pub(crate) metrics: Metrics,
@@ -38,12 +39,12 @@ pub struct Plugin<K> {
 }
 
 impl<K: Kernel> Plugin<K> {
-    pub fn new(state: State, store: Arc<Store>, kernel: K, group: u32) -> Self {
+    pub fn new(state: State, journal: Arc<dyn Journal>, kernel: K, group: u32) -> Self {
         let link_metrics = LinkOpMetrics::default();
-        let metrics = Metrics::new(store.metrics(), &link_metrics);
+        let metrics = Metrics::new(journal.metrics(), &link_metrics);
         Plugin {
             state: Mutex::new(state),
-            store,
+            journal,
             kernel: Metered::new(kernel, link_metrics),
             metrics,
             topology: tokio::sync::RwLock::new(()),
@@ -95,7 +96,7 @@ impl<K: Kernel> Plugin<K> {
             sandbox,
             ..endpoint.clone()
         });
-        match self.store.write(std::slice::from_ref(&change)) {
+        match self.journal.write(std::slice::from_ref(&change)) {
             Ok(_) => state.apply_owned(change),
             Err(e) => tracing::warn!("not recording where the endpoint's link went: {e:#}"),
         }
@@ -112,11 +113,14 @@ impl<K: Kernel> Plugin<K> {
             let mut state = self.state();
             let (answer, mut changes) = plan(&state)?;
             self.shared_bookkeeping(&state, &mut changes);
-            let ticket = self.store.write(&changes).map_err(|e| Error::store(&e))?;
+            let ticket = self.journal.write(&changes).map_err(|e| Error::store(&e))?;
             state.apply_all(changes);
             (answer, ticket)
         };
-        self.store.sync(ticket).await.map_err(|e| Error::store(&e))?;
+        Arc::clone(&self.journal)
+            .sync(ticket)
+            .await
+            .map_err(|e| Error::store(&e))?;
         Ok(answer)
     }
 }

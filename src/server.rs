@@ -16,7 +16,7 @@ use crate::etcd::Etcd;
 use crate::ipam::SharedPlans;
 use crate::kernel::NetlinkKernel;
 use crate::plugin::Plugin;
-use crate::store::{PoolDefaults, Store};
+use crate::store::{Journal, PoolDefaults, Store};
 
 pub struct ServeConfig {
     pub socket: PathBuf,
@@ -41,119 +41,20 @@ const DRAIN: Duration = Duration::from_millis(500);
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let started = Instant::now();
-    let store = Arc::new(Store::open(&config.state_dir)?);
-    let (state, loaded) = store.load(&config.pool_defaults)?;
+    let (store, plugin) = open_plugin(&config).await?;
+    start_background_work(&plugin, &config).await;
+    let bound = Bound::bind(&config).await?;
     tracing::info!(
-        state_dir = %config.state_dir.display(),
-        networks = loaded.networks,
-        endpoints = loaded.endpoints,
-        pools = loaded.pools,
-        addresses = loaded.addresses,
-        parents_made = loaded.parents_made,
-        "state loaded"
-    );
-    let kernel = NetlinkKernel::connect()?;
-    let mut plugin = Plugin::new(state, Arc::clone(&store), kernel, loaded.link_group);
-    if let Some(etcd) = &config.etcd {
-        plugin = plugin.with_shared(SharedPlans::new(&etcd.host_id, &etcd.endpoints.join(",")));
-    }
-    let plugin = Arc::new(plugin);
-    if let Some(etcd) = config.etcd.clone() {
-        connect_etcd(&plugin, etcd).await?;
-        tokio::spawn(Arc::clone(&plugin).drain_shared_releases());
-    }
-    if let Err(e) = plugin.reconcile().await {
-        // Serving without a reconcile is better than not serving: dockerd's calls still
-        // work, and the next start retries.
-        tracing::warn!("reconcile with the kernel failed: {e}");
-    }
-    spawn_sweeper(Arc::clone(&plugin), config.reclaim_after).await;
-    tokio::spawn(Arc::clone(&plugin).run_deleter());
-
-    // Bound before the plugin sockets, so that a taken port stops start-up with a clear
-    // error (and no socket left behind) instead of leaving a plugin nobody can scrape.
-    let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
-            format!("cannot listen for metrics on {addr}; choose another --metrics-listen, or none")
-        })?),
-        None => None,
-    };
-    let mut sockets = vec![config.socket.clone()];
-    let mut listeners = vec![bind_socket(&config.socket)?];
-    if let Some(extra) = &config.extra_socket {
-        // Only a convenience (the short plugin name): never a reason not to serve.
-        match bind_socket(extra) {
-            Ok(listener) => {
-                listeners.push(listener);
-                sockets.push(extra.clone());
-            }
-            Err(e) => tracing::warn!("not answering on the extra socket: {e:#}"),
-        }
-    }
-    // Like the extra socket, never a reason not to serve the driver: another rustvlan
-    // (a legacy service beside the managed plugin) may already serve the name.
-    let dhcp_listener = match &config.dhcp_socket {
-        Some(path) => match bind_socket(path) {
-            Ok(listener) => {
-                sockets.push(path.clone());
-                Some(listener)
-            }
-            Err(e) => {
-                tracing::warn!("not serving rustvlan-dhcp: {e:#}");
-                None
-            }
-        },
-        None => None,
-    };
-    let names: Vec<String> = sockets.iter().map(|s| s.display().to_string()).collect();
-    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-    tracing::info!(
-        sockets = ?names,
-        metrics = ?metrics_addr,
+        sockets = ?bound.socket_names(),
+        metrics = ?bound.metrics.as_ref().and_then(|l| l.local_addr().ok()),
         startup_ms = started.elapsed().as_millis() as u64,
         "listening"
     );
-
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let retiring = plugin.shared.clone();
-    let app = router(Arc::clone(&plugin));
-    let mut servers = tokio::task::JoinSet::new();
-    if let Some(listener) = dhcp_listener {
-        let mut stop = stop_rx.clone();
-        let shutdown = async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        };
-        servers.spawn(
-            axum::serve(listener, dhcp_router(Arc::clone(&plugin)))
-                .with_graceful_shutdown(shutdown)
-                .into_future(),
-        );
-    }
-    tokio::spawn(Arc::clone(&plugin).renew_leases());
-    if let Some(listener) = metrics_listener {
-        let mut stop = stop_rx.clone();
-        let shutdown = async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        };
-        servers.spawn(
-            axum::serve(listener, metrics_router(plugin))
-                .with_graceful_shutdown(shutdown)
-                .into_future(),
-        );
-    }
-    for listener in listeners {
-        let mut stop = stop_rx.clone();
-        let shutdown = async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        };
-        servers.spawn(
-            axum::serve(listener, app.clone())
-                .with_graceful_shutdown(shutdown)
-                .into_future(),
-        );
-    }
+    let sockets = bound.sockets.clone();
+    let mut servers = bound.serve(&plugin, &stop_rx);
     let signal_name = tokio::select! {
         Some(result) = servers.join_next() => {
             result.context("server task")?.context("serving")?;
@@ -169,7 +70,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::debug!("connections still open after the drain period; closing them");
         servers.abort_all();
     }
-    if let Some(etcd) = retiring.as_ref().and_then(|s| s.etcd().ok()) {
+    if let Some(etcd) = plugin.shared.as_ref().and_then(|s| s.etcd().ok()) {
         etcd.retire().await;
     }
     let flushed = store.flush();
@@ -179,6 +80,144 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     flushed?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The store loaded, the kernel connected, etcd asked (when configured).
+async fn open_plugin(config: &ServeConfig) -> anyhow::Result<(Arc<Store>, Arc<Plugin<NetlinkKernel>>)> {
+    let store = Arc::new(Store::open(&config.state_dir)?);
+    let (state, loaded) = store.load(&config.pool_defaults)?;
+    tracing::info!(
+        state_dir = %config.state_dir.display(),
+        networks = loaded.networks,
+        endpoints = loaded.endpoints,
+        pools = loaded.pools,
+        addresses = loaded.addresses,
+        parents_made = loaded.parents_made,
+        "state loaded"
+    );
+    let kernel = NetlinkKernel::connect()?;
+    let mut plugin = Plugin::new(state, Arc::clone(&store) as Arc<dyn Journal>, kernel, loaded.link_group);
+    if let Some(etcd) = &config.etcd {
+        plugin = plugin.with_shared(SharedPlans::new(&etcd.host_id, &etcd.endpoints.join(",")));
+    }
+    let plugin = Arc::new(plugin);
+    if let Some(etcd) = config.etcd.clone() {
+        connect_etcd(&plugin, etcd).await?;
+        tokio::spawn(Arc::clone(&plugin).drain_shared_releases());
+    }
+    Ok((store, plugin))
+}
+
+/// The start-up reconcile, then the tasks that run for as long as rustvlan does.
+async fn start_background_work(plugin: &Arc<Plugin<NetlinkKernel>>, config: &ServeConfig) {
+    if let Err(e) = plugin.reconcile().await {
+        // Serving without a reconcile is better than not serving: dockerd's calls still
+        // work, and the next start retries.
+        tracing::warn!("reconcile with the kernel failed: {e}");
+    }
+    spawn_sweeper(Arc::clone(plugin), config.reclaim_after).await;
+    tokio::spawn(Arc::clone(plugin).run_deleter());
+    tokio::spawn(Arc::clone(plugin).renew_leases());
+}
+
+/// Every listener rustvlan answers on.
+struct Bound {
+    /// The driver's socket and the extra one, both serving the whole API.
+    plugin: Vec<UnixListener>,
+    dhcp: Option<UnixListener>,
+    metrics: Option<TcpListener>,
+    /// Every socket path bound, to remove at shutdown.
+    sockets: Vec<PathBuf>,
+}
+
+impl Bound {
+    async fn bind(config: &ServeConfig) -> anyhow::Result<Bound> {
+        // Bound before the plugin sockets, so that a taken port stops start-up with a
+        // clear error (and no socket left behind) instead of leaving a plugin nobody can
+        // scrape.
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen for metrics on {addr}; choose another --metrics-listen, or none")
+            })?),
+            None => None,
+        };
+        let mut bound = Bound {
+            plugin: vec![bind_socket(&config.socket)?],
+            dhcp: None,
+            metrics,
+            sockets: vec![config.socket.clone()],
+        };
+        // Only a convenience (the short plugin name): never a reason not to serve.
+        if let Some(extra) = &config.extra_socket
+            && let Some(listener) = bound.optional(extra, "not answering on the extra socket")
+        {
+            bound.plugin.push(listener);
+        }
+        // Like the extra socket, never a reason not to serve the driver: another
+        // rustvlan (a legacy service beside the managed plugin) may already serve it.
+        if let Some(path) = &config.dhcp_socket {
+            bound.dhcp = bound.optional(path, "not serving rustvlan-dhcp");
+        }
+        Ok(bound)
+    }
+
+    /// A socket whose failure is a warning.
+    fn optional(&mut self, path: &Path, warning: &str) -> Option<UnixListener> {
+        match bind_socket(path) {
+            Ok(listener) => {
+                self.sockets.push(path.to_path_buf());
+                Some(listener)
+            }
+            Err(e) => {
+                tracing::warn!("{warning}: {e:#}");
+                None
+            }
+        }
+    }
+
+    fn socket_names(&self) -> Vec<String> {
+        self.sockets.iter().map(|s| s.display().to_string()).collect()
+    }
+
+    /// One server per listener, each stopping (gracefully) when `stop` turns true.
+    fn serve(
+        self,
+        plugin: &Arc<Plugin<NetlinkKernel>>,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinSet<std::io::Result<()>> {
+        let mut servers = tokio::task::JoinSet::new();
+        if let Some(listener) = self.dhcp {
+            spawn_server(&mut servers, listener, dhcp_router(Arc::clone(plugin)), stop);
+        }
+        if let Some(listener) = self.metrics {
+            spawn_server(&mut servers, listener, metrics_router(Arc::clone(plugin)), stop);
+        }
+        let app = router(Arc::clone(plugin));
+        for listener in self.plugin {
+            spawn_server(&mut servers, listener, app.clone(), stop);
+        }
+        servers
+    }
+}
+
+fn spawn_server<L>(
+    servers: &mut tokio::task::JoinSet<std::io::Result<()>>,
+    listener: L,
+    app: axum::Router,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let mut stop = stop.clone();
+    let shutdown = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    servers.spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .into_future(),
+    );
 }
 
 /// Connects to etcd and announces this host. A host id another live machine uses stops

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::ipam::{Ipam, IpamChange};
+use crate::ipam::allocator::{Ipam, IpamChange};
 use crate::model::{EndpointRecord, LeaseRecord, NetworkRecord, ParentRecord, PendingDelete, SharedRelease};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,23 @@ impl State {
             ipam,
             link_names: HashMap::new(),
         }
+    }
+
+    /// The router and option-121 routes of the DHCP lease holding `ip` on `parent`,
+    /// for Join's gateway and static routes.
+    #[allow(clippy::type_complexity)]
+    pub fn lease_routing(
+        &self,
+        parent: &str,
+        ip: std::net::Ipv4Addr,
+    ) -> Option<(
+        Option<std::net::Ipv4Addr>,
+        Vec<(ipnetwork::Ipv4Network, std::net::Ipv4Addr)>,
+    )> {
+        self.leases
+            .values()
+            .find(|l| l.parent == parent && l.address.ip() == ip)
+            .map(|l| (l.router, l.routes.clone()))
     }
 
     pub fn apply(&mut self, change: &Change) {

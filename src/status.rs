@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::dump::StateDump;
 use crate::ipam::pool_capacity;
 use crate::kernel::{KResult, Kernel, LinkInfo, LinkType};
-use crate::model::{LinkMode, MacAddr, ParentKind};
+use crate::model::{EndpointRecord, LinkMode, MacAddr, ParentKind};
 use crate::util::short_id;
 
 /// What the kernel showed, for [`StatusReport::build`].
@@ -296,20 +296,41 @@ impl fmt::Display for Drift {
     }
 }
 
-impl StatusReport {
-    /// The records beside what the kernel showed.
-    pub fn build(records: &StateDump, seen: &Observation, source: Source) -> StatusReport {
-        let ours = |l: &&LinkInfo| l.group == records.link_group;
-        let host: BTreeMap<&str, &LinkInfo> = seen.host_links.iter().map(|l| (l.name.as_str(), l)).collect();
-        let mut drift = Vec::new();
+/// The records and what the kernel showed, side by side, for [`StatusReport::build`].
+struct Look<'a> {
+    records: &'a StateDump,
+    seen: &'a Observation,
+    /// The host namespace's links by name.
+    host: BTreeMap<&'a str, &'a LinkInfo>,
+    /// The host-access shims the records call for: shim name -> parent.
+    shims: BTreeMap<String, String>,
+}
 
+impl<'a> Look<'a> {
+    fn new(records: &'a StateDump, seen: &'a Observation) -> Look<'a> {
+        Look {
+            records,
+            seen,
+            host: seen.host_links.iter().map(|l| (l.name.as_str(), l)).collect(),
+            shims: crate::driver::host_access::expected_shims(records.networks.values()),
+        }
+    }
+
+    /// Whether this store made the link.
+    fn ours(&self, link: &LinkInfo) -> bool {
+        link.group == self.records.link_group
+    }
+
+    /// Links of this store in the host namespace that no record accounts for.
+    fn orphans(&self) -> Vec<Drift> {
+        let records = self.records;
         let endpoint_links: BTreeSet<&str> = records.endpoints.values().map(|e| e.link_name.as_str()).collect();
-        let shims = crate::driver::host_access::expected_shims(records.networks.values());
-        for link in seen.host_links.iter().filter(ours) {
+        let mut drift = Vec::new();
+        for link in self.seen.host_links.iter().filter(|l| self.ours(l)) {
             if link.kind.is_child() {
                 if !endpoint_links.contains(link.name.as_str())
                     && !records.pending_deletes.contains_key(&link.name)
-                    && !shims.contains_key(&link.name)
+                    && !self.shims.contains_key(&link.name)
                 {
                     drift.push(Drift::OrphanLink {
                         link: link.name.clone(),
@@ -322,71 +343,192 @@ impl StatusReport {
                 });
             }
         }
+        drift
+    }
 
-        let mut missing_parents: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for network in records.networks.values() {
-            if !host.contains_key(network.parent.as_str()) {
-                missing_parents
+    /// Parents that networks name and the host does not have.
+    fn missing_parents(&self) -> Vec<Drift> {
+        let mut missing: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for network in self.records.networks.values() {
+            if !self.host.contains_key(network.parent.as_str()) {
+                missing
                     .entry(network.parent.as_str())
                     .or_default()
                     .push(network.id.clone());
             }
         }
+        missing
+            .into_iter()
+            .map(|(parent, networks)| Drift::ParentMissing {
+                parent: parent.to_string(),
+                networks,
+            })
+            .collect()
+    }
 
+    /// Where an endpoint's link is, and the drift that shows.
+    fn endpoint_link(&self, e: &EndpointRecord) -> (LinkIs, Option<Drift>) {
+        if self.host.contains_key(e.link_name.as_str()) {
+            return (LinkIs::Host, None);
+        }
+        let parent_index = self
+            .records
+            .networks
+            .get(&e.network_id)
+            .and_then(|n| self.host.get(n.parent.as_str()))
+            .map(|p| p.index);
+        let unknown = |why: &str| LinkIs::Unknown { why: why.to_string() };
+        let (sandbox, parent_index) = match (&e.sandbox, parent_index) {
+            (None, _) => return (LinkIs::NotJoined, None),
+            (Some(_), None) => return (unknown("the network's parent is missing"), None),
+            (Some(sandbox), Some(index)) => (sandbox, index),
+        };
+        let links = match self.seen.sandboxes.get(sandbox) {
+            None => return (unknown("its namespace was not looked into"), None),
+            Some(Sandbox::Unreadable(why)) => return (unknown(why), None),
+            Some(Sandbox::Gone) => {
+                let gone = Drift::ContainerGone {
+                    endpoint: e.id.clone(),
+                    network: e.network_id.clone(),
+                    sandbox: sandbox.clone(),
+                };
+                return (LinkIs::Missing, Some(gone));
+            }
+            Some(Sandbox::Links(links)) => links,
+        };
+        let found = links.iter().find(|l| {
+            self.ours(l)
+                && l.kind.is_child()
+                && l.parent_index == Some(parent_index)
+                && (e.mac.is_none() || l.mac == e.mac)
+        });
+        match found {
+            Some(l) => (
+                LinkIs::Container {
+                    sandbox: sandbox.clone(),
+                    name: l.name.clone(),
+                },
+                None,
+            ),
+            None => (
+                LinkIs::Missing,
+                Some(Drift::EndpointLinkGone {
+                    endpoint: e.id.clone(),
+                    network: e.network_id.clone(),
+                    sandbox: sandbox.clone(),
+                }),
+            ),
+        }
+    }
+
+    fn host_access(&self) -> Vec<HostAccessStatus> {
+        self.records
+            .networks
+            .values()
+            .filter_map(|n| {
+                let access = n.host_access.as_ref()?;
+                let shim = crate::driver::host_access::shim_name(&n.parent);
+                Some(HostAccessStatus {
+                    network: n.id.clone(),
+                    parent: n.parent.clone(),
+                    shim_present: self.host.get(shim.as_str()).is_some_and(|l| self.ours(l)),
+                    shim,
+                    address: access.address,
+                })
+            })
+            .collect()
+    }
+
+    fn parent_statuses(&self) -> Vec<ParentStatus> {
+        self.records
+            .parents
+            .values()
+            .map(|p| ParentStatus {
+                name: p.name.clone(),
+                kind: match p.kind {
+                    ParentKind::Vlan { .. } => "vlan".to_string(),
+                    ParentKind::Dummy => "dummy".to_string(),
+                },
+                describe: p.describe(),
+                present: self.host.contains_key(p.name.as_str()),
+            })
+            .collect()
+    }
+}
+
+/// etcd not answering, and addresses another host holds.
+fn shared_drift(records: &StateDump) -> Vec<Drift> {
+    let Some(shared) = &records.shared else {
+        return Vec::new();
+    };
+    let trouble = match (&shared.trouble, shared.connected) {
+        (Some(t), _) => Some(t.clone()),
+        (None, false) => Some(format!(
+            "etcd unreachable ({}): not reached since rustvlan started",
+            shared.endpoints
+        )),
+        (None, true) => None,
+    };
+    let unreachable = trouble.map(|trouble| Drift::EtcdUnreachable {
+        endpoints: shared.endpoints.clone(),
+        trouble,
+    });
+    unreachable
+        .into_iter()
+        .chain(shared.conflicts.iter().map(|c| Drift::SharedConflict {
+            plan: c.plan.clone(),
+            ip: c.ip,
+            held_by: c.held_by.clone(),
+        }))
+        .collect()
+}
+
+fn network_statuses(records: &StateDump) -> Vec<NetworkStatus> {
+    records
+        .networks
+        .values()
+        .map(|n| NetworkStatus {
+            id: n.id.clone(),
+            link: n.link,
+            parent: n.parent.clone(),
+            subnets: n.subnets().map(|s| s.pool).collect(),
+            internal: n.internal,
+            endpoints: records.endpoints.values().filter(|e| e.network_id == n.id).count(),
+        })
+        .collect()
+}
+
+fn pool_statuses(records: &StateDump) -> Vec<PoolStatus> {
+    records
+        .pools
+        .iter()
+        .map(|(id, p)| {
+            let capacity = pool_capacity(&p.pool);
+            let used = p.addresses.len() as u128;
+            PoolStatus {
+                id: id.clone(),
+                subnet: p.pool,
+                ip_range: p.sub_pool,
+                network: p.claimed_by.clone(),
+                used,
+                free: capacity.saturating_sub(used),
+                capacity,
+            }
+        })
+        .collect()
+}
+
+impl StatusReport {
+    /// The records beside what the kernel showed.
+    pub fn build(records: &StateDump, seen: &Observation, source: Source) -> StatusReport {
+        let look = Look::new(records, seen);
+        let mut drift = look.orphans();
         let endpoints = records
             .endpoints
             .values()
             .map(|e| {
-                let parent_index = records
-                    .networks
-                    .get(&e.network_id)
-                    .and_then(|n| host.get(n.parent.as_str()))
-                    .map(|p| p.index);
-                let link_is = if host.contains_key(e.link_name.as_str()) {
-                    LinkIs::Host
-                } else {
-                    match (&e.sandbox, parent_index) {
-                        (None, _) => LinkIs::NotJoined,
-                        (Some(_), None) => LinkIs::Unknown {
-                            why: "the network's parent is missing".to_string(),
-                        },
-                        (Some(sandbox), Some(parent_index)) => match seen.sandboxes.get(sandbox) {
-                            None => LinkIs::Unknown {
-                                why: "its namespace was not looked into".to_string(),
-                            },
-                            Some(Sandbox::Unreadable(why)) => LinkIs::Unknown { why: why.clone() },
-                            Some(Sandbox::Gone) => {
-                                drift.push(Drift::ContainerGone {
-                                    endpoint: e.id.clone(),
-                                    network: e.network_id.clone(),
-                                    sandbox: sandbox.clone(),
-                                });
-                                LinkIs::Missing
-                            }
-                            Some(Sandbox::Links(links)) => {
-                                let found = links.iter().filter(ours).find(|l| {
-                                    l.kind.is_child()
-                                        && l.parent_index == Some(parent_index)
-                                        && (e.mac.is_none() || l.mac == e.mac)
-                                });
-                                match found {
-                                    Some(l) => LinkIs::Container {
-                                        sandbox: sandbox.clone(),
-                                        name: l.name.clone(),
-                                    },
-                                    None => {
-                                        drift.push(Drift::EndpointLinkGone {
-                                            endpoint: e.id.clone(),
-                                            network: e.network_id.clone(),
-                                            sandbox: sandbox.clone(),
-                                        });
-                                        LinkIs::Missing
-                                    }
-                                }
-                            }
-                        },
-                    }
-                };
+                let (link_is, found) = look.endpoint_link(e);
+                drift.extend(found);
                 EndpointStatus {
                     id: e.id.clone(),
                     network: e.network_id.clone(),
@@ -398,44 +540,9 @@ impl StatusReport {
                 }
             })
             .collect();
-
-        if let Some(shared) = &records.shared {
-            let trouble = match (&shared.trouble, shared.connected) {
-                (Some(t), _) => Some(t.clone()),
-                (None, false) => Some(format!(
-                    "etcd unreachable ({}): not reached since rustvlan started",
-                    shared.endpoints
-                )),
-                (None, true) => None,
-            };
-            if let Some(trouble) = trouble {
-                drift.push(Drift::EtcdUnreachable {
-                    endpoints: shared.endpoints.clone(),
-                    trouble,
-                });
-            }
-            drift.extend(shared.conflicts.iter().map(|c| Drift::SharedConflict {
-                plan: c.plan.clone(),
-                ip: c.ip,
-                held_by: c.held_by.clone(),
-            }));
-        }
-        let host_access: Vec<HostAccessStatus> = records
-            .networks
-            .values()
-            .filter_map(|n| {
-                let access = n.host_access.as_ref()?;
-                let shim = crate::driver::host_access::shim_name(&n.parent);
-                Some(HostAccessStatus {
-                    network: n.id.clone(),
-                    parent: n.parent.clone(),
-                    shim_present: host.get(shim.as_str()).is_some_and(&ours),
-                    shim,
-                    address: access.address,
-                })
-            })
-            .collect();
-        for (shim, parent) in &shims {
+        drift.extend(shared_drift(records));
+        let host_access = look.host_access();
+        for (shim, parent) in &look.shims {
             if !host_access.iter().any(|h| &h.shim == shim && h.shim_present) {
                 drift.push(Drift::ShimMissing {
                     shim: shim.clone(),
@@ -443,74 +550,21 @@ impl StatusReport {
                 });
             }
         }
-        for lease in &records.leases {
-            if let Some(trouble) = &lease.trouble {
-                drift.push(Drift::LeaseTrouble {
-                    address: IpNetwork::V4(lease.address),
-                    server: lease.server,
-                    trouble: trouble.clone(),
-                });
-            }
-        }
-        for (parent, networks) in missing_parents {
-            drift.push(Drift::ParentMissing {
-                parent: parent.to_string(),
-                networks,
-            });
-        }
-
-        let networks = records
-            .networks
-            .values()
-            .map(|n| NetworkStatus {
-                id: n.id.clone(),
-                link: n.link,
-                parent: n.parent.clone(),
-                subnets: n.subnets().map(|s| s.pool).collect(),
-                internal: n.internal,
-                endpoints: records.endpoints.values().filter(|e| e.network_id == n.id).count(),
+        drift.extend(records.leases.iter().filter_map(|lease| {
+            Some(Drift::LeaseTrouble {
+                address: IpNetwork::V4(lease.address),
+                server: lease.server,
+                trouble: lease.trouble.clone()?,
             })
-            .collect();
-
-        let pools = records
-            .pools
-            .iter()
-            .map(|(id, p)| {
-                let capacity = pool_capacity(&p.pool);
-                let used = p.addresses.len() as u128;
-                PoolStatus {
-                    id: id.clone(),
-                    subnet: p.pool,
-                    ip_range: p.sub_pool,
-                    network: p.claimed_by.clone(),
-                    used,
-                    free: capacity.saturating_sub(used),
-                    capacity,
-                }
-            })
-            .collect();
-
-        let parents_made = records
-            .parents
-            .values()
-            .map(|p| ParentStatus {
-                name: p.name.clone(),
-                kind: match p.kind {
-                    ParentKind::Vlan { .. } => "vlan".to_string(),
-                    ParentKind::Dummy => "dummy".to_string(),
-                },
-                describe: p.describe(),
-                present: host.contains_key(p.name.as_str()),
-            })
-            .collect();
-
+        }));
+        drift.extend(look.missing_parents());
         StatusReport {
             source,
-            networks,
-            pools,
+            networks: network_statuses(records),
+            pools: pool_statuses(records),
             endpoints,
             pending_deletes: records.pending_deletes.keys().cloned().collect(),
-            parents_made,
+            parents_made: look.parent_statuses(),
             etcd: records.shared.as_ref().map(|s| EtcdStatus {
                 endpoints: s.endpoints.clone(),
                 host_id: s.host_id.clone(),
@@ -531,9 +585,20 @@ impl StatusReport {
 
     /// The report as a person reads it.
     pub fn to_text(&self) -> String {
-        use std::fmt::Write;
         let mut out = String::new();
-        let text = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+        self.write_header(&mut out);
+        self.write_networks(&mut out);
+        self.write_pools(&mut out);
+        self.write_endpoints(&mut out);
+        self.write_links_and_parents(&mut out);
+        self.write_leases(&mut out);
+        self.write_host_access_and_drift(&mut out);
+        out
+    }
+
+    /// Where the records came from, and etcd's state.
+    fn write_header(&self, out: &mut String) {
+        use std::fmt::Write;
         let source = match self.source {
             Source::Plugin => "the running plugin",
             Source::Store => "the store (no plugin is running)",
@@ -547,6 +612,10 @@ impl StatusReport {
                 etcd.endpoints, etcd.host_id
             );
         }
+    }
+
+    fn write_networks(&self, out: &mut String) {
+        use std::fmt::Write;
         let _ = writeln!(out, "\nNETWORKS ({})", self.networks.len());
         if !self.networks.is_empty() {
             let _ = writeln!(
@@ -568,6 +637,11 @@ impl StatusReport {
                 subnets.join(" ")
             );
         }
+    }
+
+    fn write_pools(&self, out: &mut String) {
+        use std::fmt::Write;
+        let text = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
         let _ = writeln!(out, "\nPOOLS ({})", self.pools.len());
         if !self.pools.is_empty() {
             let _ = writeln!(
@@ -588,6 +662,11 @@ impl StatusReport {
                 text(p.ip_range.map(|r| r.to_string()))
             );
         }
+    }
+
+    fn write_endpoints(&self, out: &mut String) {
+        use std::fmt::Write;
+        let text = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
         let _ = writeln!(out, "\nENDPOINTS ({})", self.endpoints.len());
         if !self.endpoints.is_empty() {
             let _ = writeln!(
@@ -619,6 +698,11 @@ impl StatusReport {
                 text(e.mac.clone()),
             );
         }
+    }
+
+    /// The links being deleted and the parents rustvlan made.
+    fn write_links_and_parents(&self, out: &mut String) {
+        use std::fmt::Write;
         if !self.pending_deletes.is_empty() {
             let _ = writeln!(
                 out,
@@ -634,6 +718,10 @@ impl StatusReport {
                 let _ = writeln!(out, "  {:<15}  {present:<7}  {}", p.name, p.describe);
             }
         }
+    }
+
+    fn write_leases(&self, out: &mut String) {
+        use std::fmt::Write;
         if !self.leases.is_empty() {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -659,6 +747,10 @@ impl StatusReport {
                 );
             }
         }
+    }
+
+    fn write_host_access_and_drift(&self, out: &mut String) {
+        use std::fmt::Write;
         if !self.host_access.is_empty() {
             let _ = writeln!(out, "\nHOST ACCESS ({})", self.host_access.len());
             for h in &self.host_access {
@@ -681,7 +773,6 @@ impl StatusReport {
                 let _ = writeln!(out, "  {d}");
             }
         }
-        out
     }
 }
 

@@ -312,7 +312,7 @@ fn a_hundred_thousand_generated_bodies() {
             Err(e) => panic!("{e:#}"),
         }
     };
-    let on_disk = reopened.records().unwrap().to_dump();
+    let on_disk = rustvlan::dump::StateDump::of_records(&reopened.records().unwrap());
     let served = rustvlan::dump::StateDump {
         kernel: None,
         unbound_addresses: None,

@@ -19,8 +19,8 @@ use tracing::Instrument;
 
 use super::wire::{
     ActivateResponse, AllocateNetworkResponse, CONTENT_TYPE, CreateEndpointRequest, CreateNetworkRequest,
-    DiscoveryRequest, Empty, EndpointRequest, GwAllocCheckRequest, JoinRequest, NetworkRequest, ReleaseAddressRequest,
-    ReleasePoolRequest, RequestAddressRequest, RequestPoolRequest,
+    DiscoveryRequest, Empty, EndpointRequest, GwAllocCheckRequest, IpamCapabilities, JoinRequest, NetworkRequest,
+    ReleaseAddressRequest, ReleasePoolRequest, RequestAddressRequest, RequestPoolRequest,
 };
 use crate::error::{Error, ErrorKind};
 use crate::kernel::Kernel;
@@ -306,28 +306,35 @@ fn rpc<K: Kernel>(route: MethodRouter<Arc<Plugin<K>>>) -> MethodRouter<Arc<Plugi
 
 macro_rules! route {
     ($api:expr, $name:literal, |$plugin:ident, $req:ident: $t:ty| $body:expr) => {
-        rpc(post(|State($plugin): State<Arc<Plugin<K>>>, body: Body| async move {
-            let counted = Arc::clone(&$plugin);
-            call($api, $name, counted.metrics(), body, |$req: $t| async move { $body }).await
-        }))
+        rpc(post(
+            move |State($plugin): State<Arc<Plugin<K>>>, body: Body| async move {
+                let counted = Arc::clone(&$plugin);
+                call($api, $name, counted.metrics(), body, |$req: $t| async move { $body }).await
+            },
+        ))
     };
 }
 
-/// `rustvlan-dhcp`: the IPAM whose addresses are leases from the LAN's DHCP server, on a
-/// socket of its own, because the MAC that a lease needs is asked for per IPAM driver
-/// (`RequiresMACAddress`), and asking it of `rustvlan` would force MACs onto ipvlan.
-pub fn dhcp_router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
+/// The IPAM a socket serves: `rustvlan` (local and shared pools) or `rustvlan-dhcp`
+/// (leases). The routes are the same; the capabilities and the pools they make differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IpamName {
+    Rustvlan,
+    RustvlanDhcp,
+}
+
+/// The IpamDriver calls, once for both sockets.
+fn ipam_routes<K: Kernel>(router: Router<Arc<Plugin<K>>>, ipam: IpamName) -> Router<Arc<Plugin<K>>> {
     use Api::Ipam;
-    Router::new()
-        .route(
-            "/Plugin.Activate",
-            constant("Plugin.Activate", |_| ActivateResponse {
-                implements: vec!["IpamDriver"],
-            }),
-        )
+    let dhcp = ipam == IpamName::RustvlanDhcp;
+    let capabilities: fn(&Plugin<K>) -> IpamCapabilities = match ipam {
+        IpamName::Rustvlan => Plugin::ipam_capabilities,
+        IpamName::RustvlanDhcp => Plugin::dhcp_ipam_capabilities,
+    };
+    router
         .route(
             "/IpamDriver.GetCapabilities",
-            constant("IpamDriver.GetCapabilities", Plugin::dhcp_ipam_capabilities),
+            constant("IpamDriver.GetCapabilities", capabilities),
         )
         .route(
             "/IpamDriver.GetDefaultAddressSpaces",
@@ -336,7 +343,7 @@ pub fn dhcp_router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
         .route(
             "/IpamDriver.RequestPool",
             route!(Ipam, "IpamDriver.RequestPool", |p, r: RequestPoolRequest| p
-                .request_pool_of(r, true)
+                .request_pool_of(r, dhcp)
                 .await),
         )
         .route(
@@ -357,6 +364,19 @@ pub fn dhcp_router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
                 .release_address(r)
                 .await),
         )
+}
+
+/// `rustvlan-dhcp`: the IPAM whose addresses are leases from the LAN's DHCP server, on a
+/// socket of its own, because the MAC that a lease needs is asked for per IPAM driver
+/// (`RequiresMACAddress`), and asking it of `rustvlan` would force MACs onto ipvlan.
+pub fn dhcp_router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
+    let router = Router::new().route(
+        "/Plugin.Activate",
+        constant("Plugin.Activate", |_| ActivateResponse {
+            implements: vec!["IpamDriver"],
+        }),
+    );
+    ipam_routes(router, IpamName::RustvlanDhcp)
         .fallback(|uri: axum::http::Uri| async move {
             json_response(
                 StatusCode::NOT_FOUND,
@@ -367,8 +387,8 @@ pub fn dhcp_router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
 }
 
 pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
-    use Api::{Driver, Ipam};
-    Router::new()
+    use Api::Driver;
+    let router = Router::new()
         .route(
             "/Plugin.Activate",
             constant("Plugin.Activate", |_| ActivateResponse {
@@ -464,40 +484,8 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
             route!(Driver, "NetworkDriver.FreeNetwork", |_p, _r: NetworkRequest| Ok(
                 Empty {}
             )),
-        )
-        // IpamDriver
-        .route(
-            "/IpamDriver.GetCapabilities",
-            constant("IpamDriver.GetCapabilities", Plugin::ipam_capabilities),
-        )
-        .route(
-            "/IpamDriver.GetDefaultAddressSpaces",
-            constant("IpamDriver.GetDefaultAddressSpaces", Plugin::address_spaces),
-        )
-        .route(
-            "/IpamDriver.RequestPool",
-            route!(Ipam, "IpamDriver.RequestPool", |p, r: RequestPoolRequest| p
-                .request_pool(r)
-                .await),
-        )
-        .route(
-            "/IpamDriver.ReleasePool",
-            route!(Ipam, "IpamDriver.ReleasePool", |p, r: ReleasePoolRequest| p
-                .release_pool(r)
-                .await),
-        )
-        .route(
-            "/IpamDriver.RequestAddress",
-            route!(Ipam, "IpamDriver.RequestAddress", |p, r: RequestAddressRequest| p
-                .request_address(r)
-                .await),
-        )
-        .route(
-            "/IpamDriver.ReleaseAddress",
-            route!(Ipam, "IpamDriver.ReleaseAddress", |p, r: ReleaseAddressRequest| p
-                .release_address(r)
-                .await),
-        )
+        );
+    ipam_routes(router, IpamName::Rustvlan)
         // rustvlan's own: finish the queued link deletes now (benchmarks, tools).
         .route(
             "/Rustvlan.Settle",

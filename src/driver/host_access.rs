@@ -24,7 +24,7 @@ use ipnetwork::IpNetwork;
 use super::options::{HOST_AUX_ADDRESS, HostAccessRequest};
 use crate::api::wire::{ROUTE_TYPE_NEXT_HOP, StaticRoute};
 use crate::error::{Error, Result};
-use crate::ipam::{IpamChange, pool_id};
+use crate::ipam::allocator::{IpamChange, pool_id};
 use crate::kernel::{ChildLink, HostRoute, Kernel, LinkInfo};
 use crate::model::{
     EndpointRecord, HostAccess, HostAddressSource, IpvlanFlag, IpvlanMode, LinkMode, MacAddr, MacvlanMode,

@@ -15,61 +15,11 @@ use crate::util::short_id;
 impl<K: Kernel> Plugin<K> {
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
         let _topology = self.topology.read().await;
-        let (endpoint, network, wait_for_deletes) = {
-            let state = self.state();
-            let endpoint = state
-                .endpoints
-                .get(&req.endpoint_id)
-                .ok_or_else(|| Error::not_found(format!("endpoint {} not found", short_id(&req.endpoint_id))))?;
-            if endpoint.network_id != req.network_id {
-                return Err(Error::invalid(format!(
-                    "endpoint {} belongs to network {}, not {}",
-                    short_id(&endpoint.id),
-                    short_id(&endpoint.network_id),
-                    short_id(&req.network_id)
-                )));
-            }
-            let network = state
-                .networks
-                .get(&endpoint.network_id)
-                .ok_or_else(|| Error::not_found(format!("network {} not found", short_id(&endpoint.network_id))))?;
-            // A link still being deleted can stand in the new one's way: passthru takes
-            // its parent alone, and macvlan refuses a MAC twice on one parent.
-            let in_the_way = state.pending.values().any(|p| {
-                (network.link.is_passthru() && p.network_id == network.id)
-                    || (endpoint.mac.is_some() && p.mac == endpoint.mac)
-            });
-            (endpoint.clone(), network.clone(), in_the_way)
-        };
+        let (endpoint, network, wait_for_deletes) = self.join_targets(&req)?;
         if wait_for_deletes {
             self.process_pending().await?;
         }
-        // One netlink round trip in the common case: the parent's index is cached, and a
-        // leftover of the same name is only looked at if the kernel reports one.
-        let mut child = ChildLink {
-            name: endpoint.link_name.clone(),
-            parent_index: self.parent_index(&network, false).await?,
-            mode: network.link,
-            mac: endpoint.mac,
-            mtu: network.mtu,
-            group: self.group,
-        };
-        let (mut refreshed_parent, mut removed_leftover) = (false, false);
-        loop {
-            match self.kernel.add_child(&child).await {
-                Ok(()) => break,
-                // The parent was re-made (a reboot, a reconcile) and has a new index.
-                Err(e) if e.is(Errno::ENODEV) && !refreshed_parent => {
-                    refreshed_parent = true;
-                    child.parent_index = self.parent_index(&network, true).await?;
-                }
-                Err(e) if e.is(Errno::EEXIST) && !removed_leftover => {
-                    removed_leftover = true;
-                    self.remove_leftover(&endpoint.link_name).await?;
-                }
-                Err(e) => return Err(explain_child_error(e, &network, &endpoint)),
-            }
-        }
+        self.add_child_link(&network, &endpoint).await?;
         let host_routes = match self.join_host_access(&network, &endpoint).await {
             Ok(routes) => routes,
             Err(err) => {
@@ -86,10 +36,13 @@ impl<K: Kernel> Plugin<K> {
         answer.static_routes.extend(host_routes);
         // A DHCP lease's router is the gateway (rustvlan-dhcp pools have no other), and
         // its classless static routes (option 121) are the container's too.
-        if !network.internal
-            && let Some(IpNetwork::V4(address)) = endpoint.ipv4
-            && let Some((router, routes)) = self.lease_routing(&network.parent, address.ip())
-        {
+        let lease_routing = match endpoint.ipv4 {
+            Some(IpNetwork::V4(address)) if !network.internal => {
+                self.state().lease_routing(&network.parent, address.ip())
+            }
+            _ => None,
+        };
+        if let Some((router, routes)) = lease_routing {
             answer.gateway = router.map(|r| r.to_string());
             answer
                 .static_routes
@@ -100,6 +53,65 @@ impl<K: Kernel> Plugin<K> {
                 }));
         }
         Ok(answer)
+    }
+
+    /// The endpoint and network a Join is for, and whether a link being deleted stands
+    /// in the way.
+    fn join_targets(&self, req: &JoinRequest) -> Result<(EndpointRecord, NetworkRecord, bool)> {
+        let state = self.state();
+        let endpoint = state
+            .endpoints
+            .get(&req.endpoint_id)
+            .ok_or_else(|| Error::not_found(format!("endpoint {} not found", short_id(&req.endpoint_id))))?;
+        if endpoint.network_id != req.network_id {
+            return Err(Error::invalid(format!(
+                "endpoint {} belongs to network {}, not {}",
+                short_id(&endpoint.id),
+                short_id(&endpoint.network_id),
+                short_id(&req.network_id)
+            )));
+        }
+        let network = state
+            .networks
+            .get(&endpoint.network_id)
+            .ok_or_else(|| Error::not_found(format!("network {} not found", short_id(&endpoint.network_id))))?;
+        // A link still being deleted can stand in the new one's way: passthru takes
+        // its parent alone, and macvlan refuses a MAC twice on one parent.
+        let in_the_way = state.pending.values().any(|p| {
+            (network.link.is_passthru() && p.network_id == network.id)
+                || (endpoint.mac.is_some() && p.mac == endpoint.mac)
+        });
+        Ok((endpoint.clone(), network.clone(), in_the_way))
+    }
+
+    /// Makes the endpoint's link in the host namespace.
+    async fn add_child_link(&self, network: &NetworkRecord, endpoint: &EndpointRecord) -> Result<()> {
+        // One netlink round trip in the common case: the parent's index is cached, and a
+        // leftover of the same name is only looked at if the kernel reports one.
+        let mut child = ChildLink {
+            name: endpoint.link_name.clone(),
+            parent_index: self.parent_index(network, false).await?,
+            mode: network.link,
+            mac: endpoint.mac,
+            mtu: network.mtu,
+            group: self.group,
+        };
+        let (mut refreshed_parent, mut removed_leftover) = (false, false);
+        loop {
+            match self.kernel.add_child(&child).await {
+                Ok(()) => return Ok(()),
+                // The parent was re-made (a reboot, a reconcile) and has a new index.
+                Err(e) if e.is(Errno::ENODEV) && !refreshed_parent => {
+                    refreshed_parent = true;
+                    child.parent_index = self.parent_index(network, true).await?;
+                }
+                Err(e) if e.is(Errno::EEXIST) && !removed_leftover => {
+                    removed_leftover = true;
+                    self.remove_leftover(&endpoint.link_name).await?;
+                }
+                Err(e) => return Err(explain_child_error(e, network, endpoint)),
+            }
+        }
     }
 
     /// The parent's interface index, from the cache unless `refresh`.

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::api::wire::IpamData;
 use crate::error::{Error, Result};
-use crate::ipam::{parse_address, parse_subnet};
+use crate::ipam::allocator::{parse_address, parse_subnet};
 use crate::kernel::IFNAME_MAX;
 use crate::keys::check_option_keys;
 use crate::model::{
@@ -398,26 +398,7 @@ fn parse_parent(
     kind: LinkKind,
 ) -> Result<ParentChoice> {
     let Some(name) = parent else {
-        if let Some(tags) = vlan {
-            return Err(Error::invalid(format!(
-                "vlan={tags} needs a parent interface (-o parent=eth0)"
-            )));
-        }
-        if let Some(p) = protocol {
-            return Err(Error::invalid(format!(
-                "vlan_protocol={p} needs a VLAN parent (-o parent=eth0.100, or -o parent=eth0 -o vlan=100)"
-            )));
-        }
-        let prefix = match kind {
-            LinkKind::Macvlan => "dm-",
-            LinkKind::Ipvlan => "di-",
-        };
-        return Ok(ParentChoice {
-            name: format!("{prefix}{}", crate::util::short_id(network_id)),
-            make: Some(ParentKind::Dummy),
-            outer: None,
-            alias: None,
-        });
+        return dummy_parent(network_id, vlan, protocol, kind);
     };
     let (base, in_name) = vlan_in_name(name)?;
     let tags = match (in_name, vlan) {
@@ -450,10 +431,45 @@ fn parse_parent(
             alias: None,
         });
     };
+    Ok(vlan_parent(base, tags, protocol))
+}
+
+/// No parent given: a dummy of this network's own (containers then reach only each
+/// other), which takes no VLAN options.
+fn dummy_parent(
+    network_id: &str,
+    vlan: Option<VlanTags>,
+    protocol: Option<VlanProtocol>,
+    kind: LinkKind,
+) -> Result<ParentChoice> {
+    if let Some(tags) = vlan {
+        return Err(Error::invalid(format!(
+            "vlan={tags} needs a parent interface (-o parent=eth0)"
+        )));
+    }
+    if let Some(p) = protocol {
+        return Err(Error::invalid(format!(
+            "vlan_protocol={p} needs a VLAN parent (-o parent=eth0.100, or -o parent=eth0 -o vlan=100)"
+        )));
+    }
+    let prefix = match kind {
+        LinkKind::Macvlan => "dm-",
+        LinkKind::Ipvlan => "di-",
+    };
+    Ok(ParentChoice {
+        name: format!("{prefix}{}", crate::util::short_id(network_id)),
+        make: Some(ParentKind::Dummy),
+        outer: None,
+        alias: None,
+    })
+}
+
+/// A VLAN parent on `base`, and for QinQ the outer VLAN it sits on.
+fn vlan_parent(base: &str, tags: VlanTags, protocol: Option<VlanProtocol>) -> ParentChoice {
     match tags.inner {
         None => {
             let (link, alias) = vlan_link_name(&format!("{base}.{tags}"), &tags.to_string());
-            Ok(ParentChoice {
+            ParentChoice {
                 name: link,
                 make: Some(ParentKind::Vlan {
                     base: base.to_string(),
@@ -462,14 +478,14 @@ fn parse_parent(
                 }),
                 outer: None,
                 alias,
-            })
+            }
         }
         Some(inner) => {
             // QinQ: the outer tag is 802.1ad unless told otherwise ("Q-in-Q" with two
             // 802.1Q tags is what some switches do); the inner tag is always 802.1Q.
             let (outer_name, outer_alias) = vlan_link_name(&format!("{base}.{}", tags.outer), &tags.outer.to_string());
             let (link, alias) = vlan_link_name(&format!("{base}.{tags}"), &tags.to_string());
-            Ok(ParentChoice {
+            ParentChoice {
                 name: link,
                 make: Some(ParentKind::Vlan {
                     base: outer_name.clone(),
@@ -486,7 +502,7 @@ fn parse_parent(
                     alias: outer_alias,
                 }),
                 alias,
-            })
+            }
         }
     }
 }

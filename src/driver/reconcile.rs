@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::dump::{KernelView, LinkPlace, Presence};
+use crate::drift::{KernelView, LinkPlace, Presence};
 use crate::error::Result;
 use crate::kernel::{Kernel, LinkInfo};
 use crate::model::{ParentKind, ParentRecord};
@@ -22,6 +22,16 @@ pub struct ReconcileReport {
     pub host_access: super::host_access::HostAccessReconcile,
 }
 
+/// The start-up reconcile's work, decided under the state lock.
+struct ReconcilePlan {
+    /// Links this store marked that no record owns.
+    orphans: Vec<LinkInfo>,
+    orphan_parents: Vec<LinkInfo>,
+    /// Parents rustvlan made that are gone, outer VLANs first.
+    missing_parents: Vec<ParentRecord>,
+    without_link: usize,
+}
+
 impl<K: Kernel> Plugin<K> {
     /// Start-up: delete links this store marked but no record owns (crash leftovers),
     /// re-make parents rustvlan made that are missing (host reboot), and count endpoints
@@ -29,43 +39,12 @@ impl<K: Kernel> Plugin<K> {
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let links = self.kernel.links().await?;
         let mut report = ReconcileReport::default();
-        let (orphans, orphan_parents, missing_parents, without_link) = {
-            let state = self.state();
-            let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
-            let shims = super::host_access::expected_shims(state.networks.values());
-            let orphans: Vec<LinkInfo> = links
-                .iter()
-                // A queued link is the reaper's, and is counted as a finished delete.
-                .filter(|l| {
-                    self.is_ours(l)
-                        && l.kind.is_child()
-                        && state.endpoint_by_link(&l.name).is_none()
-                        && !state.pending.contains_key(&l.name)
-                        && !shims.contains_key(&l.name)
-                })
-                .cloned()
-                .collect();
-            let orphan_parents: Vec<LinkInfo> = links
-                .iter()
-                .filter(|l| self.is_ours(l) && !l.kind.is_child() && !state.parents.contains_key(&l.name))
-                .cloned()
-                .collect();
-            let mut missing: Vec<ParentRecord> = state
-                .parents
-                .values()
-                .filter(|p| !names.contains(p.name.as_str()))
-                .cloned()
-                .collect();
-            // A QinQ outer VLAN before the inner ones made on it.
-            let missing_names: BTreeSet<String> = missing.iter().map(|p| p.name.clone()).collect();
-            missing.sort_by_key(|p| matches!(&p.kind, ParentKind::Vlan { base, .. } if missing_names.contains(base)));
-            let without = state
-                .endpoints
-                .values()
-                .filter(|e| !names.contains(e.link_name.as_str()))
-                .count();
-            (orphans, orphan_parents, missing, without)
-        };
+        let ReconcilePlan {
+            orphans,
+            orphan_parents,
+            missing_parents,
+            without_link,
+        } = self.reconcile_plan(&links);
         // Deletes queued before a crash.
         report.pending_deletes_finished = self.process_pending().await?;
         for link in orphans {
@@ -77,25 +56,7 @@ impl<K: Kernel> Plugin<K> {
             report.orphan_parents_deleted.push(link.name);
         }
         for parent in missing_parents {
-            let made = match &parent.kind {
-                ParentKind::Vlan { base, id, protocol } => match self.kernel.link(base).await {
-                    Ok(Some(b)) => self
-                        .kernel
-                        .add_vlan(&parent.name, b.index, *id, *protocol, self.group)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Ok(None) => Err(format!("its base interface {base} does not exist")),
-                    Err(e) => Err(e.to_string()),
-                },
-                ParentKind::Dummy => {
-                    let mtu = self.state().networks_on_parent(&parent.name).find_map(|n| n.mtu);
-                    self.kernel
-                        .add_dummy(&parent.name, mtu, self.group)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-            };
-            match made {
+            match self.remake_parent(&parent).await {
                 Ok(()) => report.parents_recreated.push(parent.name),
                 Err(e) => {
                     tracing::warn!(parent = %parent.name, "cannot re-make missing parent: {e}");
@@ -128,6 +89,72 @@ impl<K: Kernel> Plugin<K> {
             "reconciled with the kernel"
         );
         Ok(report)
+    }
+
+    /// What start-up must do, read from the records and the host's links.
+    fn reconcile_plan(&self, links: &[LinkInfo]) -> ReconcilePlan {
+        let state = self.state();
+        let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        let shims = super::host_access::expected_shims(state.networks.values());
+        let orphans: Vec<LinkInfo> = links
+            .iter()
+            // A queued link is the reaper's, and is counted as a finished delete.
+            .filter(|l| {
+                self.is_ours(l)
+                    && l.kind.is_child()
+                    && state.endpoint_by_link(&l.name).is_none()
+                    && !state.pending.contains_key(&l.name)
+                    && !shims.contains_key(&l.name)
+            })
+            .cloned()
+            .collect();
+        let orphan_parents: Vec<LinkInfo> = links
+            .iter()
+            .filter(|l| self.is_ours(l) && !l.kind.is_child() && !state.parents.contains_key(&l.name))
+            .cloned()
+            .collect();
+        let mut missing: Vec<ParentRecord> = state
+            .parents
+            .values()
+            .filter(|p| !names.contains(p.name.as_str()))
+            .cloned()
+            .collect();
+        // A QinQ outer VLAN before the inner ones made on it.
+        let missing_names: BTreeSet<String> = missing.iter().map(|p| p.name.clone()).collect();
+        missing.sort_by_key(|p| matches!(&p.kind, ParentKind::Vlan { base, .. } if missing_names.contains(base)));
+        let without = state
+            .endpoints
+            .values()
+            .filter(|e| !names.contains(e.link_name.as_str()))
+            .count();
+        ReconcilePlan {
+            orphans,
+            orphan_parents,
+            missing_parents: missing,
+            without_link: without,
+        }
+    }
+
+    /// Makes a parent rustvlan made again (after a reboot), as it was recorded.
+    async fn remake_parent(&self, parent: &ParentRecord) -> std::result::Result<(), String> {
+        match &parent.kind {
+            ParentKind::Vlan { base, id, protocol } => match self.kernel.link(base).await {
+                Ok(Some(b)) => self
+                    .kernel
+                    .add_vlan(&parent.name, b.index, *id, *protocol, self.group)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Ok(None) => Err(format!("its base interface {base} does not exist")),
+                Err(e) => Err(e.to_string()),
+            },
+            ParentKind::Dummy => {
+                let mtu = self.state().networks_on_parent(&parent.name).find_map(|n| n.mtu);
+                self.kernel
+                    .add_dummy(&parent.name, mtu, self.group)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
     }
 
     /// What the kernel shows of rustvlan's records now, for `rustvlan state`.

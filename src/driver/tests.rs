@@ -1,4 +1,4 @@
-//! The driver's decisions against the fake kernel and a real sled store on disk. The
+//! The driver's decisions against the fake kernel and the in-memory journal. The
 //! same behaviours run against the real kernel in tests/kernel.rs and in the VM rig.
 
 use std::collections::BTreeMap;
@@ -15,26 +15,15 @@ use crate::kernel::fake::FakeKernel;
 use crate::kernel::{ChildLink, Errno, Kernel, LinkType};
 use crate::model::{IpvlanFlag, IpvlanMode, LinkMode, MacvlanMode};
 use crate::plugin::Plugin;
-use crate::store::{PoolDefaults, Store};
+use crate::store::{Journal, MemoryJournal, PoolDefaults};
 
-struct TempDir(std::path::PathBuf);
+/// A store for one test, in memory: plugins opened on it one after the other see what
+/// the ones before committed, as after a restart. The sled store itself is tested in
+/// tests/ (crash, disk, restart).
+struct TestStore(Arc<MemoryJournal>);
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir() -> TempDir {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "rustvlan-unit-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    TempDir(dir)
+fn test_store() -> TestStore {
+    TestStore(Arc::default())
 }
 
 fn defaults() -> PoolDefaults {
@@ -44,22 +33,9 @@ fn defaults() -> PoolDefaults {
     }
 }
 
-fn open(dir: &TempDir, kernel: FakeKernel) -> Plugin<FakeKernel> {
-    // sled's background threads let go of the previous handle's file lock a moment
-    // after it is dropped.
-    let mut tries = 0;
-    let store = loop {
-        match Store::open(&dir.0) {
-            Ok(s) => break Arc::new(s),
-            Err(e) if tries < 100 && format!("{e}").contains("could not acquire lock") => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("{e:#}"),
-        }
-    };
-    let (state, loaded) = store.load(&defaults()).unwrap();
-    Plugin::new(state, store, kernel, loaded.link_group)
+fn open(dir: &TestStore, kernel: FakeKernel) -> Plugin<FakeKernel> {
+    let (state, loaded) = dir.0.load(&defaults()).unwrap();
+    Plugin::new(state, Arc::clone(&dir.0) as Arc<dyn Journal>, kernel, loaded.link_group)
 }
 
 fn kernel() -> FakeKernel {
@@ -129,7 +105,7 @@ fn ep_req(net: &str, ep: &str) -> EndpointRequest {
 
 #[tokio::test]
 async fn macvlan_endpoint_lifecycle() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(network(
         NET_A,
@@ -196,7 +172,7 @@ async fn macvlan_endpoint_lifecycle() {
 
 #[tokio::test]
 async fn requested_mac_is_used_and_not_returned() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(network(
         NET_A,
@@ -243,7 +219,7 @@ async fn requested_mac_is_used_and_not_returned() {
 
 #[tokio::test]
 async fn ipvlan_l3_gets_connected_default_routes_and_refuses_macs() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(network(
         NET_A,
@@ -282,7 +258,7 @@ async fn ipvlan_l3_gets_connected_default_routes_and_refuses_macs() {
 
 #[tokio::test]
 async fn a_failed_join_leaves_no_link_and_leftovers_are_judged_by_their_mark() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(network(
         NET_A,
@@ -337,7 +313,7 @@ async fn a_failed_join_leaves_no_link_and_leftovers_are_judged_by_their_mark() {
 
 #[tokio::test]
 async fn parent_conflicts_are_refused_before_the_kernel_sees_them() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(network(
         NET_A,
@@ -386,7 +362,7 @@ async fn parent_conflicts_are_refused_before_the_kernel_sees_them() {
 
 #[tokio::test]
 async fn several_ipvlan_networks_share_a_parent_with_distinct_subnets() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(network(
         NET_A,
@@ -416,7 +392,7 @@ async fn several_ipvlan_networks_share_a_parent_with_distinct_subnets() {
 
 #[tokio::test]
 async fn passthru_takes_one_endpoint() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(network(
         NET_A,
@@ -446,7 +422,7 @@ async fn passthru_takes_one_endpoint() {
 
 #[tokio::test]
 async fn vlan_parents_are_made_shared_and_removed_with_their_last_network() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(network(
         NET_A,
@@ -488,7 +464,7 @@ async fn vlan_parents_are_made_shared_and_removed_with_their_last_network() {
 
 #[tokio::test]
 async fn a_vlan_parent_rustvlan_did_not_make_is_kept() {
-    let dir = temp_dir();
+    let dir = test_store();
     let k = kernel();
     k.add_nic("eth0.20", 1500);
     let p = open(&dir, k);
@@ -511,7 +487,7 @@ async fn a_vlan_parent_rustvlan_did_not_make_is_kept() {
 
 #[tokio::test]
 async fn missing_parents_and_mtus_are_clear_errors_and_change_nothing() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     let names = p.kernel.names();
     let err = p
@@ -570,7 +546,7 @@ async fn missing_parents_and_mtus_are_clear_errors_and_change_nothing() {
 
 #[tokio::test]
 async fn internal_networks_keep_their_parent_and_get_no_gateway() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(internal(network(
         NET_B,
@@ -591,7 +567,7 @@ async fn internal_networks_keep_their_parent_and_get_no_gateway() {
 
 #[tokio::test]
 async fn internal_networks_without_a_parent_get_a_dummy_and_no_gateway() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(internal(network(NET_A, json!({}), "10.77.0.0/24", "10.77.0.1/24")))
         .await
@@ -615,7 +591,7 @@ async fn internal_networks_without_a_parent_get_a_dummy_and_no_gateway() {
 
 #[tokio::test]
 async fn a_kernel_without_dummy_support_gets_a_clear_error() {
-    let dir = temp_dir();
+    let dir = test_store();
     let k = kernel();
     k.without_kind("dummy");
     let p = open(&dir, k);
@@ -632,7 +608,7 @@ async fn a_kernel_without_dummy_support_gets_a_clear_error() {
 
 #[tokio::test]
 async fn delete_network_cleans_stale_endpoints() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(network(
         NET_A,
@@ -657,7 +633,7 @@ async fn delete_network_cleans_stale_endpoints() {
 
 #[tokio::test]
 async fn reconcile_deletes_only_orphans_and_remakes_missing_parents() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(network(
         NET_A,
@@ -725,7 +701,7 @@ async fn reconcile_deletes_only_orphans_and_remakes_missing_parents() {
 
 #[tokio::test]
 async fn state_survives_reopening_the_store() {
-    let dir = temp_dir();
+    let dir = test_store();
     {
         let p = open(&dir, kernel());
         p.create_network(network(
@@ -793,7 +769,7 @@ mod sweeping {
 
     #[tokio::test]
     async fn unused_addresses_of_claimed_pools_go_after_two_sweeps() {
-        let dir = temp_dir();
+        let dir = test_store();
         let p = open(&dir, kernel());
         let id = pool(&p, "10.77.0.0/24").await;
         address(&p, &id, "10.77.0.1", true).await;
@@ -838,7 +814,7 @@ mod sweeping {
 
     #[tokio::test]
     async fn orphan_pools_go_and_other_drivers_pools_stay() {
-        let dir = temp_dir();
+        let dir = test_store();
         let p = open(&dir, kernel());
         let claimed = pool(&p, "10.77.0.0/24").await;
         address(&p, &claimed, "10.77.0.1", true).await;
@@ -869,7 +845,7 @@ mod sweeping {
 
     #[tokio::test]
     async fn the_same_subnet_on_two_parents_claims_two_pools() {
-        let dir = temp_dir();
+        let dir = test_store();
         let p = open(&dir, kernel());
         let a = pool(&p, "10.77.0.0/24").await;
         address(&p, &a, "10.77.0.1", true).await;
@@ -907,7 +883,7 @@ mod queued_deletes {
 
     #[tokio::test]
     async fn deletes_are_batched_and_names_are_not_reused_meanwhile() {
-        let dir = temp_dir();
+        let dir = test_store();
         let p = open(&dir, kernel());
         p.create_network(network(
             NET_A,
@@ -938,7 +914,7 @@ mod queued_deletes {
 
     #[tokio::test]
     async fn ids_alike_in_their_first_thirteen_characters_get_random_names() {
-        let dir = temp_dir();
+        let dir = test_store();
         let p = open(&dir, kernel());
         p.create_network(network(
             NET_A,
@@ -962,7 +938,7 @@ mod queued_deletes {
 
     #[tokio::test]
     async fn a_join_that_a_queued_delete_would_block_waits_for_it() {
-        let dir = temp_dir();
+        let dir = test_store();
         let p = open(&dir, kernel());
         p.create_network(network(
             NET_A,
@@ -982,7 +958,7 @@ mod queued_deletes {
 
     #[tokio::test]
     async fn deletes_queued_before_a_crash_finish_at_start_up() {
-        let dir = temp_dir();
+        let dir = test_store();
         {
             let p = open(&dir, kernel());
             p.create_network(network(
@@ -1029,7 +1005,7 @@ mod queued_deletes {
 
 #[tokio::test]
 async fn join_finds_a_parent_that_was_made_again() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(network(
         NET_A,
@@ -1056,7 +1032,7 @@ async fn join_finds_a_parent_that_was_made_again() {
 
 #[tokio::test]
 async fn gateways_are_skipped_where_containers_get_none() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     let check = |generic: Value, internal: bool| {
         let mut options = BTreeMap::new();
@@ -1093,7 +1069,7 @@ async fn gateways_are_skipped_where_containers_get_none() {
 
 #[tokio::test]
 async fn unknown_bare_endpoint_options_are_refused_and_namespaced_ones_ignored() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(network(
         NET_A,
@@ -1122,7 +1098,7 @@ async fn unknown_bare_endpoint_options_are_refused_and_namespaced_ones_ignored()
 
 #[tokio::test]
 async fn ipv6_only_networks_and_family_mismatches() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     let v6_only = |id: &str, enable_ipv4: bool, with_v4: bool| {
         let mut req = network(id, json!({"parent": "eth0"}), "10.79.0.0/24", "10.79.0.1/24");
@@ -1170,7 +1146,7 @@ mod status {
         StatusReport::build(&records, &seen, Source::Plugin)
     }
 
-    async fn joined_plugin(dir: &TempDir) -> Plugin<FakeKernel> {
+    async fn joined_plugin(dir: &TestStore) -> Plugin<FakeKernel> {
         let p = open(dir, kernel());
         p.create_network(network(
             NET_A,
@@ -1191,7 +1167,7 @@ mod status {
 
     #[tokio::test]
     async fn a_joined_endpoint_is_found_in_its_container_and_nothing_drifts() {
-        let dir = temp_dir();
+        let dir = test_store();
         let p = joined_plugin(&dir).await;
         let status = report(&p).await;
         assert_eq!(status.drift, vec![], "{}", status.to_text());
@@ -1211,7 +1187,7 @@ mod status {
 
     #[tokio::test]
     async fn leave_forgets_the_sandbox() {
-        let dir = temp_dir();
+        let dir = test_store();
         let p = joined_plugin(&dir).await;
         p.leave(ep_req(NET_A, EP_1)).await;
         let records = p.dump().await.unwrap();
@@ -1225,7 +1201,7 @@ mod status {
 
     #[tokio::test]
     async fn a_link_deleted_in_the_container_is_drift() {
-        let dir = temp_dir();
+        let dir = test_store();
         let p = joined_plugin(&dir).await;
         p.kernel.set_namespace(std::path::Path::new(SANDBOX), vec![]);
         let status = report(&p).await;
@@ -1247,7 +1223,7 @@ mod status {
 
     #[tokio::test]
     async fn another_containers_link_on_the_same_parent_is_not_taken_for_ours() {
-        let dir = temp_dir();
+        let dir = test_store();
         let p = joined_plugin(&dir).await;
         let mut links = p.kernel.links_in(std::path::Path::new(SANDBOX)).await.unwrap().unwrap();
         // Same mark and parent, another MAC: a link of another endpoint.
@@ -1263,7 +1239,7 @@ mod status {
 
     #[tokio::test]
     async fn a_vanished_container_namespace_is_drift() {
-        let dir = temp_dir();
+        let dir = test_store();
         let p = joined_plugin(&dir).await;
         p.kernel.remove_namespace(std::path::Path::new(SANDBOX));
         let status = report(&p).await;
@@ -1276,7 +1252,7 @@ mod status {
 
     #[tokio::test]
     async fn marked_links_nobody_owns_and_missing_parents_are_drift() {
-        let dir = temp_dir();
+        let dir = test_store();
         let p = joined_plugin(&dir).await;
         let eth0 = p.kernel.get("eth0").unwrap();
         // rvstray carries the mark; "theirs" is the same kind of link without it:
@@ -1319,7 +1295,7 @@ mod status {
 
     #[tokio::test]
     async fn drift_seen_only_once_is_not_reported() {
-        let dir = temp_dir();
+        let dir = test_store();
         let p = joined_plugin(&dir).await;
         p.kernel.set_namespace(std::path::Path::new(SANDBOX), vec![]);
         let mut first = report(&p).await;
@@ -1355,7 +1331,7 @@ fn with_host_aux(mut req: CreateNetworkRequest, aux: &str) -> CreateNetworkReque
 
 #[tokio::test]
 async fn host_access_with_an_aux_address_makes_one_shim_with_routes_and_cleans_up() {
-    let dir = temp_dir();
+    let dir = test_store();
     let k = kernel();
     k.put_address("eth0", "10.77.0.2/24".parse().unwrap());
     let p = open(&dir, k);
@@ -1403,7 +1379,7 @@ async fn host_access_with_an_aux_address_makes_one_shim_with_routes_and_cleans_u
 
 #[tokio::test]
 async fn reconcile_remakes_a_missing_shim_with_its_address_and_routes() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(with_host_aux(
         network(
@@ -1432,7 +1408,7 @@ async fn reconcile_remakes_a_missing_shim_with_its_address_and_routes() {
 
 #[tokio::test]
 async fn qinq_outer_vlan_is_shared_and_goes_with_the_last_inner_one() {
-    let dir = temp_dir();
+    let dir = test_store();
     let p = open(&dir, kernel());
     p.create_network(network(
         NET_A,

@@ -3,13 +3,13 @@
 //! network that claimed the pool, kept in the store, renewed in the background for as
 //! long as dockerd holds the address, and released at ReleaseAddress.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::api::wire::{ENDPOINT_MAC_OPTION, IpamCapabilities};
 use crate::dhcp::{DhcpError, Granted, Identity};
 use crate::error::{Error, Result};
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, LinkInfo};
 use crate::model::{DhcpEvent, IpvlanMode, LeaseRecord, LinkMode, MacAddr, NetworkRecord, PoolRecord, lease_key};
 use crate::plugin::Plugin;
 use crate::state::Change;
@@ -133,15 +133,7 @@ impl<K: Kernel> Plugin<K> {
             Some(ip) => return Err(Error::invalid(format!("{ip} is not IPv4: DHCP leases are IPv4"))),
             None => None,
         };
-        let mac_text = options.get(ENDPOINT_MAC_OPTION).ok_or_else(|| {
-            Error::invalid(format!(
-                "RequestAddress on a rustvlan-dhcp pool came without the endpoint's MAC ({ENDPOINT_MAC_OPTION}); \
-                 dockerd sends it to IPAMs that ask for it"
-            ))
-        })?;
-        let endpoint_mac: MacAddr = mac_text
-            .parse()
-            .map_err(|e: String| Error::invalid(format!("{ENDPOINT_MAC_OPTION} {e}")))?;
+        let endpoint_mac = endpoint_mac(options)?;
         let parent = self.kernel.link(&network.parent).await?.ok_or_else(|| {
             Error::kernel(format!(
                 "parent interface {} of network {} is missing",
@@ -149,33 +141,13 @@ impl<K: Kernel> Plugin<K> {
                 short_id(&network.id)
             ))
         })?;
-        let identity = match network.link {
-            LinkMode::Macvlan { .. } => Identity::of_mac(endpoint_mac),
-            LinkMode::Ipvlan {
-                mode: IpvlanMode::L2, ..
-            } => {
-                // Every ipvlan link has the parent's MAC: a client-id of the endpoint's own
-                // keeps the leases apart (type 0, RFC 2132).
-                let mac = parent
-                    .mac
-                    .ok_or_else(|| Error::kernel(format!("parent {} has no Ethernet address", network.parent)))?;
-                let mut client_id = vec![0];
-                client_id.extend_from_slice(format!("rustvlan:{endpoint_mac}").as_bytes());
-                Identity { mac, client_id }
-            }
-            LinkMode::Ipvlan { mode, .. } => {
-                return Err(Error::invalid(format!(
-                    "ipvlan {mode} routes instead of bridging, so its containers have no LAN broadcast domain for DHCP; \
-                     use ipvlan_mode=l2, or static addresses with --ipam-driver rustvlan"
-                )));
-            }
-        };
+        let identity = lease_identity(&network, &parent, endpoint_mac)?;
         let granted = self
             .dhcp
             .acquire(parent.index, &network.parent, &identity, wanted, ACQUIRE_BUDGET)
             .await
             .map_err(dhcp_error)?;
-        if let Err(e) = check_against_network(&granted, &pool, &network) {
+        let give_back = || {
             let _ = self.dhcp.release(
                 parent.index,
                 &network.parent,
@@ -183,24 +155,12 @@ impl<K: Kernel> Plugin<K> {
                 granted.address.ip(),
                 granted.server,
             );
+        };
+        if let Err(e) = check_against_network(&granted, &pool, &network) {
+            give_back();
             return Err(e);
         }
-        let lease = LeaseRecord {
-            pool_id: pool_id.to_string(),
-            address: granted.address,
-            router: granted.router,
-            routes: granted.routes.clone(),
-            server: granted.server,
-            parent: network.parent.clone(),
-            mac: identity.mac,
-            client_id: hex(&identity.client_id),
-            lease_secs: granted.lease_secs,
-            t1_secs: granted.t1_secs,
-            t2_secs: granted.t2_secs,
-            acked_at: now_secs(),
-            renewals: 0,
-            trouble: None,
-        };
+        let lease = new_lease(pool_id, &network.parent, &identity, &granted);
         let committed = self
             .commit(|state| {
                 if let Some(other) = state
@@ -217,13 +177,7 @@ impl<K: Kernel> Plugin<K> {
             })
             .await;
         if let Err(e) = committed {
-            let _ = self.dhcp.release(
-                parent.index,
-                &network.parent,
-                &identity,
-                granted.address.ip(),
-                granted.server,
-            );
+            give_back();
             return Err(e);
         }
         self.metrics.count_dhcp(DhcpEvent::Acquired);
@@ -301,22 +255,6 @@ impl<K: Kernel> Plugin<K> {
         Ok(())
     }
 
-    /// The router and option-121 routes of the lease holding `ip` on `parent`, for
-    /// Join's gateway and static routes.
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn lease_routing(
-        &self,
-        parent: &str,
-        ip: Ipv4Addr,
-    ) -> Option<(Option<Ipv4Addr>, Vec<(ipnetwork::Ipv4Network, Ipv4Addr)>)> {
-        let state = self.state();
-        state
-            .leases
-            .values()
-            .find(|l| l.parent == parent && l.address.ip() == ip)
-            .map(|l| (l.router, l.routes.clone()))
-    }
-
     /// Renews every lease whose T1 has come (and, after a restart, every lease past
     /// it), one second at a time. A NAK or a different address cannot be pushed into a
     /// running container: it is recorded on the lease, shown by status and counted.
@@ -386,6 +324,61 @@ impl<K: Kernel> Plugin<K> {
             )
             .await
             .map_err(RenewFailure::Dhcp)
+    }
+}
+
+/// The endpoint's MAC that dockerd sends to IPAMs that ask for it.
+fn endpoint_mac(options: &std::collections::BTreeMap<String, String>) -> Result<MacAddr> {
+    let text = options.get(ENDPOINT_MAC_OPTION).ok_or_else(|| {
+        Error::invalid(format!(
+            "RequestAddress on a rustvlan-dhcp pool came without the endpoint's MAC ({ENDPOINT_MAC_OPTION}); \
+             dockerd sends it to IPAMs that ask for it"
+        ))
+    })?;
+    text.parse()
+        .map_err(|e: String| Error::invalid(format!("{ENDPOINT_MAC_OPTION} {e}")))
+}
+
+/// Who the lease is for: the endpoint's MAC on macvlan; on ipvlan L2, whose links all
+/// have the parent's MAC, a client id of the endpoint's own.
+fn lease_identity(network: &NetworkRecord, parent: &LinkInfo, endpoint_mac: MacAddr) -> Result<Identity> {
+    match network.link {
+        LinkMode::Macvlan { .. } => Ok(Identity::of_mac(endpoint_mac)),
+        LinkMode::Ipvlan {
+            mode: IpvlanMode::L2, ..
+        } => {
+            // Every ipvlan link has the parent's MAC: a client-id of the endpoint's own
+            // keeps the leases apart (type 0, RFC 2132).
+            let mac = parent
+                .mac
+                .ok_or_else(|| Error::kernel(format!("parent {} has no Ethernet address", network.parent)))?;
+            let mut client_id = vec![0];
+            client_id.extend_from_slice(format!("rustvlan:{endpoint_mac}").as_bytes());
+            Ok(Identity { mac, client_id })
+        }
+        LinkMode::Ipvlan { mode, .. } => Err(Error::invalid(format!(
+            "ipvlan {mode} routes instead of bridging, so its containers have no LAN broadcast domain for DHCP; \
+             use ipvlan_mode=l2, or static addresses with --ipam-driver rustvlan"
+        ))),
+    }
+}
+
+fn new_lease(pool_id: &str, parent: &str, identity: &Identity, granted: &Granted) -> LeaseRecord {
+    LeaseRecord {
+        pool_id: pool_id.to_string(),
+        address: granted.address,
+        router: granted.router,
+        routes: granted.routes.clone(),
+        server: granted.server,
+        parent: parent.to_string(),
+        mac: identity.mac,
+        client_id: hex(&identity.client_id),
+        lease_secs: granted.lease_secs,
+        t1_secs: granted.t1_secs,
+        t2_secs: granted.t2_secs,
+        acked_at: now_secs(),
+        renewals: 0,
+        trouble: None,
     }
 }
 

@@ -7,7 +7,7 @@
 
 mod addrset;
 mod allocations;
-mod allocator;
+pub mod allocator;
 mod handlers;
 pub mod leases;
 pub mod reclaim;

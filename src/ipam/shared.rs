@@ -399,6 +399,17 @@ impl<K: Kernel> Plugin<K> {
     }
 }
 
+/// One RequestAddress on a shared pool.
+struct SharedAsk<'a> {
+    pool_id: &'a str,
+    record: &'a PoolRecord,
+    /// The address asked for by name, if any.
+    address: Option<IpAddr>,
+    gateway: bool,
+    /// The LAN's reservation this claim is (gateway, aux), or None: a container's.
+    reservation: Option<Reservation>,
+}
+
 impl<K: Kernel> PoolAllocations<'_, K> {
     fn shared(&self) -> Option<&Arc<SharedPlans>> {
         self.plugin.shared.as_ref()
@@ -425,54 +436,17 @@ impl<K: Kernel> PoolAllocations<'_, K> {
         } else {
             None
         };
+        let ask = SharedAsk {
+            pool_id,
+            record: &record,
+            address,
+            gateway,
+            reservation,
+        };
         // Each conflict teaches one held address; a refresh teaches them all.
         let mut refreshed_when_full = false;
         for _ in 0..64 {
-            let picked = {
-                let state = self.plugin.state();
-                let mut views = shared.views();
-                let view = views.entry(plan.clone()).or_default();
-                // A reservation may share another host's reservation, never its address.
-                let held = |ip: IpAddr| {
-                    view.in_flight.contains(&ip)
-                        || view
-                            .remote
-                            .get(&ip)
-                            .is_some_and(|h| reservation.is_none() || matches!(h, Holder::Host { .. }))
-                };
-                // Each host goes on after its last address (its first one at a point of
-                // its own), in blocks no other host uses while there are any: hosts
-                // rarely race for one address, and the loser of a race learns that the
-                // winner uses that block, so it does not follow the winner to the next.
-                let start = SearchStart::AfterCursorOr(home_point(&shared.host, &plan));
-                let own_block = |ip: IpAddr| held(ip) || view.remote.in_foreign_block(ip);
-                let plan_avoiding = |avoid: &dyn Fn(IpAddr) -> bool| {
-                    state
-                        .ipam
-                        .plan_request_address_avoiding(pool_id, address, gateway, avoid, start)
-                };
-                // Named addresses and the gateway (the same on every host) go by `held` alone.
-                let dynamic = address.is_none() && !gateway;
-                let planned = match dynamic.then(|| plan_avoiding(&own_block)) {
-                    Some(Err(e)) if e.kind == crate::error::ErrorKind::Exhausted => plan_avoiding(&held),
-                    Some(planned) => planned,
-                    None => plan_avoiding(&held),
-                };
-                match planned {
-                    Ok((cidr, _)) => {
-                        let ip = cidr.ip();
-                        if view.in_flight.contains(&ip) {
-                            return Err(Error::conflict(format!(
-                                "address {ip} of shared pool {} is being claimed by another request of this host",
-                                record.pool
-                            )));
-                        }
-                        view.in_flight.insert(ip);
-                        Ok(ip)
-                    }
-                    Err(e) => Err(e),
-                }
-            };
+            let picked = self.pick_shared(shared, &plan, &ask);
             let ip = match picked {
                 Ok(ip) => ip,
                 // What other hosts held may have been released since it was last read.
@@ -519,6 +493,54 @@ impl<K: Kernel> PoolAllocations<'_, K> {
             "no address of shared pool {} could be claimed: other hosts took each one tried; try again",
             record.pool
         )))
+    }
+
+    /// Picks an address for `ask` that neither another host (as last seen) nor another
+    /// request of this host holds, and marks it in flight.
+    fn pick_shared(&self, shared: &SharedPlans, plan: &str, ask: &SharedAsk<'_>) -> Result<IpAddr> {
+        let state = self.plugin.state();
+        let mut views = shared.views();
+        let view = views.entry(plan.to_string()).or_default();
+        // A reservation may share another host's reservation, never its address.
+        let held = |ip: IpAddr| {
+            view.in_flight.contains(&ip)
+                || view
+                    .remote
+                    .get(&ip)
+                    .is_some_and(|h| ask.reservation.is_none() || matches!(h, Holder::Host { .. }))
+        };
+        // Each host goes on after its last address (its first one at a point of
+        // its own), in blocks no other host uses while there are any: hosts
+        // rarely race for one address, and the loser of a race learns that the
+        // winner uses that block, so it does not follow the winner to the next.
+        let start = SearchStart::AfterCursorOr(home_point(&shared.host, plan));
+        let own_block = |ip: IpAddr| held(ip) || view.remote.in_foreign_block(ip);
+        let plan_avoiding = |avoid: &dyn Fn(IpAddr) -> bool| {
+            state
+                .ipam
+                .plan_request_address_avoiding(ask.pool_id, ask.address, ask.gateway, avoid, start)
+        };
+        // Named addresses and the gateway (the same on every host) go by `held` alone.
+        let dynamic = ask.address.is_none() && !ask.gateway;
+        let planned = match dynamic.then(|| plan_avoiding(&own_block)) {
+            Some(Err(e)) if e.kind == crate::error::ErrorKind::Exhausted => plan_avoiding(&held),
+            Some(planned) => planned,
+            None => plan_avoiding(&held),
+        };
+        match planned {
+            Ok((cidr, _)) => {
+                let ip = cidr.ip();
+                if view.in_flight.contains(&ip) {
+                    return Err(Error::conflict(format!(
+                        "address {ip} of shared pool {} is being claimed by another request of this host",
+                        ask.record.pool
+                    )));
+                }
+                view.in_flight.insert(ip);
+                Ok(ip)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Records a claim made in etcd; if the local store refuses it, the claim goes.

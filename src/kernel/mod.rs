@@ -135,6 +135,13 @@ impl fmt::Display for KernelError {
 
 impl std::error::Error for KernelError {}
 
+/// A kernel refusal as it is: its text for the user, itself for the log.
+impl From<KernelError> for crate::error::Error {
+    fn from(e: KernelError) -> Self {
+        crate::error::Error::kernel(e.to_string()).caused_by(e)
+    }
+}
+
 pub type KResult<T> = Result<T, KernelError>;
 
 /// Link operations in the namespace rustvlan runs in. Every method is one netlink

@@ -16,13 +16,15 @@ use anyhow::{Context, anyhow, bail};
 use ipnetwork::Ipv6Network;
 use serde::{Deserialize, Serialize};
 
-use crate::dump::{AddressUse, PoolDump, StateDump};
-use crate::ipam::{Ipam, IpamChange, IpamConfig, pool_id};
+use crate::ipam::allocator::{Ipam, IpamChange, IpamConfig};
 use crate::metrics::StoreMetrics;
 use crate::model::{
     EndpointRecord, LeaseRecord, NetworkRecord, ParentRecord, PendingDelete, PoolRecord, SharedRelease,
 };
 use crate::state::{Change, State};
+
+mod journal;
+pub use journal::{Journal, MemoryJournal};
 
 const SCHEMA_VERSION: u64 = 1;
 
@@ -185,56 +187,6 @@ impl Records {
         out.extend(self.leases.into_values().map(Change::PutLease));
         out
     }
-
-    /// The state as `rustvlan state --json` prints it: deterministic, readable.
-    pub fn to_dump(&self) -> StateDump {
-        let pools = self
-            .pools
-            .values()
-            .map(|p| {
-                let addresses = self
-                    .addresses
-                    .get(&p.seq)
-                    .into_iter()
-                    .flatten()
-                    .map(|(ip, &gw)| (*ip, if gw { AddressUse::Gateway } else { AddressUse::Allocated }))
-                    .collect();
-                let dump = PoolDump {
-                    address_space: p.address_space.clone(),
-                    pool: p.pool,
-                    sub_pool: p.sub_pool,
-                    options: p.options.clone(),
-                    claimed_by: p.claimed_by.clone(),
-                    cursor: self.cursors.get(&p.seq).copied(),
-                    addresses,
-                };
-                (pool_id(p), dump)
-            })
-            .collect();
-        let orphan_addresses = self
-            .addresses
-            .iter()
-            .filter(|(seq, _)| !self.pools.contains_key(seq))
-            .map(|(seq, a)| (*seq, a.keys().copied().collect()))
-            .collect();
-        StateDump {
-            schema: self.schema,
-            next_pool_seq: self.next_pool_seq,
-            default_v6_range: self.default_v6_range,
-            link_group: self.link_group,
-            networks: self.networks.clone(),
-            endpoints: self.endpoints.clone(),
-            parents: self.parents.clone(),
-            pending_deletes: self.pending.clone(),
-            shared_releases: self.shared_releases.values().cloned().collect(),
-            leases: self.leases.values().cloned().collect(),
-            pools,
-            orphan_addresses,
-            unbound_addresses: None,
-            kernel: None,
-            shared: None,
-        }
-    }
 }
 
 /// sled's page cache. The state is read whole into memory at start-up and sled is only
@@ -282,44 +234,19 @@ impl Store {
     /// Decodes every record. Any record that does not decode is an error: rustvlan must
     /// not run on a store it only half understands.
     pub fn records(&self) -> anyhow::Result<Records> {
-        let mut r = Records {
-            next_pool_seq: 1,
-            ..Records::default()
-        };
-        for item in self.db.iter() {
-            let (key, value) = item.context("reading the state store")?;
-            let key = std::str::from_utf8(&key).map_err(|_| anyhow!("a key is not UTF-8: {key:?}"))?;
-            decode_record(&mut r, key, &value).with_context(|| format!("record {key:?} is damaged"))?;
-        }
-        if r.schema == 0 && !r.networks.is_empty() {
-            bail!("the store has records but no schema version");
-        }
-        if r.schema > SCHEMA_VERSION {
-            bail!(
-                "the store was written by a newer rustvlan (schema {}, this one knows {SCHEMA_VERSION})",
-                r.schema
-            );
-        }
-        Ok(r)
+        decode_records(self.db.iter().map(|item| item.context("reading the state store")))
     }
 
     /// Loads the state, initialising a new store on first use.
     pub fn load(&self, defaults: &PoolDefaults) -> anyhow::Result<(State, Loaded)> {
         let mut records = self.records()?;
         if records.schema == 0 {
-            let v6 = random_ula_48();
-            let mut bytes = [0u8; 4];
-            crate::util::random_bytes(&mut bytes);
-            let link_group = (u32::from_be_bytes(bytes) & 0x3fff_ffff) | 0x4000_0000;
             let mut batch = sled::Batch::default();
-            batch.insert(META_SCHEMA, to_json(&SCHEMA_VERSION));
-            batch.insert(META_V6_RANGE, to_json(&v6));
-            batch.insert(META_LINK_GROUP, to_json(&link_group));
+            for (key, value) in new_store_records(&mut records) {
+                batch.insert(key, value);
+            }
             self.db.apply_batch(batch).context("initialising the state store")?;
             self.db.flush().map_err(plain).context("initialising the state store")?;
-            records.schema = SCHEMA_VERSION;
-            records.default_v6_range = Some(v6);
-            records.link_group = link_group;
         }
         if records.link_group == 0 {
             bail!("the store has no link group record");
@@ -337,26 +264,7 @@ impl Store {
                 self.dir.display()
             )
         })?;
-        let default_v6_range = records
-            .default_v6_range
-            .ok_or_else(|| anyhow!("the store has no default IPv6 range record"))?;
-        let ipam = Ipam::new(IpamConfig {
-            default_v4_range: defaults.v4_range,
-            default_v4_prefix: defaults.v4_prefix,
-            default_v6_range,
-            default_v6_prefix: 64,
-        });
-        let loaded = Loaded {
-            link_group: records.link_group,
-            networks: records.networks.len(),
-            endpoints: records.endpoints.len(),
-            pools: records.pools.len(),
-            addresses: records.addresses.values().map(BTreeMap::len).sum(),
-            parents_made: records.parents.len(),
-        };
-        let mut state = State::new(ipam);
-        state.apply_all(records.into_changes());
-        Ok((state, loaded))
+        state_of(records, defaults)
     }
 
     /// Refuses a store that is behind the generation recorded beside it: sled drops a
@@ -463,7 +371,13 @@ impl Store {
     fn apply(&self, changes: &[Change], generation: u64) -> anyhow::Result<()> {
         let mut batch: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for change in changes {
-            self.add_to_batch(&mut batch, change)?;
+            add_to_batch(&mut batch, change, |prefix| {
+                self.db
+                    .scan_prefix(prefix)
+                    .keys()
+                    .map(|k| Ok(k.context("reading the state store")?.to_vec()))
+                    .collect()
+            })?;
         }
         batch.insert(META_GENERATION.as_bytes().to_vec(), Some(to_json(&generation)));
         let mut sled_batch = sled::Batch::default();
@@ -477,49 +391,6 @@ impl Store {
             .apply_batch(sled_batch)
             .map_err(plain)
             .context("writing to the state store")
-    }
-
-    fn add_to_batch(&self, batch: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>, change: &Change) -> anyhow::Result<()> {
-        let mut put = |key: String, value: Vec<u8>| {
-            batch.insert(key.into_bytes(), Some(value));
-        };
-        match change {
-            Change::PutNetwork(n) => put(format!("{NETWORK}{}", n.id), to_json(n)),
-            Change::PutEndpoint(e) => put(format!("{ENDPOINT}{}", e.id), to_json(e)),
-            Change::PutParent(p) => put(format!("{PARENT}{}", p.name), to_json(p)),
-            Change::PutPending(p) => put(format!("{PENDING}{}", p.link_name), to_json(p)),
-            Change::PutSharedRelease(r) => put(format!("{SHARED_RELEASE}{}", r.key()), to_json(r)),
-            Change::PutLease(l) => put(format!("{LEASE}{}", l.key()), to_json(l)),
-            Change::Ipam(IpamChange::PutPool(p)) => put(seq_key(POOL, p.seq), to_json(p)),
-            Change::Ipam(IpamChange::PutAddress { pool, ip, gateway }) => {
-                put(address_key(*pool, *ip), to_json(&AddressValue { gateway: *gateway }))
-            }
-            Change::Ipam(IpamChange::SetCursor { pool, ip }) => put(seq_key(CURSOR, *pool), to_json(ip)),
-            Change::Ipam(IpamChange::SetNextPoolSeq(seq)) => put(META_NEXT_POOL_SEQ.to_string(), to_json(seq)),
-            Change::DelNetwork(id) => del(batch, format!("{NETWORK}{id}")),
-            Change::DelEndpoint(id) => del(batch, format!("{ENDPOINT}{id}")),
-            Change::DelParent(name) => del(batch, format!("{PARENT}{name}")),
-            Change::DelPending(name) => del(batch, format!("{PENDING}{name}")),
-            Change::DelSharedRelease(key) => del(batch, format!("{SHARED_RELEASE}{key}")),
-            Change::DelLease(key) => del(batch, format!("{LEASE}{key}")),
-            Change::Ipam(IpamChange::DelAddress { pool, ip }) => del(batch, address_key(*pool, *ip)),
-            Change::Ipam(IpamChange::DelPool(seq)) => {
-                del(batch, seq_key(POOL, *seq));
-                del(batch, seq_key(CURSOR, *seq));
-                // Its addresses: those on disk, and those earlier in this batch.
-                let prefix = format!("{ADDRESS}{seq:016x}/").into_bytes();
-                for item in self.db.scan_prefix(&prefix).keys() {
-                    batch.insert(item.context("reading the state store")?.to_vec(), None);
-                }
-                for value in batch
-                    .range_mut(prefix.clone()..)
-                    .take_while(|(k, _)| k.starts_with(&prefix))
-                {
-                    *value.1 = None;
-                }
-            }
-        }
-        Ok(())
     }
 
     fn fail(&self, err: &anyhow::Error) {
@@ -612,8 +483,125 @@ impl Store {
     }
 }
 
+/// Adds one change to a batch of key writes (None: delete). `stored_keys` lists the keys
+/// already stored under a prefix (a pool's delete takes its addresses with it).
+fn add_to_batch(
+    batch: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    change: &Change,
+    stored_keys: impl Fn(&[u8]) -> anyhow::Result<Vec<Vec<u8>>>,
+) -> anyhow::Result<()> {
+    let mut put = |key: String, value: Vec<u8>| {
+        batch.insert(key.into_bytes(), Some(value));
+    };
+    match change {
+        Change::PutNetwork(n) => put(format!("{NETWORK}{}", n.id), to_json(n)),
+        Change::PutEndpoint(e) => put(format!("{ENDPOINT}{}", e.id), to_json(e)),
+        Change::PutParent(p) => put(format!("{PARENT}{}", p.name), to_json(p)),
+        Change::PutPending(p) => put(format!("{PENDING}{}", p.link_name), to_json(p)),
+        Change::PutSharedRelease(r) => put(format!("{SHARED_RELEASE}{}", r.key()), to_json(r)),
+        Change::PutLease(l) => put(format!("{LEASE}{}", l.key()), to_json(l)),
+        Change::Ipam(IpamChange::PutPool(p)) => put(seq_key(POOL, p.seq), to_json(p)),
+        Change::Ipam(IpamChange::PutAddress { pool, ip, gateway }) => {
+            put(address_key(*pool, *ip), to_json(&AddressValue { gateway: *gateway }))
+        }
+        Change::Ipam(IpamChange::SetCursor { pool, ip }) => put(seq_key(CURSOR, *pool), to_json(ip)),
+        Change::Ipam(IpamChange::SetNextPoolSeq(seq)) => put(META_NEXT_POOL_SEQ.to_string(), to_json(seq)),
+        Change::DelNetwork(id) => del(batch, format!("{NETWORK}{id}")),
+        Change::DelEndpoint(id) => del(batch, format!("{ENDPOINT}{id}")),
+        Change::DelParent(name) => del(batch, format!("{PARENT}{name}")),
+        Change::DelPending(name) => del(batch, format!("{PENDING}{name}")),
+        Change::DelSharedRelease(key) => del(batch, format!("{SHARED_RELEASE}{key}")),
+        Change::DelLease(key) => del(batch, format!("{LEASE}{key}")),
+        Change::Ipam(IpamChange::DelAddress { pool, ip }) => del(batch, address_key(*pool, *ip)),
+        Change::Ipam(IpamChange::DelPool(seq)) => {
+            del(batch, seq_key(POOL, *seq));
+            del(batch, seq_key(CURSOR, *seq));
+            // Its addresses: those on disk, and those earlier in this batch.
+            let prefix = format!("{ADDRESS}{seq:016x}/").into_bytes();
+            for key in stored_keys(&prefix)? {
+                batch.insert(key, None);
+            }
+            for value in batch
+                .range_mut(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+            {
+                *value.1 = None;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The in-memory state a store's records load into.
+fn state_of(records: Records, defaults: &PoolDefaults) -> anyhow::Result<(State, Loaded)> {
+    let default_v6_range = records
+        .default_v6_range
+        .ok_or_else(|| anyhow!("the store has no default IPv6 range record"))?;
+    let ipam = Ipam::new(IpamConfig {
+        default_v4_range: defaults.v4_range,
+        default_v4_prefix: defaults.v4_prefix,
+        default_v6_range,
+        default_v6_prefix: 64,
+    });
+    let loaded = Loaded {
+        link_group: records.link_group,
+        networks: records.networks.len(),
+        endpoints: records.endpoints.len(),
+        pools: records.pools.len(),
+        addresses: records.addresses.values().map(BTreeMap::len).sum(),
+        parents_made: records.parents.len(),
+    };
+    let mut state = State::new(ipam);
+    state.apply_all(records.into_changes());
+    Ok((state, loaded))
+}
+
+/// A new store's first records (schema, the v6 range, the link group), also set in
+/// `records`.
+fn new_store_records(records: &mut Records) -> [(&'static str, Vec<u8>); 3] {
+    let v6 = random_ula_48();
+    let mut bytes = [0u8; 4];
+    crate::util::random_bytes(&mut bytes);
+    let link_group = (u32::from_be_bytes(bytes) & 0x3fff_ffff) | 0x4000_0000;
+    records.schema = SCHEMA_VERSION;
+    records.default_v6_range = Some(v6);
+    records.link_group = link_group;
+    [
+        (META_SCHEMA, to_json(&SCHEMA_VERSION)),
+        (META_V6_RANGE, to_json(&v6)),
+        (META_LINK_GROUP, to_json(&link_group)),
+    ]
+}
+
 fn del(batch: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>, key: String) {
     batch.insert(key.into_bytes(), None);
+}
+
+/// Decodes every record. Any record that does not decode is an error: rustvlan must not
+/// run on a store it only half understands.
+fn decode_records<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    items: impl Iterator<Item = anyhow::Result<(K, V)>>,
+) -> anyhow::Result<Records> {
+    let mut r = Records {
+        next_pool_seq: 1,
+        ..Records::default()
+    };
+    for item in items {
+        let (key, value) = item?;
+        let key = key.as_ref();
+        let key = std::str::from_utf8(key).map_err(|_| anyhow!("a key is not UTF-8: {key:?}"))?;
+        decode_record(&mut r, key, value.as_ref()).with_context(|| format!("record {key:?} is damaged"))?;
+    }
+    if r.schema == 0 && !r.networks.is_empty() {
+        bail!("the store has records but no schema version");
+    }
+    if r.schema > SCHEMA_VERSION {
+        bail!(
+            "the store was written by a newer rustvlan (schema {}, this one knows {SCHEMA_VERSION})",
+            r.schema
+        );
+    }
+    Ok(r)
 }
 
 fn decode_record(r: &mut Records, key: &str, value: &[u8]) -> anyhow::Result<()> {
