@@ -3,6 +3,10 @@
 
 use crate::error::{Error, Result};
 
+/// The option dockerd names an endpoint's MAC with, in RequestAddress to IPAMs that ask
+/// for it (`rustvlan-dhcp`).
+pub const ENDPOINT_MAC_OPTION: &str = "com.docker.network.endpoint.macaddress";
+
 /// Checks option keys the way Docker users expect: a bare key (no dot) is rustvlan's to
 /// understand, so one it does not know is a typo and is refused with the valid keys and
 /// the nearest one; a namespaced key (`com.example.x`) belongs to some other tool, or to

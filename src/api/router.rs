@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::Instrument;
 
+use super::ipam;
 use super::wire::{
     ActivateResponse, AllocateNetworkResponse, CONTENT_TYPE, CreateEndpointRequest, CreateNetworkRequest,
     DiscoveryRequest, Empty, EndpointRequest, GwAllocCheckRequest, IpamCapabilities, JoinRequest, NetworkRequest,
@@ -328,8 +329,8 @@ fn ipam_routes<K: Kernel>(router: Router<Arc<Plugin<K>>>, ipam: IpamName) -> Rou
     use Api::Ipam;
     let dhcp = ipam == IpamName::RustvlanDhcp;
     let capabilities: fn(&Plugin<K>) -> IpamCapabilities = match ipam {
-        IpamName::Rustvlan => Plugin::ipam_capabilities,
-        IpamName::RustvlanDhcp => Plugin::dhcp_ipam_capabilities,
+        IpamName::Rustvlan => |_| ipam::capabilities(false),
+        IpamName::RustvlanDhcp => |_| ipam::capabilities(true),
     };
     router
         .route(
@@ -338,31 +339,35 @@ fn ipam_routes<K: Kernel>(router: Router<Arc<Plugin<K>>>, ipam: IpamName) -> Rou
         )
         .route(
             "/IpamDriver.GetDefaultAddressSpaces",
-            constant("IpamDriver.GetDefaultAddressSpaces", Plugin::address_spaces),
+            constant("IpamDriver.GetDefaultAddressSpaces", |_| ipam::address_spaces()),
         )
         .route(
             "/IpamDriver.RequestPool",
             route!(Ipam, "IpamDriver.RequestPool", |p, r: RequestPoolRequest| p
-                .request_pool_of(r, dhcp)
-                .await),
+                .request_pool(ipam::pool_request(r, dhcp))
+                .await
+                .map(ipam::pool_answer)),
         )
         .route(
             "/IpamDriver.ReleasePool",
             route!(Ipam, "IpamDriver.ReleasePool", |p, r: ReleasePoolRequest| p
-                .release_pool(r)
-                .await),
+                .release_pool(&r.pool_id)
+                .await
+                .map(|()| Empty {})),
         )
         .route(
             "/IpamDriver.RequestAddress",
-            route!(Ipam, "IpamDriver.RequestAddress", |p, r: RequestAddressRequest| p
-                .request_address(r)
-                .await),
+            route!(Ipam, "IpamDriver.RequestAddress", |p, r: RequestAddressRequest| {
+                let ask = ipam::address_request(r)?;
+                p.request_address(ask).await.map(ipam::address_answer)
+            }),
         )
         .route(
             "/IpamDriver.ReleaseAddress",
-            route!(Ipam, "IpamDriver.ReleaseAddress", |p, r: ReleaseAddressRequest| p
-                .release_address(r)
-                .await),
+            route!(Ipam, "IpamDriver.ReleaseAddress", |p, r: ReleaseAddressRequest| {
+                let ip = ipam::released_address(&r)?;
+                p.release_address(&r.pool_id, ip).await.map(|()| Empty {})
+            }),
         )
 }
 

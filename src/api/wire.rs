@@ -172,7 +172,7 @@ pub const ROUTE_TYPE_NEXT_HOP: u8 = 0;
 pub const GATEWAY_DATA: &str = "com.docker.network.gateway";
 
 /// RequestAddress's option with the endpoint's MAC, sent to IPAMs that ask for it.
-pub const ENDPOINT_MAC_OPTION: &str = "com.docker.network.endpoint.macaddress";
+pub use crate::keys::ENDPOINT_MAC_OPTION;
 
 #[derive(Debug, Serialize)]
 pub struct StaticRoute {

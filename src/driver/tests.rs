@@ -726,15 +726,17 @@ async fn state_survives_reopening_the_store() {
 
 mod sweeping {
     use super::*;
-    use crate::api::wire::{ReleasePoolRequest, RequestAddressRequest, RequestPoolRequest};
+    use crate::ipam::{AddressRequest, PoolRequest};
+    use crate::model::Family;
 
     async fn pool(p: &Plugin<FakeKernel>, cidr: &str) -> String {
-        p.request_pool(RequestPoolRequest {
+        p.request_pool(PoolRequest {
+            dhcp: false,
             address_space: "rustvlan-local".into(),
-            pool: Some(cidr.into()),
-            sub_pool: None,
-            options: None,
-            v6: Some(false),
+            pool: cidr.into(),
+            sub_pool: String::new(),
+            options: BTreeMap::new(),
+            family: Family::V4,
         })
         .await
         .unwrap()
@@ -742,17 +744,11 @@ mod sweeping {
     }
 
     async fn address(p: &Plugin<FakeKernel>, pool_id: &str, ip: &str, gateway: bool) {
-        let options = gateway.then(|| {
-            [(
-                "RequestAddressType".to_string(),
-                "com.docker.network.gateway".to_string(),
-            )]
-            .into()
-        });
-        p.request_address(RequestAddressRequest {
+        p.request_address(AddressRequest {
             pool_id: pool_id.into(),
-            address: Some(ip.into()),
-            options,
+            address: Some(ip.parse().unwrap()),
+            gateway,
+            options: BTreeMap::new(),
         })
         .await
         .unwrap();
@@ -840,7 +836,7 @@ mod sweeping {
         assert_eq!(now.pools_reclaimed, vec![claimed.clone()]);
         assert!(now.addresses_reclaimed.is_empty());
         assert_eq!(allocated(&p), vec!["10.88.0.1", "10.88.0.7"]);
-        p.release_pool(ReleasePoolRequest { pool_id: foreign }).await.unwrap();
+        p.release_pool(&foreign).await.unwrap();
     }
 
     #[tokio::test]

@@ -82,6 +82,27 @@ pub struct PoolRequest {
     pub family: Family,
 }
 
+/// One RequestAddress: a dynamic address, a named one, or the network's gateway.
+#[derive(Debug, Clone, Default)]
+pub struct AddressRequest {
+    pub pool_id: String,
+    /// The address asked for by name, if any.
+    pub address: Option<IpAddr>,
+    /// The network's gateway (bookkeeping: the LAN's router, not a container's).
+    pub gateway: bool,
+    /// The request's options, as dockerd sent them (the endpoint's MAC for a DHCP pool).
+    pub options: BTreeMap<String, String>,
+}
+
+/// A pool handed out.
+#[derive(Debug, Clone)]
+pub struct PoolGrant {
+    pub pool_id: String,
+    pub pool: IpNetwork,
+    /// Its addresses are leases from the LAN's DHCP server (`rustvlan-dhcp`).
+    pub dhcp: bool,
+}
+
 /// `--ipam-opt segment=NAME`: keeps apart two L2 segments that really reuse a subnet.
 pub const SEGMENT_OPTION: &str = "segment";
 

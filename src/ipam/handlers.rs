@@ -3,69 +3,27 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::wire::{
-    AddressSpacesResponse, Empty, IpamCapabilities, REQUEST_ADDRESS_TYPE, REQUEST_ADDRESS_TYPE_GATEWAY,
-    ReleaseAddressRequest, ReleasePoolRequest, RequestAddressRequest, RequestAddressResponse, RequestPoolRequest,
-    RequestPoolResponse,
-};
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
 use crate::error::Error;
 use crate::error::Result;
 use crate::ipam::{
-    Allocations, GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, PoolRequest, PoolScope, SCOPE_OPTION, SEGMENT_OPTION,
-    parse_address, pool_id,
+    AddressRequest, Allocations, PoolGrant, PoolRequest, PoolScope, SCOPE_OPTION, SEGMENT_OPTION, pool_id,
 };
 use crate::kernel::Kernel;
 use crate::keys::check_option_keys;
-use crate::model::Family;
 use crate::plugin::Plugin;
 
 /// Bare `--ipam-opt` keys rustvlan's IPAM understands.
 const IPAM_KEYS: &[&str] = &[SEGMENT_OPTION, SCOPE_OPTION];
 
 impl<K: Kernel> Plugin<K> {
-    pub fn ipam_capabilities(&self) -> IpamCapabilities {
-        // Allocations are durable, so dockerd need not replay pools and addresses after
-        // its restarts (replays were fragile in dockerd 20.10).
-        IpamCapabilities {
-            requires_mac_address: false,
-            requires_request_replay: false,
-        }
-    }
-
-    pub fn address_spaces(&self) -> AddressSpacesResponse {
-        AddressSpacesResponse {
-            local: LOCAL_ADDRESS_SPACE,
-            global: GLOBAL_ADDRESS_SPACE,
-        }
-    }
-
-    pub async fn request_pool(&self, req: RequestPoolRequest) -> Result<RequestPoolResponse> {
-        self.request_pool_of(req, false).await
-    }
-
-    /// RequestPool of `rustvlan` (`dhcp` false) or `rustvlan-dhcp`.
-    pub(crate) async fn request_pool_of(&self, req: RequestPoolRequest, dhcp: bool) -> Result<RequestPoolResponse> {
-        if let Some(options) = &req.options {
-            check_option_keys("IPAM option", options.keys().map(String::as_str), IPAM_KEYS)?;
-            if let Some(segment) = options.get(SEGMENT_OPTION) {
-                check_segment(segment)?;
-            }
-            if let Some(scope) = options.get(SCOPE_OPTION) {
-                scope.parse::<PoolScope>()?;
-            }
-        }
-        let request = PoolRequest {
-            dhcp,
-            address_space: req.address_space,
-            pool: req.pool.unwrap_or_default(),
-            sub_pool: req.sub_pool.unwrap_or_default(),
-            options: req.options.unwrap_or_default(),
-            family: if req.v6.unwrap_or(false) {
-                Family::V6
-            } else {
-                Family::V4
-            },
-        };
+    /// RequestPool of `rustvlan`, or of `rustvlan-dhcp` when `request.dhcp`.
+    pub async fn request_pool(&self, request: PoolRequest) -> Result<PoolGrant> {
+        check_ipam_options(&request.options)?;
+        let dhcp = request.dhcp;
         let record = if dhcp {
             self.check_no_dhcp_pool_being_bound(&request)?;
             // Leases are this host's: never shared through etcd.
@@ -79,72 +37,60 @@ impl<K: Kernel> Plugin<K> {
             self.allocations().request_pool(&request).await?
         };
         tracing::info!(pool_id = %pool_id(&record), dhcp, "pool allocated");
-        let mut data = BTreeMap::new();
-        if dhcp {
-            // dockerd takes this as the network's gateway instead of picking one (it
-            // still asks for a --gateway the user gave); each container's router comes
-            // from its lease at Join. The subnet's own address stands for "none".
-            data.insert(crate::api::wire::GATEWAY_DATA.to_string(), record.pool.to_string());
-        }
-        Ok(RequestPoolResponse {
+        Ok(PoolGrant {
             pool_id: pool_id(&record),
-            pool: record.pool.to_string(),
-            data,
+            pool: record.pool,
+            dhcp,
         })
     }
 
-    pub async fn release_pool(&self, req: ReleasePoolRequest) -> Result<Empty> {
-        self.release_pool_leases(&req.pool_id).await?;
-        let released = self.allocations().release_pool(&req.pool_id).await?;
+    pub async fn release_pool(&self, pool_id: &str) -> Result<()> {
+        self.release_pool_leases(pool_id).await?;
+        let released = self.allocations().release_pool(pool_id).await?;
         if released {
-            tracing::info!(pool_id = %req.pool_id, "pool released");
+            tracing::info!(pool_id, "pool released");
         } else {
-            tracing::debug!(pool_id = %req.pool_id, "release of an unknown pool: nothing to do");
+            tracing::debug!(pool_id, "release of an unknown pool: nothing to do");
         }
-        Ok(Empty {})
+        Ok(())
     }
 
-    pub async fn request_address(&self, req: RequestAddressRequest) -> Result<RequestAddressResponse> {
-        let address = match req.address.as_deref().filter(|a| !a.is_empty()) {
-            Some(text) => Some(parse_address("Address", text)?),
-            None => None,
-        };
-        let gateway = req
-            .options
-            .as_ref()
-            .and_then(|o| o.get(REQUEST_ADDRESS_TYPE))
-            .is_some_and(|t| t == REQUEST_ADDRESS_TYPE_GATEWAY);
-        if !gateway
-            && let Some(cidr) = self
-                .request_lease(&req.pool_id, address, req.options.as_ref().unwrap_or(&BTreeMap::new()))
-                .await?
+    /// A lease on a DHCP pool (unless it is the gateway), else an allocation.
+    pub async fn request_address(&self, ask: AddressRequest) -> Result<IpNetwork> {
+        if !ask.gateway
+            && let Some(cidr) = self.request_lease(&ask.pool_id, ask.address, &ask.options).await?
         {
-            return Ok(RequestAddressResponse {
-                address: cidr.to_string(),
-                data: BTreeMap::new(),
-            });
+            return Ok(cidr);
         }
         let cidr = self
             .allocations()
-            .request_address(&req.pool_id, address, gateway)
+            .request_address(&ask.pool_id, ask.address, ask.gateway)
             .await?;
-        tracing::debug!(pool_id = %req.pool_id, address = %cidr, gateway, "address allocated");
-        Ok(RequestAddressResponse {
-            address: cidr.to_string(),
-            data: BTreeMap::new(),
-        })
+        tracing::debug!(pool_id = %ask.pool_id, address = %cidr, gateway = ask.gateway, "address allocated");
+        Ok(cidr)
     }
 
-    pub async fn release_address(&self, req: ReleaseAddressRequest) -> Result<Empty> {
-        let ip = parse_address("Address", &req.address)?;
-        if self.release_lease(&req.pool_id, ip).await? {
-            return Ok(Empty {});
+    pub async fn release_address(&self, pool_id: &str, ip: IpAddr) -> Result<()> {
+        if self.release_lease(pool_id, ip).await? {
+            return Ok(());
         }
-        if !self.allocations().release_address(&req.pool_id, ip).await? {
-            tracing::debug!(pool_id = %req.pool_id, address = %ip, "release of an address not allocated: nothing to do");
+        if !self.allocations().release_address(pool_id, ip).await? {
+            tracing::debug!(pool_id, address = %ip, "release of an address not allocated: nothing to do");
         }
-        Ok(Empty {})
+        Ok(())
     }
+}
+
+/// `--ipam-opt`: the keys rustvlan knows, and their values.
+fn check_ipam_options(options: &BTreeMap<String, String>) -> Result<()> {
+    check_option_keys("IPAM option", options.keys().map(String::as_str), IPAM_KEYS)?;
+    if let Some(segment) = options.get(SEGMENT_OPTION) {
+        check_segment(segment)?;
+    }
+    if let Some(scope) = options.get(SCOPE_OPTION) {
+        scope.parse::<PoolScope>()?;
+    }
+    Ok(())
 }
 
 /// A segment names an L2 segment: a short word, the same on every host of it.

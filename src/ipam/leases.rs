@@ -6,10 +6,10 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::api::wire::{ENDPOINT_MAC_OPTION, IpamCapabilities};
 use crate::dhcp::{DhcpError, Granted, Identity};
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, LinkInfo};
+use crate::keys::ENDPOINT_MAC_OPTION;
 use crate::model::{DhcpEvent, IpvlanMode, LeaseRecord, LinkMode, MacAddr, NetworkRecord, PoolRecord, lease_key};
 use crate::plugin::Plugin;
 use crate::state::Change;
@@ -57,15 +57,6 @@ fn dhcp_error(e: DhcpError) -> Error {
 }
 
 impl<K: Kernel> Plugin<K> {
-    pub fn dhcp_ipam_capabilities(&self) -> IpamCapabilities {
-        // The MAC is what the lease is for: dockerd sends it with RequestAddress, and
-        // the same one to CreateEndpoint.
-        IpamCapabilities {
-            requires_mac_address: true,
-            requires_request_replay: false,
-        }
-    }
-
     /// A DHCP pool is bound to its network at CreateNetwork, by subnet: the newest
     /// unclaimed pool of that subnet. Two networks of one subnet (both without
     /// `--subnet`, say) being created at the same moment could take each other's pool,
