@@ -1,5 +1,6 @@
 //! The HTTP face of the plugin: wire types and the router.
 
+pub mod driver;
 mod ipam;
 mod router;
 pub mod wire;

@@ -17,12 +17,12 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::Instrument;
 
-use super::ipam;
 use super::wire::{
     ActivateResponse, AllocateNetworkResponse, CONTENT_TYPE, CreateEndpointRequest, CreateNetworkRequest,
     DiscoveryRequest, Empty, EndpointRequest, GwAllocCheckRequest, IpamCapabilities, JoinRequest, NetworkRequest,
     ReleaseAddressRequest, ReleasePoolRequest, RequestAddressRequest, RequestPoolRequest,
 };
+use super::{driver, ipam};
 use crate::error::{Error, ErrorKind};
 use crate::kernel::Kernel;
 use crate::metrics::Metrics;
@@ -403,52 +403,61 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
         // NetworkDriver
         .route(
             "/NetworkDriver.GetCapabilities",
-            constant("NetworkDriver.GetCapabilities", Plugin::driver_capabilities),
+            constant("NetworkDriver.GetCapabilities", |_| driver::capabilities()),
         )
         .route(
             "/NetworkDriver.GwAllocCheck",
             route!(Driver, "NetworkDriver.GwAllocCheck", |p, r: GwAllocCheckRequest| p
-                .gw_alloc_check(r)),
+                .gateway_needs(&r.options.unwrap_or_default())
+                .map(driver::gateway_answer)),
         )
         .route(
             "/NetworkDriver.CreateNetwork",
             route!(Driver, "NetworkDriver.CreateNetwork", |p, r: CreateNetworkRequest| p
-                .create_network(r)
-                .await),
+                .create_network(r.into())
+                .await
+                .map(|()| Empty {})),
         )
         .route(
             "/NetworkDriver.DeleteNetwork",
             route!(Driver, "NetworkDriver.DeleteNetwork", |p, r: NetworkRequest| p
-                .delete_network(r)
-                .await),
+                .delete_network(&r.network_id)
+                .await
+                .map(|()| Empty {})),
         )
         .route(
             "/NetworkDriver.CreateEndpoint",
             route!(Driver, "NetworkDriver.CreateEndpoint", |p, r: CreateEndpointRequest| p
-                .create_endpoint(r)
-                .await),
+                .create_endpoint(r.into())
+                .await
+                .map(driver::endpoint_answer)),
         )
         .route(
             "/NetworkDriver.EndpointOperInfo",
             route!(Driver, "NetworkDriver.EndpointOperInfo", |p, r: EndpointRequest| Ok(
-                p.endpoint_oper_info(r)
+                driver::oper_info_answer(p.endpoint_info(&r.endpoint_id))
             )),
         )
         .route(
             "/NetworkDriver.DeleteEndpoint",
             route!(Driver, "NetworkDriver.DeleteEndpoint", |p, r: EndpointRequest| p
-                .delete_endpoint(r)
-                .await),
+                .delete_endpoint(&r.into())
+                .await
+                .map(|()| Empty {})),
         )
         .route(
             "/NetworkDriver.Join",
-            route!(Driver, "NetworkDriver.Join", |p, r: JoinRequest| p.join(r).await),
+            route!(Driver, "NetworkDriver.Join", |p, r: JoinRequest| p
+                .join(r.into())
+                .await
+                .map(driver::join_answer)),
         )
         .route(
             "/NetworkDriver.Leave",
-            route!(Driver, "NetworkDriver.Leave", |p, r: EndpointRequest| Ok(p
-                .leave(r)
-                .await)),
+            route!(Driver, "NetworkDriver.Leave", |p, r: EndpointRequest| {
+                p.leave(&r.into()).await;
+                Ok(Empty {})
+            }),
         )
         .route(
             "/NetworkDriver.ProgramExternalConnectivity",

@@ -2,16 +2,11 @@
 //! MAC, host link name) is planned and written; its link is only made at Join, and on
 //! delete it is queued for the link reaper.
 
-use std::collections::BTreeMap;
-
 use ipnetwork::IpNetwork;
-use serde_json::json;
 
+use super::calls::{EndpointCreated, EndpointInfo, EndpointRef, EndpointSpec};
 use super::options::check_id;
 use super::{LINK_PREFIX, pending_delete};
-use crate::api::wire::{
-    CreateEndpointRequest, CreateEndpointResponse, Empty, EndpointOperInfoResponse, EndpointRequest, InterfaceAnswer,
-};
 use crate::error::{Error, Result};
 use crate::kernel::{IFNAME_MAX, Kernel};
 use crate::keys::check_option_keys;
@@ -25,16 +20,13 @@ use crate::util::short_id;
 const ENDPOINT_KEYS: &[&str] = &[];
 
 impl<K: Kernel> Plugin<K> {
-    pub async fn create_endpoint(&self, req: CreateEndpointRequest) -> Result<CreateEndpointResponse> {
+    pub async fn create_endpoint(&self, req: EndpointSpec) -> Result<EndpointCreated> {
         check_id("NetworkID", &req.network_id)?;
         check_id("EndpointID", &req.endpoint_id)?;
-        if let Some(options) = &req.options {
-            check_option_keys("endpoint option", options.keys().map(String::as_str), ENDPOINT_KEYS)?;
-        }
-        let iface = req.interface.unwrap_or_default();
-        let ipv4 = parse_endpoint_address("Interface.Address", iface.address.as_deref(), Family::V4)?;
-        let ipv6 = parse_endpoint_address("Interface.AddressIPv6", iface.address_ipv6.as_deref(), Family::V6)?;
-        let requested_mac = match iface.mac_address.as_deref().filter(|m| !m.is_empty()) {
+        check_option_keys("endpoint option", req.options.keys().map(String::as_str), ENDPOINT_KEYS)?;
+        let ipv4 = parse_endpoint_address("Interface.Address", req.ipv4.as_deref(), Family::V4)?;
+        let ipv6 = parse_endpoint_address("Interface.AddressIPv6", req.ipv6.as_deref(), Family::V6)?;
+        let requested_mac = match req.mac.as_deref().filter(|m| !m.is_empty()) {
             Some(text) => {
                 let mac: MacAddr = text
                     .parse()
@@ -100,7 +92,7 @@ impl<K: Kernel> Plugin<K> {
 
     /// Forgets the endpoint and queues its link for deletion off the request path:
     /// `docker run --rm` does not wait for the kernel's RCU grace period.
-    pub async fn delete_endpoint(&self, req: EndpointRequest) -> Result<Empty> {
+    pub async fn delete_endpoint(&self, req: &EndpointRef) -> Result<()> {
         let removed = self
             .commit(|state| match state.endpoints.get(&req.endpoint_id) {
                 Some(e) if e.network_id != req.network_id => Err(Error::invalid(format!(
@@ -129,23 +121,21 @@ impl<K: Kernel> Plugin<K> {
                 "delete of an unknown endpoint: nothing to do"
             ),
         }
-        Ok(Empty {})
+        Ok(())
     }
 
-    pub fn endpoint_oper_info(&self, req: EndpointRequest) -> EndpointOperInfoResponse {
+    /// None for an endpoint this store does not know.
+    pub fn endpoint_info(&self, endpoint_id: &str) -> Option<EndpointInfo> {
         let state = self.state();
-        let mut value = BTreeMap::new();
-        if let Some(e) = state.endpoints.get(&req.endpoint_id) {
-            value.insert("link_name".to_string(), json!(e.link_name));
-            if let Some(mac) = e.mac {
-                value.insert("mac_address".to_string(), json!(mac));
-            }
-            if let Some(n) = state.networks.get(&e.network_id) {
-                value.insert("parent".to_string(), json!(n.parent));
-                value.insert("mode".to_string(), json!(n.link.to_string()));
-            }
-        }
-        EndpointOperInfoResponse { value }
+        let e = state.endpoints.get(endpoint_id)?;
+        Some(EndpointInfo {
+            link_name: e.link_name.clone(),
+            mac: e.mac,
+            parent: state
+                .networks
+                .get(&e.network_id)
+                .map(|n| (n.parent.clone(), n.link.to_string())),
+        })
     }
 }
 
@@ -254,11 +244,9 @@ fn link_name_for(state: &State, endpoint_id: &str) -> String {
         .expect("an endless supply of names")
 }
 
-fn endpoint_answer(record: &EndpointRecord) -> CreateEndpointResponse {
-    // Only what dockerd left empty: a MAC rustvlan chose.
-    CreateEndpointResponse {
-        interface: record.mac.filter(|_| record.mac_generated).map(|mac| InterfaceAnswer {
-            mac_address: Some(mac.to_string()),
-        }),
+fn endpoint_answer(record: &EndpointRecord) -> EndpointCreated {
+    // Only what the caller left empty: a MAC rustvlan chose.
+    EndpointCreated {
+        chosen_mac: record.mac.filter(|_| record.mac_generated),
     }
 }

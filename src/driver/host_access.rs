@@ -21,8 +21,8 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+use super::calls::Route;
 use super::options::{HOST_AUX_ADDRESS, HostAccessRequest};
-use crate::api::wire::{ROUTE_TYPE_NEXT_HOP, StaticRoute};
 use crate::error::{Error, Result};
 use crate::ipam::allocator::{IpamChange, pool_id};
 use crate::kernel::{ChildLink, HostRoute, Kernel, LinkInfo};
@@ -298,7 +298,7 @@ impl<K: Kernel> Plugin<K> {
         &self,
         network: &NetworkRecord,
         endpoint: &EndpointRecord,
-    ) -> Result<Vec<StaticRoute>> {
+    ) -> Result<Vec<Route>> {
         let (Some(host), Some(address)) = (&network.host_access, endpoint.ipv4) else {
             return Ok(Vec::new());
         };
@@ -328,10 +328,9 @@ impl<K: Kernel> Plugin<K> {
         Ok(parent_addresses
             .iter()
             .filter(|a| a.ip() != host.address.ip())
-            .map(|a| StaticRoute {
-                destination: host_route_of(*a).to_string(),
-                route_type: ROUTE_TYPE_NEXT_HOP,
-                next_hop: Some(host.address.ip().to_string()),
+            .map(|a| Route::Via {
+                destination: host_route_of(*a),
+                next_hop: host.address.ip(),
             })
             .collect())
     }

@@ -1,11 +1,11 @@
 //! Join and Leave: the endpoint's link is made in the host namespace in one netlink
 //! round trip, and dockerd moves it into the container (and back at Leave).
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use ipnetwork::IpNetwork;
 
-use crate::api::wire::{
-    Empty, EndpointRequest, InterfaceName, JoinRequest, JoinResponse, ROUTE_TYPE_CONNECTED, StaticRoute,
-};
+use super::calls::{EndpointRef, JoinAnswer, JoinSpec, Route};
 use crate::error::{Error, Result};
 use crate::kernel::{ChildLink, Errno, Kernel, KernelError};
 use crate::model::{EndpointRecord, NetworkRecord};
@@ -13,9 +13,9 @@ use crate::plugin::Plugin;
 use crate::util::short_id;
 
 impl<K: Kernel> Plugin<K> {
-    pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
+    pub async fn join(&self, req: JoinSpec) -> Result<JoinAnswer> {
         let _topology = self.topology.read().await;
-        let (endpoint, network, wait_for_deletes) = self.join_targets(&req)?;
+        let (endpoint, network, wait_for_deletes) = self.join_targets(&req.endpoint)?;
         if wait_for_deletes {
             self.process_pending().await?;
         }
@@ -30,10 +30,10 @@ impl<K: Kernel> Plugin<K> {
                 return Err(err);
             }
         };
-        self.note_sandbox(&endpoint.id, req.sandbox_key.clone().filter(|k| !k.is_empty()));
+        self.note_sandbox(&endpoint.id, req.sandbox.filter(|k| !k.is_empty()));
         tracing::debug!(endpoint = short_id(&endpoint.id), link = %endpoint.link_name, "joined");
         let mut answer = join_answer(&network, &endpoint);
-        answer.static_routes.extend(host_routes);
+        answer.routes.extend(host_routes);
         // A DHCP lease's router is the gateway (rustvlan-dhcp pools have no other), and
         // its classless static routes (option 121) are the container's too.
         let lease_routing = match endpoint.ipv4 {
@@ -43,13 +43,12 @@ impl<K: Kernel> Plugin<K> {
             _ => None,
         };
         if let Some((router, routes)) = lease_routing {
-            answer.gateway = router.map(|r| r.to_string());
+            answer.gateway = router.map(IpAddr::V4);
             answer
-                .static_routes
-                .extend(routes.into_iter().map(|(destination, via)| StaticRoute {
-                    destination: destination.to_string(),
-                    route_type: crate::api::wire::ROUTE_TYPE_NEXT_HOP,
-                    next_hop: Some(via.to_string()),
+                .routes
+                .extend(routes.into_iter().map(|(destination, via)| Route::Via {
+                    destination: IpNetwork::V4(destination),
+                    next_hop: IpAddr::V4(via),
                 }));
         }
         Ok(answer)
@@ -57,7 +56,7 @@ impl<K: Kernel> Plugin<K> {
 
     /// The endpoint and network a Join is for, and whether a link being deleted stands
     /// in the way.
-    fn join_targets(&self, req: &JoinRequest) -> Result<(EndpointRecord, NetworkRecord, bool)> {
+    fn join_targets(&self, req: &EndpointRef) -> Result<(EndpointRecord, NetworkRecord, bool)> {
         let state = self.state();
         let endpoint = state
             .endpoints
@@ -156,7 +155,7 @@ impl<K: Kernel> Plugin<K> {
         Ok(())
     }
 
-    pub async fn leave(&self, req: EndpointRequest) -> Empty {
+    pub async fn leave(&self, req: &EndpointRef) {
         // dockerd moves the link back to the host itself; DeleteEndpoint removes it.
         self.note_sandbox(&req.endpoint_id, None);
         let records = {
@@ -170,47 +169,40 @@ impl<K: Kernel> Plugin<K> {
             self.leave_host_access(&network, &endpoint).await;
         }
         tracing::debug!(endpoint = short_id(&req.endpoint_id), "leave");
-        Empty {}
     }
 }
 
-fn join_answer(network: &NetworkRecord, endpoint: &EndpointRecord) -> JoinResponse {
+fn join_answer(network: &NetworkRecord, endpoint: &EndpointRecord) -> JoinAnswer {
     let gateway_for = |address: Option<IpNetwork>, subnets: &[crate::model::Subnet]| {
         let address = address?;
         subnets
             .iter()
             .find(|s| s.pool.contains(address.ip()))
             .and_then(|s| s.gateway)
-            .map(|g| g.ip().to_string())
+            .map(|g| g.ip())
     };
-    let mut answer = JoinResponse {
-        interface_name: InterfaceName {
-            src_name: endpoint.link_name.clone(),
-            dst_prefix: "eth".to_string(),
-        },
+    let mut answer = JoinAnswer {
+        link_name: endpoint.link_name.clone(),
+        name_prefix: "eth",
         gateway: None,
-        gateway_ipv6: None,
-        static_routes: Vec::new(),
-        // Never attach rustvlan containers to docker_gwbridge.
-        disable_gateway_service: true,
+        gateway_v6: None,
+        routes: Vec::new(),
     };
     if network.internal {
         return answer;
     }
     if network.link.is_routed() {
         // ipvlan l3/l3s: no gateway on the wire; everything leaves through the device.
-        for (address, destination) in [(endpoint.ipv4, "0.0.0.0/0"), (endpoint.ipv6, "::/0")] {
+        let unspecified: [IpAddr; 2] = [Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()];
+        for (address, any) in [endpoint.ipv4, endpoint.ipv6].into_iter().zip(unspecified) {
+            let destination = IpNetwork::new(any, 0).expect("0 is a valid prefix");
             if address.is_some() {
-                answer.static_routes.push(StaticRoute {
-                    destination: destination.to_string(),
-                    route_type: ROUTE_TYPE_CONNECTED,
-                    next_hop: None,
-                });
+                answer.routes.push(Route::Connected { destination });
             }
         }
     } else {
         answer.gateway = gateway_for(endpoint.ipv4, &network.ipv4);
-        answer.gateway_ipv6 = gateway_for(endpoint.ipv6, &network.ipv6);
+        answer.gateway_v6 = gateway_for(endpoint.ipv6, &network.ipv6);
     }
     answer
 }

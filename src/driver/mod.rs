@@ -5,6 +5,7 @@
 //! and records are removed *before* their links are deleted. A link whose record is
 //! missing carries rustvlan's mark (its group number) and is swept by [`Plugin::reconcile`].
 
+mod calls;
 mod endpoint;
 pub mod host_access;
 mod join;
@@ -13,10 +14,13 @@ pub mod options;
 mod reaper;
 mod reconcile;
 
+pub use calls::{
+    EndpointCreated, EndpointInfo, EndpointRef, EndpointSpec, GatewayNeeds, JoinAnswer, JoinSpec, NetworkSpec, Route,
+    SubnetSpec,
+};
 pub use reaper::LinkReaper;
 pub use reconcile::ReconcileReport;
 
-use crate::api::wire::{DataScope, DriverCapabilities};
 use crate::kernel::{Kernel, LinkInfo};
 use crate::model::{EndpointRecord, PendingDelete};
 use crate::plugin::Plugin;
@@ -28,14 +32,6 @@ impl<K: Kernel> Plugin<K> {
     /// Whether this store made the link: it carries the store's group number.
     pub(crate) fn is_ours(&self, link: &LinkInfo) -> bool {
         link.group == self.group
-    }
-
-    pub fn driver_capabilities(&self) -> DriverCapabilities {
-        DriverCapabilities {
-            scope: DataScope::Local,
-            connectivity_scope: DataScope::Global,
-            gw_alloc_checker: true,
-        }
     }
 }
 

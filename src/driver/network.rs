@@ -4,10 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::Value;
+
+use super::calls::{GatewayNeeds, NetworkSpec};
 use super::host_access::{choose_host_address, reserve_host_address};
 use super::options::{NetworkConfig, check_id, overlaps, parse_network_options, parse_subnets};
 use super::pending_delete;
-use crate::api::wire::{CreateNetworkRequest, Empty, GwAllocCheckRequest, GwAllocCheckResponse, NetworkRequest};
 use crate::error::{Error, Result};
 use crate::kernel::{Errno, Kernel, KernelError, LinkInfo};
 use crate::model::{EndpointRecord, Family, NetworkRecord, ParentKind, ParentRecord, Subnet};
@@ -23,24 +25,24 @@ impl<K: Kernel> Plugin<K> {
     /// networks without a parent (an isolated dummy), and ipvlan l3/l3s, which route
     /// through the device. There the first container gets the subnet's first address,
     /// and a /31 holds two containers.
-    pub fn gw_alloc_check(&self, req: GwAllocCheckRequest) -> Result<GwAllocCheckResponse> {
+    pub fn gateway_needs(&self, options: &BTreeMap<String, Value>) -> Result<GatewayNeeds> {
         // The network has no id yet; the id only names a dummy parent, not made here.
-        let config = parse_network_options(GW_CHECK_ID, req.options.as_ref().unwrap_or(&BTreeMap::new()))?;
-        let skip = config.internal || config.parent.is_dummy() || config.link.is_routed();
-        Ok(GwAllocCheckResponse {
-            skip_ipv4: skip,
-            skip_ipv6: skip,
+        let config = parse_network_options(GW_CHECK_ID, options)?;
+        let needed = !(config.internal || config.parent.is_dummy() || config.link.is_routed());
+        Ok(GatewayNeeds {
+            ipv4: needed,
+            ipv6: needed,
         })
     }
 
-    pub async fn create_network(&self, req: CreateNetworkRequest) -> Result<Empty> {
-        check_id("NetworkID", &req.network_id)?;
-        let config = parse_network_options(&req.network_id, req.options.as_ref().unwrap_or(&BTreeMap::new()))?;
-        let ipv4 = parse_subnets("IPv4Data", req.ipv4_data.as_deref().unwrap_or_default(), Family::V4)?;
-        let ipv6 = parse_subnets("IPv6Data", req.ipv6_data.as_deref().unwrap_or_default(), Family::V6)?;
+    pub async fn create_network(&self, spec: NetworkSpec) -> Result<()> {
+        check_id("NetworkID", &spec.network_id)?;
+        let config = parse_network_options(&spec.network_id, &spec.options)?;
+        let ipv4 = parse_subnets("IPv4Data", &spec.ipv4, Family::V4)?;
+        let ipv6 = parse_subnets("IPv6Data", &spec.ipv6, Family::V6)?;
         check_families(&config, &ipv4, &ipv6)?;
         let record = NetworkRecord {
-            id: req.network_id.clone(),
+            id: spec.network_id.clone(),
             link: config.link,
             parent: config.parent.name().to_string(),
             mtu: config.mtu,
@@ -64,7 +66,7 @@ impl<K: Kernel> Plugin<K> {
                 } == *existing
                     && existing.host_access.is_some() == config.host_access.is_some();
                 return if same {
-                    Ok(Empty {})
+                    Ok(())
                 } else {
                     Err(Error::conflict(format!(
                         "network {} already exists with other settings",
@@ -121,7 +123,7 @@ impl<K: Kernel> Plugin<K> {
             host_access = ?record.host_access.as_ref().map(|h| h.address),
             "network created"
         );
-        Ok(Empty {})
+        Ok(())
     }
 
     /// Finds the parent, or makes it (a VLAN, with its outer VLAN for QinQ, or a
@@ -186,9 +188,9 @@ impl<K: Kernel> Plugin<K> {
         Ok(link.index)
     }
 
-    pub async fn delete_network(&self, req: NetworkRequest) -> Result<Empty> {
+    pub async fn delete_network(&self, network_id: &str) -> Result<()> {
         let _topology = self.topology.write().await;
-        let id = req.network_id;
+        let id = network_id.to_string();
         let removed = self
             .commit(|state| {
                 let Some(network) = state.networks.get(&id) else {
@@ -211,7 +213,7 @@ impl<K: Kernel> Plugin<K> {
             .await?;
         let Some((network, stale, parents, last_host_access)) = removed else {
             tracing::debug!(network = short_id(&id), "delete of an unknown network: nothing to do");
-            return Ok(Empty {});
+            return Ok(());
         };
         // Routes and the shim go before the parent they hang off.
         self.tear_down_host_access(&network, &stale, last_host_access).await;
@@ -241,7 +243,7 @@ impl<K: Kernel> Plugin<K> {
             stale_endpoints = stale.len(),
             "network deleted"
         );
-        Ok(Empty {})
+        Ok(())
     }
 }
 

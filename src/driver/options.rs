@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::wire::IpamData;
+use super::calls::SubnetSpec;
 use crate::error::{Error, Result};
 use crate::ipam::allocator::{parse_address, parse_subnet};
 use crate::kernel::IFNAME_MAX;
@@ -562,7 +562,7 @@ fn parse_link_mode<'o>(o: &'o NetworkOptions) -> Result<LinkMode> {
 }
 
 /// Reads CreateNetwork's IPv4Data or IPv6Data: pools, gateways and aux addresses, all CIDR.
-pub fn parse_subnets(field: &str, data: &[IpamData], family: Family) -> Result<Vec<Subnet>> {
+pub fn parse_subnets(field: &str, data: &[SubnetSpec], family: Family) -> Result<Vec<Subnet>> {
     let mut subnets: Vec<Subnet> = Vec::with_capacity(data.len());
     for (i, d) in data.iter().enumerate() {
         let at = format!("{field}[{i}]");
@@ -588,7 +588,7 @@ pub fn parse_subnets(field: &str, data: &[IpamData], family: Family) -> Result<V
             None => None,
         };
         let mut aux_addresses = BTreeMap::new();
-        for (name, text) in d.aux_addresses.iter().flatten() {
+        for (name, text) in &d.aux_addresses {
             aux_addresses.insert(name.clone(), inside(&format!("{at}.AuxAddresses[{name}]"), text)?);
         }
         if let Some(other) = subnets.iter().find(|s| overlaps(&s.pool, &pool)) {
@@ -993,15 +993,15 @@ mod tests {
 
     #[test]
     fn subnets_are_checked() {
-        let data = |pool: &str, gw: Option<&str>| IpamData {
+        let data = |pool: &str, gw: Option<&str>| SubnetSpec {
             address_space: "rustvlan-local".into(),
             pool: pool.into(),
             gateway: gw.map(str::to_string),
-            aux_addresses: None,
+            aux_addresses: BTreeMap::new(),
         };
         let s = parse_subnets("IPv4Data", &[data("10.77.0.0/24", Some("10.77.0.1/24"))], Family::V4).unwrap();
         assert_eq!(s[0].gateway.unwrap().to_string(), "10.77.0.1/24");
-        let e = |d: Vec<IpamData>, family| {
+        let e = |d: Vec<SubnetSpec>, family| {
             parse_subnets(if family == Family::V6 { "IPv6Data" } else { "IPv4Data" }, &d, family)
                 .unwrap_err()
                 .message
@@ -1027,7 +1027,7 @@ mod tests {
             "IPv4Data[1].Pool 10.77.3.0/24 overlaps 10.77.0.0/16 of the same network"
         );
         let mut aux = data("10.77.0.0/24", None);
-        aux.aux_addresses = Some([("h".to_string(), "10.99.0.5/24".to_string())].into());
+        aux.aux_addresses = [("h".to_string(), "10.99.0.5/24".to_string())].into();
         assert_eq!(
             e(vec![aux], Family::V4),
             "IPv4Data[0].AuxAddresses[h] 10.99.0.5 is outside subnet 10.77.0.0/24"

@@ -6,10 +6,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::api::wire::{
-    CreateEndpointRequest, CreateNetworkRequest, EndpointInterface, EndpointRequest, GwAllocCheckRequest, IpamData,
-    JoinRequest, NetworkRequest,
-};
+use super::{EndpointRef, EndpointSpec, JoinSpec, NetworkSpec, SubnetSpec};
+use crate::api::driver::join_answer;
 use crate::error::ErrorKind;
 use crate::kernel::fake::FakeKernel;
 use crate::kernel::{ChildLink, Errno, Kernel, LinkType};
@@ -50,57 +48,48 @@ const NET_B: &str = "bbbbbbbbbbbb22222222222222222222222222222222222222222222222
 const EP_1: &str = "111111111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const EP_2: &str = "222222222222bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
-fn network(id: &str, generic: Value, subnet: &str, gateway: &str) -> CreateNetworkRequest {
+fn network(id: &str, generic: Value, subnet: &str, gateway: &str) -> NetworkSpec {
     let mut options = BTreeMap::new();
     options.insert("com.docker.network.generic".to_string(), generic);
     options.insert("com.docker.network.enable_ipv6".to_string(), json!(false));
-    CreateNetworkRequest {
+    NetworkSpec {
         network_id: id.to_string(),
-        options: Some(options),
-        ipv4_data: Some(vec![IpamData {
+        options,
+        ipv4: vec![SubnetSpec {
             address_space: "rustvlan-local".into(),
             pool: subnet.into(),
             gateway: Some(gateway.into()),
-            aux_addresses: None,
-        }]),
-        ipv6_data: Some(vec![]),
+            aux_addresses: BTreeMap::new(),
+        }],
+        ipv6: vec![],
     }
 }
 
-fn internal(mut req: CreateNetworkRequest) -> CreateNetworkRequest {
-    req.options
-        .as_mut()
-        .unwrap()
-        .insert("com.docker.network.internal".into(), json!(true));
+fn internal(mut req: NetworkSpec) -> NetworkSpec {
+    req.options.insert("com.docker.network.internal".into(), json!(true));
     req
 }
 
-fn endpoint(net: &str, ep: &str, address: &str, mac: &str) -> CreateEndpointRequest {
-    CreateEndpointRequest {
+fn endpoint(net: &str, ep: &str, address: &str, mac: &str) -> EndpointSpec {
+    EndpointSpec {
         network_id: net.into(),
         endpoint_id: ep.into(),
-        interface: Some(EndpointInterface {
-            address: Some(address.into()),
-            address_ipv6: Some(String::new()),
-            mac_address: Some(mac.into()),
-        }),
-        options: None,
+        ipv4: Some(address.into()),
+        ipv6: Some(String::new()),
+        mac: Some(mac.into()),
+        options: BTreeMap::new(),
     }
 }
 
-fn join(net: &str, ep: &str) -> JoinRequest {
-    JoinRequest {
-        network_id: net.into(),
-        endpoint_id: ep.into(),
-        sandbox_key: Some("/var/run/docker/netns/x".into()),
+fn join(net: &str, ep: &str) -> JoinSpec {
+    JoinSpec {
+        endpoint: EndpointRef::new(net, ep),
+        sandbox: Some("/var/run/docker/netns/x".into()),
     }
 }
 
-fn ep_req(net: &str, ep: &str) -> EndpointRequest {
-    EndpointRequest {
-        network_id: net.into(),
-        endpoint_id: ep.into(),
-    }
+fn ep_req(net: &str, ep: &str) -> EndpointRef {
+    EndpointRef::new(net, ep)
 }
 
 #[tokio::test]
@@ -119,14 +108,14 @@ async fn macvlan_endpoint_lifecycle() {
         .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
         .await
         .unwrap();
-    let mac = answer.interface.unwrap().mac_address.unwrap();
-    assert!(mac.starts_with(|c: char| c.is_ascii_hexdigit()));
+    let mac = answer.chosen_mac.unwrap();
+    assert_eq!(mac.0[0] & 0x03, 0x02, "{mac} must be a local unicast MAC");
     // A repeated CreateEndpoint answers the same.
     let again = p
         .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
         .await
         .unwrap();
-    assert_eq!(again.interface.unwrap().mac_address.unwrap(), mac);
+    assert_eq!(again.chosen_mac.unwrap(), mac);
     let other = p
         .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.3/24", ""))
         .await
@@ -137,17 +126,16 @@ async fn macvlan_endpoint_lifecycle() {
     );
 
     let joined = p.join(join(NET_A, EP_1)).await.unwrap();
-    assert_eq!(joined.interface_name.src_name, "rv111111111111");
-    assert_eq!(joined.interface_name.dst_prefix, "eth");
-    assert_eq!(joined.gateway.as_deref(), Some("10.77.0.1"), "bare IP, not CIDR");
-    assert!(joined.static_routes.is_empty());
-    assert!(joined.disable_gateway_service);
+    assert_eq!(joined.link_name, "rv111111111111");
+    assert_eq!(joined.name_prefix, "eth");
+    assert_eq!(joined.gateway, Some("10.77.0.1".parse().unwrap()));
+    assert!(joined.routes.is_empty());
     let link = p.kernel.get("rv111111111111").unwrap();
     assert_eq!(link.kind, LinkType::Macvlan);
     assert_eq!(link.group, p.group, "marked as this store's");
     assert_eq!(link.parent_index, Some(p.kernel.get("eth0").unwrap().index));
 
-    p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
+    p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
     // The link goes off the request path: queued, then deleted by the deleter.
     assert!(p.kernel.get("rv111111111111").is_some());
     assert!(p.state().pending.contains_key("rv111111111111"));
@@ -155,17 +143,9 @@ async fn macvlan_endpoint_lifecycle() {
     assert!(p.kernel.get("rv111111111111").is_none());
     assert!(p.state().pending.is_empty());
     // Idempotent.
-    p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
-    p.delete_network(NetworkRequest {
-        network_id: NET_A.into(),
-    })
-    .await
-    .unwrap();
-    p.delete_network(NetworkRequest {
-        network_id: NET_A.into(),
-    })
-    .await
-    .unwrap();
+    p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
+    p.delete_network(NET_A).await.unwrap();
+    p.delete_network(NET_A).await.unwrap();
     assert_eq!(p.kernel.names(), vec!["eth0", "eth1"]);
     assert!(p.state().networks.is_empty() && p.state().endpoints.is_empty());
 }
@@ -187,7 +167,7 @@ async fn requested_mac_is_used_and_not_returned() {
         .await
         .unwrap();
     assert!(
-        answer.interface.is_none(),
+        answer.chosen_mac.is_none(),
         "only fields dockerd left empty are answered"
     );
     assert_eq!(p.state().endpoints[EP_1].mac.unwrap().to_string(), "02:11:22:33:44:55");
@@ -241,10 +221,10 @@ async fn ipvlan_l3_gets_connected_default_routes_and_refuses_macs() {
         .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
         .await
         .unwrap();
-    assert!(answer.interface.is_none(), "ipvlan answers no MAC");
+    assert!(answer.chosen_mac.is_none(), "ipvlan answers no MAC");
     let joined = p.join(join(NET_A, EP_1)).await.unwrap();
     assert_eq!(joined.gateway, None);
-    let routes = serde_json::to_value(&joined.static_routes).unwrap();
+    let routes = serde_json::to_value(join_answer(joined).static_routes).unwrap();
     assert_eq!(routes, json!([{"Destination": "0.0.0.0/0", "RouteType": 1}]));
     assert_eq!(p.kernel.get("rv111111111111").unwrap().kind, LinkType::Ipvlan);
     assert_eq!(
@@ -304,7 +284,7 @@ async fn a_failed_join_leaves_no_link_and_leftovers_are_judged_by_their_mark() {
         err.message,
         "interface name rv111111111111 is taken by a link rustvlan did not make; remove that link"
     );
-    p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
+    p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
     assert!(
         p.kernel.get("rv111111111111").is_some(),
         "DeleteEndpoint leaves a foreign link alone"
@@ -447,17 +427,9 @@ async fn vlan_parents_are_made_shared_and_removed_with_their_last_network() {
     .await
     .unwrap();
     assert_eq!(p.state().networks[NET_B].parent, "eth0.10");
-    p.delete_network(NetworkRequest {
-        network_id: NET_A.into(),
-    })
-    .await
-    .unwrap();
+    p.delete_network(NET_A).await.unwrap();
     assert!(p.kernel.get("eth0.10").is_some(), "still used by the other network");
-    p.delete_network(NetworkRequest {
-        network_id: NET_B.into(),
-    })
-    .await
-    .unwrap();
+    p.delete_network(NET_B).await.unwrap();
     assert!(p.kernel.get("eth0.10").is_none(), "made by rustvlan, last user gone");
     assert!(p.state().parents.is_empty());
 }
@@ -477,11 +449,7 @@ async fn a_vlan_parent_rustvlan_did_not_make_is_kept() {
     .await
     .unwrap();
     assert!(p.state().parents.is_empty());
-    p.delete_network(NetworkRequest {
-        network_id: NET_A.into(),
-    })
-    .await
-    .unwrap();
+    p.delete_network(NET_A).await.unwrap();
     assert!(p.kernel.get("eth0.20").is_some());
 }
 
@@ -562,7 +530,7 @@ async fn internal_networks_keep_their_parent_and_get_no_gateway() {
         .unwrap();
     let joined = p.join(join(NET_B, EP_2)).await.unwrap();
     assert_eq!(joined.gateway, None);
-    assert!(joined.static_routes.is_empty());
+    assert!(joined.routes.is_empty());
 }
 
 #[tokio::test]
@@ -579,13 +547,9 @@ async fn internal_networks_without_a_parent_get_a_dummy_and_no_gateway() {
         .unwrap();
     let joined = p.join(join(NET_A, EP_1)).await.unwrap();
     assert_eq!(joined.gateway, None);
-    assert!(joined.static_routes.is_empty());
-    p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
-    p.delete_network(NetworkRequest {
-        network_id: NET_A.into(),
-    })
-    .await
-    .unwrap();
+    assert!(joined.routes.is_empty());
+    p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
+    p.delete_network(NET_A).await.unwrap();
     assert!(p.kernel.get("dm-aaaaaaaaaaaa").is_none());
 }
 
@@ -622,11 +586,7 @@ async fn delete_network_cleans_stale_endpoints() {
         .await
         .unwrap();
     p.join(join(NET_A, EP_1)).await.unwrap();
-    p.delete_network(NetworkRequest {
-        network_id: NET_A.into(),
-    })
-    .await
-    .unwrap();
+    p.delete_network(NET_A).await.unwrap();
     assert!(p.kernel.get("rv111111111111").is_none());
     assert!(p.state().endpoints.is_empty());
 }
@@ -827,11 +787,7 @@ mod sweeping {
         address(&p, &foreign, "10.88.0.1", true).await;
         address(&p, &foreign, "10.88.0.7", false).await;
         // The network goes but dockerd never released its pool.
-        p.delete_network(NetworkRequest {
-            network_id: NET_A.into(),
-        })
-        .await
-        .unwrap();
+        p.delete_network(NET_A).await.unwrap();
         let now = p.sweep(true).await.unwrap();
         assert_eq!(now.pools_reclaimed, vec![claimed.clone()]);
         assert!(now.addresses_reclaimed.is_empty());
@@ -894,7 +850,7 @@ mod queued_deletes {
             joined(&p, id, &format!("10.77.0.{}/24", n + 2), "").await;
         }
         for id in &ids {
-            p.delete_endpoint(ep_req(NET_A, id)).await.unwrap();
+            p.delete_endpoint(&ep_req(NET_A, id)).await.unwrap();
         }
         assert_eq!(p.state().pending.len(), 5);
         // A new endpoint whose id starts like a queued link's name gets another name.
@@ -945,7 +901,7 @@ mod queued_deletes {
         .await
         .unwrap();
         joined(&p, EP_1, "10.77.0.2/24", "").await;
-        p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
+        p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
         // The passthru parent is free again only once the old link is gone.
         joined(&p, EP_2, "10.77.0.3/24", "").await;
         assert!(p.state().pending.is_empty());
@@ -966,7 +922,7 @@ mod queued_deletes {
             .await
             .unwrap();
             joined(&p, EP_1, "10.77.0.2/24", "").await;
-            p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
+            p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
             // The process dies before the deleter ran.
         }
         let k = kernel();
@@ -1036,11 +992,9 @@ async fn gateways_are_skipped_where_containers_get_none() {
         if internal {
             options.insert("com.docker.network.internal".to_string(), json!(true));
         }
-        let answer = p
-            .gw_alloc_check(GwAllocCheckRequest { options: Some(options) })
-            .unwrap();
-        assert_eq!(answer.skip_ipv4, answer.skip_ipv6);
-        answer.skip_ipv4
+        let needs = p.gateway_needs(&options).unwrap();
+        assert_eq!(needs.ipv4, needs.ipv6);
+        !needs.ipv4
     };
     assert!(
         !check(json!({"parent": "eth0"}), false),
@@ -1053,12 +1007,10 @@ async fn gateways_are_skipped_where_containers_get_none() {
         "ipvlan l3 routes through the device"
     );
     let err = p
-        .gw_alloc_check(GwAllocCheckRequest {
-            options: Some(BTreeMap::from([(
-                "com.docker.network.generic".to_string(),
-                json!({"macvlan_mod": "bridge"}),
-            )])),
-        })
+        .gateway_needs(&BTreeMap::from([(
+            "com.docker.network.generic".to_string(),
+            json!({"macvlan_mod": "bridge"}),
+        )]))
         .unwrap_err();
     assert!(err.message.contains("did you mean macvlan_mode?"), "{}", err.message);
 }
@@ -1076,7 +1028,7 @@ async fn unknown_bare_endpoint_options_are_refused_and_namespaced_ones_ignored()
     .await
     .unwrap();
     let mut req = endpoint(NET_A, EP_1, "10.77.0.2/24", "");
-    req.options = Some(BTreeMap::from([("colour".to_string(), json!("blue"))]));
+    req.options = BTreeMap::from([("colour".to_string(), json!("blue"))]);
     let err = p.create_endpoint(req).await.unwrap_err();
     assert_eq!(
         err.message,
@@ -1085,10 +1037,10 @@ async fn unknown_bare_endpoint_options_are_refused_and_namespaced_ones_ignored()
     );
     assert!(p.state().endpoints.is_empty());
     let mut req = endpoint(NET_A, EP_1, "10.77.0.2/24", "");
-    req.options = Some(BTreeMap::from([
+    req.options = BTreeMap::from([
         ("com.docker.network.endpoint.ifname".to_string(), json!("foo0")),
         ("com.docker.network.portmap".to_string(), json!([])),
-    ]));
+    ]);
     p.create_endpoint(req).await.unwrap();
 }
 
@@ -1098,18 +1050,18 @@ async fn ipv6_only_networks_and_family_mismatches() {
     let p = open(&dir, kernel());
     let v6_only = |id: &str, enable_ipv4: bool, with_v4: bool| {
         let mut req = network(id, json!({"parent": "eth0"}), "10.79.0.0/24", "10.79.0.1/24");
-        let options = req.options.as_mut().unwrap();
-        options.insert("com.docker.network.enable_ipv4".into(), json!(enable_ipv4));
-        options.insert("com.docker.network.enable_ipv6".into(), json!(true));
+        req.options
+            .insert("com.docker.network.enable_ipv4".into(), json!(enable_ipv4));
+        req.options.insert("com.docker.network.enable_ipv6".into(), json!(true));
         if !with_v4 {
-            req.ipv4_data = Some(vec![]);
+            req.ipv4 = vec![];
         }
-        req.ipv6_data = Some(vec![IpamData {
+        req.ipv6 = vec![SubnetSpec {
             address_space: "rustvlan-local".into(),
             pool: "fd00:79::/64".into(),
             gateway: None,
-            aux_addresses: None,
-        }]);
+            aux_addresses: BTreeMap::new(),
+        }];
         req
     };
     let err = p.create_network(v6_only(NET_A, true, false)).await.unwrap_err();
@@ -1123,7 +1075,7 @@ async fn ipv6_only_networks_and_family_mismatches() {
     assert!(p.state().networks.is_empty());
     p.create_network(v6_only(NET_A, false, false)).await.unwrap();
     let mut req = endpoint(NET_A, EP_1, "", "");
-    req.interface.as_mut().unwrap().address_ipv6 = Some("fd00:79::2/64".into());
+    req.ipv6 = Some("fd00:79::2/64".into());
     p.create_endpoint(req).await.unwrap();
     let joined = p.join(join(NET_A, EP_1)).await.unwrap();
     assert_eq!(joined.gateway, None);
@@ -1157,7 +1109,7 @@ mod status {
             .unwrap();
         let joined = p.join(join(NET_A, EP_1)).await.unwrap();
         p.kernel
-            .move_into(&joined.interface_name.src_name, std::path::Path::new(SANDBOX), "eth0");
+            .move_into(&joined.link_name, std::path::Path::new(SANDBOX), "eth0");
         p
     }
 
@@ -1185,7 +1137,7 @@ mod status {
     async fn leave_forgets_the_sandbox() {
         let dir = test_store();
         let p = joined_plugin(&dir).await;
-        p.leave(ep_req(NET_A, EP_1)).await;
+        p.leave(&ep_req(NET_A, EP_1)).await;
         let records = p.dump().await.unwrap();
         assert_eq!(records.endpoints[EP_1].sandbox, None);
         // dockerd moved the link back: in the host namespace again.
@@ -1297,7 +1249,7 @@ mod status {
         let mut first = report(&p).await;
         assert_eq!(first.drift.len(), 1);
         // The container was removed meanwhile: the second look has no such endpoint.
-        p.leave(ep_req(NET_A, EP_1)).await;
+        p.leave(&ep_req(NET_A, EP_1)).await;
         let second = report(&p).await;
         first.confirm_drift(&second);
         assert_eq!(first.drift, vec![]);
@@ -1320,8 +1272,8 @@ mod status {
     }
 }
 
-fn with_host_aux(mut req: CreateNetworkRequest, aux: &str) -> CreateNetworkRequest {
-    req.ipv4_data.as_mut().unwrap()[0].aux_addresses = Some([("host".to_string(), aux.to_string())].into());
+fn with_host_aux(mut req: NetworkSpec, aux: &str) -> NetworkSpec {
+    req.ipv4[0].aux_addresses = [("host".to_string(), aux.to_string())].into();
     req
 }
 
@@ -1351,7 +1303,7 @@ async fn host_access_with_an_aux_address_makes_one_shim_with_routes_and_cleans_u
         .await
         .unwrap();
     let answer = p.join(join(NET_A, EP_1)).await.unwrap();
-    let routes = serde_json::to_value(&answer.static_routes).unwrap();
+    let routes = serde_json::to_value(join_answer(answer).static_routes).unwrap();
     assert_eq!(
         routes,
         json!([{"Destination": "10.77.0.2/32", "RouteType": 0, "NextHop": "10.77.0.250"}])
@@ -1363,13 +1315,9 @@ async fn host_access_with_an_aux_address_makes_one_shim_with_routes_and_cleans_u
     assert!(report.orphan_links_deleted.is_empty(), "{report:?}");
     assert!(p.kernel.get(&shim).is_some());
 
-    p.delete_endpoint(ep_req(NET_A, EP_1)).await.unwrap();
+    p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
     assert!(p.kernel.routes().is_empty());
-    p.delete_network(NetworkRequest {
-        network_id: NET_A.into(),
-    })
-    .await
-    .unwrap();
+    p.delete_network(NET_A).await.unwrap();
     assert!(p.kernel.get(&shim).is_none(), "the last network takes the shim");
 }
 
@@ -1427,18 +1375,10 @@ async fn qinq_outer_vlan_is_shared_and_goes_with_the_last_inner_one() {
     assert_eq!(p.kernel.get("eth0.100.20").unwrap().parent_index, Some(outer.index));
     assert_eq!(p.state().parents.len(), 3);
 
-    p.delete_network(NetworkRequest {
-        network_id: NET_A.into(),
-    })
-    .await
-    .unwrap();
+    p.delete_network(NET_A).await.unwrap();
     assert!(p.kernel.get("eth0.100.10").is_none());
     assert!(p.kernel.get("eth0.100").is_some(), "eth0.100.20 still hangs off it");
-    p.delete_network(NetworkRequest {
-        network_id: NET_B.into(),
-    })
-    .await
-    .unwrap();
+    p.delete_network(NET_B).await.unwrap();
     assert!(p.kernel.get("eth0.100").is_none(), "gone with the last inner VLAN");
     assert!(p.state().parents.is_empty());
 }
