@@ -2,13 +2,14 @@
 """The layer rule of src/: every file imports only downwards, and no files import
 each other in a circle.
 
-    python3 scripts/layers.py [--tree DIR] [--baseline FILE | --no-baseline]
+    python3 scripts/layers.py [--tree DIR]
 
 Layers, lowest first (README "Where things are"):
   core     pure types and decisions: model, state, error, util, keys, drift, the allocator
   adapter  speaks to the outside: kernel, store, etcd, dhcp, metrics
-  ledger   the state behind its lock, the journal, commit: plugin
+  ledger   the state behind its lock, the journal, commit and its hooks: ledger
   service  driver, ipam (each never imports the other)
+  engine   the ledger and the two services put together: plugin
   edge     Docker's wire format and router, the dump, status
   app      server, cli, client, main, lib
 
@@ -16,11 +17,6 @@ A file may import a lower layer, or its own component (driver from driver); core
 and app files may use others of their layer; adapters may also use metrics, and the
 two services never import each other. An import is every `crate::a::b` path and every `super::` path
 in code (comments stripped), resolved to the longest file module it names.
-
-Until the engine is split (issue 23), the imports that break the rule today are listed
-in scripts/layers-baseline.txt: the check fails on any edge not listed there (a new
-violation) and on a listed edge that no longer occurs (the list must shrink with the
-code). --no-baseline shows every violation.
 """
 
 import argparse
@@ -28,7 +24,7 @@ import os
 import re
 import sys
 
-LAYERS = ["core", "adapter", "ledger", "service", "edge", "app"]
+LAYERS = ["core", "adapter", "ledger", "service", "engine", "edge", "app"]
 
 # Module (as in `crate::a::b`) -> layer; a module not listed takes its parent's layer.
 MODULE_LAYER = {
@@ -45,7 +41,8 @@ MODULE_LAYER = {
     "etcd": "adapter",
     "dhcp": "adapter",
     "metrics": "adapter",
-    "plugin": "ledger",
+    "ledger": "ledger",
+    "plugin": "engine",
     "driver": "service",
     "ipam": "service",
     "api": "edge",
@@ -254,8 +251,6 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser()
     ap.add_argument("--tree", default=os.path.dirname(here))
-    ap.add_argument("--baseline", default=os.path.join(here, "layers-baseline.txt"))
-    ap.add_argument("--no-baseline", action="store_true")
     args = ap.parse_args()
     src = os.path.join(args.tree, "src")
     files, edges = graph(src)
@@ -266,24 +261,13 @@ def main():
             if not allowed(own, t):
                 found.add(f"{own} -> {t}  ({layer_of(own)} imports {layer_of(t)})")
     # A circle is listed once, as its files.
-    for comp in circles({k: v for k, v in edges.items()}):
+    for comp in circles(edges):
         found.add("circle: " + " ".join(comp))
 
-    baseline = set()
-    if not args.no_baseline and os.path.exists(args.baseline):
-        for line in open(args.baseline, encoding="utf-8"):
-            line = line.split("#")[0].strip()
-            if line:
-                baseline.add(line)
-    new = sorted(found - baseline)
-    gone = sorted(baseline - found)
-    print(f"layers: {len(files)} files, {sum(map(len, edges.values()))} imports, "
-          f"{len(found)} against the rule ({len(found & baseline)} known, listed in {os.path.basename(args.baseline)})")
-    for line in new:
+    print(f"layers: {len(files)} files, {sum(map(len, edges.values()))} imports, {len(found)} against the rule")
+    for line in sorted(found):
         print(f"layers: AGAINST THE RULE: {line}")
-    for line in gone:
-        print(f"layers: fixed, remove it from the baseline: {line}")
-    return 1 if new or gone else 0
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

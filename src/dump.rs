@@ -185,10 +185,10 @@ impl<K: Kernel> Plugin<K> {
     pub async fn dump(&self) -> Result<StateDump> {
         // The store is read, not the memory: first let every write so far reach it (the
         // sandbox notes of Join and Leave do not wait for the disk themselves).
-        self.commit(|_| Ok(((), Vec::new()))).await?;
+        self.ledger.commit(|_| Ok(((), Vec::new()))).await?;
         let mut dump = {
-            let state = self.state();
-            let records = self.journal.records().map_err(|e| Error::store(&e))?;
+            let state = self.ledger.state();
+            let records = self.ledger.journal.records().map_err(|e| Error::store(&e))?;
             let mut dump = StateDump::of_records(&records);
             let mut unbound: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
             for (seq, ip) in crate::ipam::reclaim::unbound_addresses(&state) {
@@ -201,14 +201,14 @@ impl<K: Kernel> Plugin<K> {
         };
         // Both at once: etcd's answer may take its 2 s when it has no quorum.
         let etcd_trouble = async {
-            match &self.shared {
+            match &self.ipam.shared {
                 Some(s) => s.trouble().await,
                 None => None,
             }
         };
-        let (kernel, trouble) = tokio::join!(self.kernel_view(), etcd_trouble);
+        let (kernel, trouble) = tokio::join!(self.driver.kernel_view(), etcd_trouble);
         dump.kernel = Some(kernel);
-        dump.shared = self.shared.as_ref().map(|s| SharedDump {
+        dump.shared = self.ipam.shared.as_ref().map(|s| SharedDump {
             host_id: s.host().to_string(),
             endpoints: s.endpoints().to_string(),
             connected: s.is_connected(),

@@ -19,6 +19,7 @@ pub mod etcd;
 pub mod ipam;
 pub mod kernel;
 pub mod keys;
+pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod plugin;

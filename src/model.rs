@@ -315,7 +315,7 @@ pub struct EndpointRecord {
     pub ipv6: Option<IpNetwork>,
     /// The container's network namespace (Join's SandboxKey) while the endpoint is
     /// joined, so that `rustvlan status` can look for its link there. Recorded without
-    /// waiting for the disk (see [`crate::plugin::Plugin::note`]).
+    /// waiting for the disk (see [`crate::ledger::Ledger::note_sandbox`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
 }

@@ -70,7 +70,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::debug!("connections still open after the drain period; closing them");
         servers.abort_all();
     }
-    if let Some(etcd) = plugin.shared.as_ref().and_then(|s| s.etcd().ok()) {
+    if let Some(etcd) = plugin.ipam.shared.as_ref().and_then(|s| s.etcd().ok()) {
         etcd.retire().await;
     }
     let flushed = store.flush();
@@ -103,21 +103,21 @@ async fn open_plugin(config: &ServeConfig) -> anyhow::Result<(Arc<Store>, Arc<Pl
     let plugin = Arc::new(plugin);
     if let Some(etcd) = config.etcd.clone() {
         connect_etcd(&plugin, etcd).await?;
-        tokio::spawn(Arc::clone(&plugin).drain_shared_releases());
+        tokio::spawn(Arc::clone(&plugin.ipam).drain_shared_releases());
     }
     Ok((store, plugin))
 }
 
 /// The start-up reconcile, then the tasks that run for as long as rustvlan does.
 async fn start_background_work(plugin: &Arc<Plugin<NetlinkKernel>>, config: &ServeConfig) {
-    if let Err(e) = plugin.reconcile().await {
+    if let Err(e) = plugin.driver.reconcile().await {
         // Serving without a reconcile is better than not serving: dockerd's calls still
         // work, and the next start retries.
         tracing::warn!("reconcile with the kernel failed: {e}");
     }
     spawn_sweeper(Arc::clone(plugin), config.reclaim_after).await;
-    tokio::spawn(Arc::clone(plugin).run_deleter());
-    tokio::spawn(Arc::clone(plugin).renew_leases());
+    tokio::spawn(Arc::clone(&plugin.driver).run_deleter());
+    tokio::spawn(Arc::clone(&plugin.ipam).renew_leases());
 }
 
 /// Every listener rustvlan answers on.
@@ -237,7 +237,7 @@ async fn connect_etcd(plugin: &Arc<Plugin<NetlinkKernel>>, config: crate::etcd::
         etcd.register(&hostname).await?;
         Ok(etcd)
     }
-    let shared = plugin.shared.clone().expect("made above");
+    let shared = plugin.ipam.shared.clone().expect("made above");
     let later = Arc::clone(plugin);
     match attempt(config.clone(), hostname.clone(), metrics.clone()).await {
         Ok(etcd) => {
@@ -271,7 +271,7 @@ async fn connect_etcd(plugin: &Arc<Plugin<NetlinkKernel>>, config: crate::etcd::
 fn spawn_shared_check(plugin: &Arc<Plugin<NetlinkKernel>>) {
     let plugin = Arc::clone(plugin);
     tokio::spawn(async move {
-        if let Err(e) = plugin.reconcile_shared().await {
+        if let Err(e) = plugin.ipam.reconcile_shared().await {
             tracing::warn!("checking this host's shared claims against etcd failed: {e}");
         }
     });
@@ -282,7 +282,7 @@ fn spawn_shared_check(plugin: &Arc<Plugin<NetlinkKernel>>) {
 /// before serving; a marking sweep runs beside the first requests, as later ones do.
 async fn spawn_sweeper(plugin: Arc<Plugin<NetlinkKernel>>, grace: Duration) {
     if grace.is_zero() {
-        if let Err(e) = plugin.sweep(true).await {
+        if let Err(e) = plugin.ipam.sweep(true).await {
             tracing::warn!("sweep of unused addresses failed: {e}");
         }
         return;
@@ -291,7 +291,7 @@ async fn spawn_sweeper(plugin: Arc<Plugin<NetlinkKernel>>, grace: Duration) {
         let mut ticks = tokio::time::interval(grace);
         loop {
             ticks.tick().await; // the first tick is immediate
-            if let Err(e) = plugin.sweep(false).await {
+            if let Err(e) = plugin.ipam.sweep(false).await {
                 tracing::warn!("sweep of unused addresses failed: {e}");
             }
         }

@@ -344,6 +344,7 @@ fn ipam_routes<K: Kernel>(router: Router<Arc<Plugin<K>>>, ipam: IpamName) -> Rou
         .route(
             "/IpamDriver.RequestPool",
             route!(Ipam, "IpamDriver.RequestPool", |p, r: RequestPoolRequest| p
+                .ipam
                 .request_pool(ipam::pool_request(r, dhcp))
                 .await
                 .map(ipam::pool_answer)),
@@ -351,6 +352,7 @@ fn ipam_routes<K: Kernel>(router: Router<Arc<Plugin<K>>>, ipam: IpamName) -> Rou
         .route(
             "/IpamDriver.ReleasePool",
             route!(Ipam, "IpamDriver.ReleasePool", |p, r: ReleasePoolRequest| p
+                .ipam
                 .release_pool(&r.pool_id)
                 .await
                 .map(|()| Empty {})),
@@ -359,14 +361,14 @@ fn ipam_routes<K: Kernel>(router: Router<Arc<Plugin<K>>>, ipam: IpamName) -> Rou
             "/IpamDriver.RequestAddress",
             route!(Ipam, "IpamDriver.RequestAddress", |p, r: RequestAddressRequest| {
                 let ask = ipam::address_request(r)?;
-                p.request_address(ask).await.map(ipam::address_answer)
+                p.ipam.request_address(ask).await.map(ipam::address_answer)
             }),
         )
         .route(
             "/IpamDriver.ReleaseAddress",
             route!(Ipam, "IpamDriver.ReleaseAddress", |p, r: ReleaseAddressRequest| {
                 let ip = ipam::released_address(&r)?;
-                p.release_address(&r.pool_id, ip).await.map(|()| Empty {})
+                p.ipam.release_address(&r.pool_id, ip).await.map(|()| Empty {})
             }),
         )
 }
@@ -392,15 +394,47 @@ pub fn dhcp_router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
 }
 
 pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
-    use Api::Driver;
-    let router = Router::new()
+    let router = Router::new().route(
+        "/Plugin.Activate",
+        constant("Plugin.Activate", |_| ActivateResponse {
+            implements: vec!["NetworkDriver", "IpamDriver"],
+        }),
+    );
+    ipam_routes(driver_routes(router), IpamName::Rustvlan)
+        // rustvlan's own: finish the queued link deletes now (benchmarks, tools).
         .route(
-            "/Plugin.Activate",
-            constant("Plugin.Activate", |_| ActivateResponse {
-                implements: vec!["NetworkDriver", "IpamDriver"],
-            }),
+            "/Rustvlan.Settle",
+            rpc(post(|State(plugin): State<Arc<Plugin<K>>>| async move {
+                match plugin.driver.process_pending().await {
+                    Ok(n) => json_response(StatusCode::OK, &json!({ "Deleted": n })),
+                    Err(e) => error_response(Api::Driver, &e),
+                }
+            })),
         )
-        // NetworkDriver
+        // rustvlan's own: the state as `rustvlan state` prints it.
+        .route(
+            "/Rustvlan.State",
+            rpc(post(|State(plugin): State<Arc<Plugin<K>>>| async move {
+                match plugin.dump().await {
+                    Ok(v) => json_response(StatusCode::OK, &v),
+                    Err(e) => error_response(Api::Driver, &e),
+                }
+            })),
+        )
+        .route("/metrics", get(metrics::<K>))
+        .fallback(|uri: axum::http::Uri| async move {
+            json_response(
+                StatusCode::NOT_FOUND,
+                &json!({ "Err": format!("rustvlan does not implement {}", uri.path()) }),
+            )
+        })
+        .with_state(plugin)
+}
+
+/// The NetworkDriver calls.
+fn driver_routes<K: Kernel>(router: Router<Arc<Plugin<K>>>) -> Router<Arc<Plugin<K>>> {
+    use Api::Driver;
+    router
         .route(
             "/NetworkDriver.GetCapabilities",
             constant("NetworkDriver.GetCapabilities", |_| driver::capabilities()),
@@ -408,12 +442,14 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
         .route(
             "/NetworkDriver.GwAllocCheck",
             route!(Driver, "NetworkDriver.GwAllocCheck", |p, r: GwAllocCheckRequest| p
+                .driver
                 .gateway_needs(&r.options.unwrap_or_default())
                 .map(driver::gateway_answer)),
         )
         .route(
             "/NetworkDriver.CreateNetwork",
             route!(Driver, "NetworkDriver.CreateNetwork", |p, r: CreateNetworkRequest| p
+                .driver
                 .create_network(r.into())
                 .await
                 .map(|()| Empty {})),
@@ -421,6 +457,7 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
         .route(
             "/NetworkDriver.DeleteNetwork",
             route!(Driver, "NetworkDriver.DeleteNetwork", |p, r: NetworkRequest| p
+                .driver
                 .delete_network(&r.network_id)
                 .await
                 .map(|()| Empty {})),
@@ -428,6 +465,7 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
         .route(
             "/NetworkDriver.CreateEndpoint",
             route!(Driver, "NetworkDriver.CreateEndpoint", |p, r: CreateEndpointRequest| p
+                .driver
                 .create_endpoint(r.into())
                 .await
                 .map(driver::endpoint_answer)),
@@ -435,12 +473,13 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
         .route(
             "/NetworkDriver.EndpointOperInfo",
             route!(Driver, "NetworkDriver.EndpointOperInfo", |p, r: EndpointRequest| Ok(
-                driver::oper_info_answer(p.endpoint_info(&r.endpoint_id))
+                driver::oper_info_answer(p.driver.endpoint_info(&r.endpoint_id))
             )),
         )
         .route(
             "/NetworkDriver.DeleteEndpoint",
             route!(Driver, "NetworkDriver.DeleteEndpoint", |p, r: EndpointRequest| p
+                .driver
                 .delete_endpoint(&r.into())
                 .await
                 .map(|()| Empty {})),
@@ -448,6 +487,7 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
         .route(
             "/NetworkDriver.Join",
             route!(Driver, "NetworkDriver.Join", |p, r: JoinRequest| p
+                .driver
                 .join(r.into())
                 .await
                 .map(driver::join_answer)),
@@ -455,7 +495,7 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
         .route(
             "/NetworkDriver.Leave",
             route!(Driver, "NetworkDriver.Leave", |p, r: EndpointRequest| {
-                p.leave(&r.into()).await;
+                p.driver.leave(&r.into()).await;
                 Ok(Empty {})
             }),
         )
@@ -498,34 +538,5 @@ pub fn router<K: Kernel>(plugin: Arc<Plugin<K>>) -> Router {
             route!(Driver, "NetworkDriver.FreeNetwork", |_p, _r: NetworkRequest| Ok(
                 Empty {}
             )),
-        );
-    ipam_routes(router, IpamName::Rustvlan)
-        // rustvlan's own: finish the queued link deletes now (benchmarks, tools).
-        .route(
-            "/Rustvlan.Settle",
-            rpc(post(|State(plugin): State<Arc<Plugin<K>>>| async move {
-                match plugin.process_pending().await {
-                    Ok(n) => json_response(StatusCode::OK, &json!({ "Deleted": n })),
-                    Err(e) => error_response(Api::Driver, &e),
-                }
-            })),
         )
-        // rustvlan's own: the state as `rustvlan state` prints it.
-        .route(
-            "/Rustvlan.State",
-            rpc(post(|State(plugin): State<Arc<Plugin<K>>>| async move {
-                match plugin.dump().await {
-                    Ok(v) => json_response(StatusCode::OK, &v),
-                    Err(e) => error_response(Api::Driver, &e),
-                }
-            })),
-        )
-        .route("/metrics", get(metrics::<K>))
-        .fallback(|uri: axum::http::Uri| async move {
-            json_response(
-                StatusCode::NOT_FOUND,
-                &json!({ "Err": format!("rustvlan does not implement {}", uri.path()) }),
-            )
-        })
-        .with_state(plugin)
 }

@@ -4,6 +4,7 @@
 
 use ipnetwork::IpNetwork;
 
+use super::Driver;
 use super::calls::{EndpointCreated, EndpointInfo, EndpointRef, EndpointSpec};
 use super::options::check_id;
 use super::{LINK_PREFIX, pending_delete};
@@ -11,7 +12,6 @@ use crate::error::{Error, Result};
 use crate::kernel::{IFNAME_MAX, Kernel};
 use crate::keys::check_option_keys;
 use crate::model::{EndpointRecord, Family, LinkMode, MacAddr, NetworkRecord};
-use crate::plugin::Plugin;
 use crate::state::{Change, State};
 use crate::util::short_id;
 
@@ -19,7 +19,7 @@ use crate::util::short_id;
 /// (`com.docker.network.endpoint.*`, `com.docker.network.portmap`) are namespaced.
 const ENDPOINT_KEYS: &[&str] = &[];
 
-impl<K: Kernel> Plugin<K> {
+impl<K: Kernel> Driver<K> {
     pub async fn create_endpoint(&self, req: EndpointSpec) -> Result<EndpointCreated> {
         check_id("NetworkID", &req.network_id)?;
         check_id("EndpointID", &req.endpoint_id)?;

@@ -21,6 +21,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+use super::Driver;
 use super::calls::Route;
 use super::options::{HOST_AUX_ADDRESS, HostAccessRequest};
 use crate::error::{Error, Result};
@@ -30,7 +31,6 @@ use crate::model::{
     EndpointRecord, HostAccess, HostAddressSource, IpvlanFlag, IpvlanMode, LinkMode, MacAddr, MacvlanMode,
     NetworkRecord, PoolRecord,
 };
-use crate::plugin::Plugin;
 use crate::state::{Change, State};
 use crate::util::short_id;
 
@@ -175,7 +175,7 @@ pub struct ShimSetup {
     made_shim: bool,
 }
 
-impl<K: Kernel> Plugin<K> {
+impl<K: Kernel> Driver<K> {
     /// The shim on the network's parent, made and readied if missing. Returns its index
     /// and whether it was made now.
     async fn ensure_shim(&self, network: &NetworkRecord) -> Result<(u32, bool)> {
@@ -237,7 +237,7 @@ impl<K: Kernel> Plugin<K> {
         Ok(Some(ShimSetup { shim_index, made_shim }))
     }
 
-    /// Undoes [`Plugin::set_up_host_access`] after a failed create.
+    /// Undoes [`Driver::set_up_host_access`] after a failed create.
     pub(super) async fn undo_host_access(&self, network: &NetworkRecord, setup: ShimSetup) {
         if setup.made_shim {
             self.delete_quietly(setup.shim_index, &shim_name(&network.parent)).await;

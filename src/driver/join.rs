@@ -5,14 +5,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
+use super::Driver;
 use super::calls::{EndpointRef, JoinAnswer, JoinSpec, Route};
 use crate::error::{Error, Result};
 use crate::kernel::{ChildLink, Errno, Kernel, KernelError};
 use crate::model::{EndpointRecord, NetworkRecord};
-use crate::plugin::Plugin;
 use crate::util::short_id;
 
-impl<K: Kernel> Plugin<K> {
+impl<K: Kernel> Driver<K> {
     pub async fn join(&self, req: JoinSpec) -> Result<JoinAnswer> {
         let _topology = self.topology.read().await;
         let (endpoint, network, wait_for_deletes) = self.join_targets(&req.endpoint)?;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::Driver;
 use super::calls::{GatewayNeeds, NetworkSpec};
 use super::host_access::{choose_host_address, reserve_host_address};
 use super::options::{NetworkConfig, check_id, overlaps, parse_network_options, parse_subnets};
@@ -13,13 +14,12 @@ use super::pending_delete;
 use crate::error::{Error, Result};
 use crate::kernel::{Errno, Kernel, KernelError, LinkInfo};
 use crate::model::{EndpointRecord, Family, NetworkRecord, ParentKind, ParentRecord, Subnet};
-use crate::plugin::Plugin;
 use crate::state::{Change, State};
 use crate::util::short_id;
 
 const GW_CHECK_ID: &str = "gwalloccheck";
 
-impl<K: Kernel> Plugin<K> {
+impl<K: Kernel> Driver<K> {
     /// dockerd 28 asks this before CreateNetwork. Like Docker 28's macvlan, no gateway
     /// address is reserved where containers get no gateway: `--internal` networks,
     /// networks without a parent (an isolated dummy), and ipvlan l3/l3s, which route

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::Driver;
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, LinkInfo};
-use crate::plugin::Plugin;
 use crate::state::Change;
 
 /// The wake-up and the batch lock of the link delete queue. The queue itself is the
@@ -30,7 +30,7 @@ impl LinkReaper {
     }
 }
 
-impl<K: Kernel> Plugin<K> {
+impl<K: Kernel> Driver<K> {
     /// Deletes queued links in batches until the process ends. A batch starts once
     /// deletes stop coming for a moment (QUIET), or has waited long enough (MAX_DELAY),
     /// or is big enough (MAX_BATCH): each batch costs the kernel one RCU grace period

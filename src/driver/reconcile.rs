@@ -4,11 +4,11 @@
 
 use std::collections::BTreeSet;
 
+use super::Driver;
 use crate::drift::{KernelView, LinkPlace, Presence};
 use crate::error::Result;
 use crate::kernel::{Kernel, LinkInfo};
 use crate::model::{ParentKind, ParentRecord};
-use crate::plugin::Plugin;
 
 /// The report of a start-up reconcile, logged and kept for `rustvlan state`.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -32,7 +32,7 @@ struct ReconcilePlan {
     without_link: usize,
 }
 
-impl<K: Kernel> Plugin<K> {
+impl<K: Kernel> Driver<K> {
     /// Start-up: delete links this store marked but no record owns (crash leftovers),
     /// re-make parents rustvlan made that are missing (host reboot), and count endpoints
     /// whose link is not in this namespace (their containers may still run).

@@ -96,15 +96,17 @@ fn ep_req(net: &str, ep: &str) -> EndpointRef {
 async fn macvlan_endpoint_lifecycle() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
     let answer = p
+        .driver
         .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
         .await
         .unwrap();
@@ -112,11 +114,13 @@ async fn macvlan_endpoint_lifecycle() {
     assert_eq!(mac.0[0] & 0x03, 0x02, "{mac} must be a local unicast MAC");
     // A repeated CreateEndpoint answers the same.
     let again = p
+        .driver
         .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
         .await
         .unwrap();
     assert_eq!(again.chosen_mac.unwrap(), mac);
     let other = p
+        .driver
         .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.3/24", ""))
         .await
         .unwrap_err();
@@ -125,44 +129,46 @@ async fn macvlan_endpoint_lifecycle() {
         "endpoint 111111111111 already exists with other settings"
     );
 
-    let joined = p.join(join(NET_A, EP_1)).await.unwrap();
+    let joined = p.driver.join(join(NET_A, EP_1)).await.unwrap();
     assert_eq!(joined.link_name, "rv111111111111");
     assert_eq!(joined.name_prefix, "eth");
     assert_eq!(joined.gateway, Some("10.77.0.1".parse().unwrap()));
     assert!(joined.routes.is_empty());
-    let link = p.kernel.get("rv111111111111").unwrap();
+    let link = p.ledger.kernel.get("rv111111111111").unwrap();
     assert_eq!(link.kind, LinkType::Macvlan);
-    assert_eq!(link.group, p.group, "marked as this store's");
-    assert_eq!(link.parent_index, Some(p.kernel.get("eth0").unwrap().index));
+    assert_eq!(link.group, p.driver.group, "marked as this store's");
+    assert_eq!(link.parent_index, Some(p.ledger.kernel.get("eth0").unwrap().index));
 
-    p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
+    p.driver.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
     // The link goes off the request path: queued, then deleted by the deleter.
-    assert!(p.kernel.get("rv111111111111").is_some());
-    assert!(p.state().pending.contains_key("rv111111111111"));
-    assert_eq!(p.process_pending().await.unwrap(), 1);
-    assert!(p.kernel.get("rv111111111111").is_none());
-    assert!(p.state().pending.is_empty());
+    assert!(p.ledger.kernel.get("rv111111111111").is_some());
+    assert!(p.ledger.state().pending.contains_key("rv111111111111"));
+    assert_eq!(p.driver.process_pending().await.unwrap(), 1);
+    assert!(p.ledger.kernel.get("rv111111111111").is_none());
+    assert!(p.ledger.state().pending.is_empty());
     // Idempotent.
-    p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
-    p.delete_network(NET_A).await.unwrap();
-    p.delete_network(NET_A).await.unwrap();
-    assert_eq!(p.kernel.names(), vec!["eth0", "eth1"]);
-    assert!(p.state().networks.is_empty() && p.state().endpoints.is_empty());
+    p.driver.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
+    p.driver.delete_network(NET_A).await.unwrap();
+    p.driver.delete_network(NET_A).await.unwrap();
+    assert_eq!(p.ledger.kernel.names(), vec!["eth0", "eth1"]);
+    assert!(p.ledger.state().networks.is_empty() && p.ledger.state().endpoints.is_empty());
 }
 
 #[tokio::test]
 async fn requested_mac_is_used_and_not_returned() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
     let answer = p
+        .driver
         .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", "02:11:22:33:44:55"))
         .await
         .unwrap();
@@ -170,8 +176,12 @@ async fn requested_mac_is_used_and_not_returned() {
         answer.chosen_mac.is_none(),
         "only fields dockerd left empty are answered"
     );
-    assert_eq!(p.state().endpoints[EP_1].mac.unwrap().to_string(), "02:11:22:33:44:55");
+    assert_eq!(
+        p.ledger.state().endpoints[EP_1].mac.unwrap().to_string(),
+        "02:11:22:33:44:55"
+    );
     let dup = p
+        .driver
         .create_endpoint(endpoint(NET_A, EP_2, "10.77.0.3/24", "02:11:22:33:44:55"))
         .await
         .unwrap_err();
@@ -180,6 +190,7 @@ async fn requested_mac_is_used_and_not_returned() {
         "MAC address 02:11:22:33:44:55 is already used by endpoint 111111111111 on network aaaaaaaaaaaa"
     );
     let bcast = p
+        .driver
         .create_endpoint(endpoint(NET_A, EP_2, "10.77.0.3/24", "ff:ff:ff:ff:ff:ff"))
         .await
         .unwrap_err();
@@ -188,6 +199,7 @@ async fn requested_mac_is_used_and_not_returned() {
         "Interface.MacAddress ff:ff:ff:ff:ff:ff is a multicast or broadcast address; a container needs a unicast MAC"
     );
     let outside = p
+        .driver
         .create_endpoint(endpoint(NET_A, EP_2, "10.99.0.3/24", ""))
         .await
         .unwrap_err();
@@ -201,15 +213,17 @@ async fn requested_mac_is_used_and_not_returned() {
 async fn ipvlan_l3_gets_connected_default_routes_and_refuses_macs() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0", "ipvlan_mode": "l3", "ipvlan_flag": "private"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0", "ipvlan_mode": "l3", "ipvlan_flag": "private"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
     let err = p
+        .driver
         .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", "02:11:22:33:44:55"))
         .await
         .unwrap_err();
@@ -218,17 +232,18 @@ async fn ipvlan_l3_gets_connected_default_routes_and_refuses_macs() {
         "ipvlan interfaces share the parent's MAC: MAC address 02:11:22:33:44:55 cannot be set on ipvlan network aaaaaaaaaaaa"
     );
     let answer = p
+        .driver
         .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
         .await
         .unwrap();
     assert!(answer.chosen_mac.is_none(), "ipvlan answers no MAC");
-    let joined = p.join(join(NET_A, EP_1)).await.unwrap();
+    let joined = p.driver.join(join(NET_A, EP_1)).await.unwrap();
     assert_eq!(joined.gateway, None);
     let routes = serde_json::to_value(join_answer(joined).static_routes).unwrap();
     assert_eq!(routes, json!([{"Destination": "0.0.0.0/0", "RouteType": 1}]));
-    assert_eq!(p.kernel.get("rv111111111111").unwrap().kind, LinkType::Ipvlan);
+    assert_eq!(p.ledger.kernel.get("rv111111111111").unwrap().kind, LinkType::Ipvlan);
     assert_eq!(
-        p.state().networks[NET_A].link,
+        p.ledger.state().networks[NET_A].link,
         LinkMode::Ipvlan {
             mode: IpvlanMode::L3,
             flag: IpvlanFlag::Private
@@ -240,33 +255,37 @@ async fn ipvlan_l3_gets_connected_default_routes_and_refuses_macs() {
 async fn a_failed_join_leaves_no_link_and_leftovers_are_judged_by_their_mark() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
-    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
         .await
         .unwrap();
-    let before = p.kernel.names();
-    p.kernel
+    p.driver
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    let before = p.ledger.kernel.names();
+    p.ledger
+        .kernel
         .fail_next_add(Errno::EINVAL, "creating macvlan link rv111111111111");
-    let err = p.join(join(NET_A, EP_1)).await.unwrap_err();
+    let err = p.driver.join(join(NET_A, EP_1)).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Kernel);
-    assert_eq!(p.kernel.names(), before, "a failed Join leaves nothing behind");
+    assert_eq!(p.ledger.kernel.names(), before, "a failed Join leaves nothing behind");
 
     // A leftover carrying this endpoint's mark is replaced...
-    p.join(join(NET_A, EP_1)).await.unwrap();
-    let first = p.kernel.get("rv111111111111").unwrap().index;
-    p.join(join(NET_A, EP_1)).await.unwrap();
-    assert_ne!(p.kernel.get("rv111111111111").unwrap().index, first);
+    p.driver.join(join(NET_A, EP_1)).await.unwrap();
+    let first = p.ledger.kernel.get("rv111111111111").unwrap().index;
+    p.driver.join(join(NET_A, EP_1)).await.unwrap();
+    assert_ne!(p.ledger.kernel.get("rv111111111111").unwrap().index, first);
     // ...but a link rustvlan did not make is never touched.
-    p.kernel.vanish("rv111111111111");
-    let eth0 = p.kernel.get("eth0").unwrap().index;
-    p.kernel
+    p.ledger.kernel.vanish("rv111111111111");
+    let eth0 = p.ledger.kernel.get("eth0").unwrap().index;
+    p.ledger
+        .kernel
         .add_child(&ChildLink {
             name: "rv111111111111".into(),
             parent_index: eth0,
@@ -279,14 +298,14 @@ async fn a_failed_join_leaves_no_link_and_leftovers_are_judged_by_their_mark() {
         })
         .await
         .unwrap();
-    let err = p.join(join(NET_A, EP_1)).await.unwrap_err();
+    let err = p.driver.join(join(NET_A, EP_1)).await.unwrap_err();
     assert_eq!(
         err.message,
         "interface name rv111111111111 is taken by a link rustvlan did not make; remove that link"
     );
-    p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
+    p.driver.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
     assert!(
-        p.kernel.get("rv111111111111").is_some(),
+        p.ledger.kernel.get("rv111111111111").is_some(),
         "DeleteEndpoint leaves a foreign link alone"
     );
 }
@@ -295,14 +314,15 @@ async fn a_failed_join_leaves_no_link_and_leftovers_are_judged_by_their_mark() {
 async fn parent_conflicts_are_refused_before_the_kernel_sees_them() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
     let ipvlan = network(
         NET_B,
         json!({"parent": "eth0", "ipvlan_mode": "l2"}),
@@ -310,7 +330,7 @@ async fn parent_conflicts_are_refused_before_the_kernel_sees_them() {
         "10.78.0.1/24",
     );
     assert_eq!(
-        p.create_network(ipvlan).await.unwrap_err().message,
+        p.driver.create_network(ipvlan).await.unwrap_err().message,
         "parent eth0 already carries macvlan network aaaaaaaaaaaa; macvlan and ipvlan networks cannot share a parent (the kernel refuses it)"
     );
     let passthru = network(
@@ -320,72 +340,80 @@ async fn parent_conflicts_are_refused_before_the_kernel_sees_them() {
         "10.78.0.1/24",
     );
     assert_eq!(
-        p.create_network(passthru).await.unwrap_err().message,
+        p.driver.create_network(passthru).await.unwrap_err().message,
         "macvlan passthru needs parent eth0 alone, but network aaaaaaaaaaaa uses it"
     );
     let overlap = network(NET_B, json!({"parent": "eth0"}), "10.77.0.0/16", "10.77.0.1/16");
     assert_eq!(
-        p.create_network(overlap).await.unwrap_err().message,
+        p.driver.create_network(overlap).await.unwrap_err().message,
         "subnet 10.77.0.0/16 overlaps subnet 10.77.0.0/24 of network aaaaaaaaaaaa on parent eth0"
     );
     // The same subnet on another parent is fine (moby#46438).
-    p.create_network(network(
-        NET_B,
-        json!({"parent": "eth1"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
-    assert_eq!(p.state().networks.len(), 2);
+    p.driver
+        .create_network(network(
+            NET_B,
+            json!({"parent": "eth1"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(p.ledger.state().networks.len(), 2);
 }
 
 #[tokio::test]
 async fn several_ipvlan_networks_share_a_parent_with_distinct_subnets() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0", "ipvlan_mode": "l3"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
-    p.create_network(network(
-        NET_B,
-        json!({"parent": "eth0", "ipvlan_mode": "l2"}),
-        "10.78.0.0/24",
-        "10.78.0.1/24",
-    ))
-    .await
-    .unwrap();
-    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0", "ipvlan_mode": "l3"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
         .await
         .unwrap();
-    p.create_endpoint(endpoint(NET_B, EP_2, "10.78.0.2/24", ""))
+    p.driver
+        .create_network(network(
+            NET_B,
+            json!({"parent": "eth0", "ipvlan_mode": "l2"}),
+            "10.78.0.0/24",
+            "10.78.0.1/24",
+        ))
         .await
         .unwrap();
-    p.join(join(NET_A, EP_1)).await.unwrap();
-    p.join(join(NET_B, EP_2)).await.unwrap();
+    p.driver
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    p.driver
+        .create_endpoint(endpoint(NET_B, EP_2, "10.78.0.2/24", ""))
+        .await
+        .unwrap();
+    p.driver.join(join(NET_A, EP_1)).await.unwrap();
+    p.driver.join(join(NET_B, EP_2)).await.unwrap();
 }
 
 #[tokio::test]
 async fn passthru_takes_one_endpoint() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0", "macvlan_mode": "passthru"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
-    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0", "macvlan_mode": "passthru"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+    p.driver
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
         .await
         .unwrap();
     let err = p
+        .driver
         .create_endpoint(endpoint(NET_A, EP_2, "10.77.0.3/24", ""))
         .await
         .unwrap_err();
@@ -395,7 +423,7 @@ async fn passthru_takes_one_endpoint() {
     );
     let other = network(NET_B, json!({"parent": "eth0"}), "10.78.0.0/24", "10.78.0.1/24");
     assert_eq!(
-        p.create_network(other).await.unwrap_err().message,
+        p.driver.create_network(other).await.unwrap_err().message,
         "parent eth0 is taken by macvlan passthru network aaaaaaaaaaaa; passthru needs its parent alone"
     );
 }
@@ -404,34 +432,42 @@ async fn passthru_takes_one_endpoint() {
 async fn vlan_parents_are_made_shared_and_removed_with_their_last_network() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0.10"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
-    let vlan = p.kernel.get("eth0.10").expect("VLAN parent made");
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0.10"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+    let vlan = p.ledger.kernel.get("eth0.10").expect("VLAN parent made");
     assert_eq!(vlan.kind, LinkType::Vlan);
-    assert_eq!(vlan.parent_index, Some(p.kernel.get("eth0").unwrap().index));
-    assert_eq!(vlan.group, p.group);
-    assert!(p.state().parents.contains_key("eth0.10"));
+    assert_eq!(vlan.parent_index, Some(p.ledger.kernel.get("eth0").unwrap().index));
+    assert_eq!(vlan.group, p.driver.group);
+    assert!(p.ledger.state().parents.contains_key("eth0.10"));
     // -o vlan=10 on eth0 names the same parent.
-    p.create_network(network(
-        NET_B,
-        json!({"parent": "eth0", "vlan": "10"}),
-        "10.78.0.0/24",
-        "10.78.0.1/24",
-    ))
-    .await
-    .unwrap();
-    assert_eq!(p.state().networks[NET_B].parent, "eth0.10");
-    p.delete_network(NET_A).await.unwrap();
-    assert!(p.kernel.get("eth0.10").is_some(), "still used by the other network");
-    p.delete_network(NET_B).await.unwrap();
-    assert!(p.kernel.get("eth0.10").is_none(), "made by rustvlan, last user gone");
-    assert!(p.state().parents.is_empty());
+    p.driver
+        .create_network(network(
+            NET_B,
+            json!({"parent": "eth0", "vlan": "10"}),
+            "10.78.0.0/24",
+            "10.78.0.1/24",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(p.ledger.state().networks[NET_B].parent, "eth0.10");
+    p.driver.delete_network(NET_A).await.unwrap();
+    assert!(
+        p.ledger.kernel.get("eth0.10").is_some(),
+        "still used by the other network"
+    );
+    p.driver.delete_network(NET_B).await.unwrap();
+    assert!(
+        p.ledger.kernel.get("eth0.10").is_none(),
+        "made by rustvlan, last user gone"
+    );
+    assert!(p.ledger.state().parents.is_empty());
 }
 
 #[tokio::test]
@@ -440,25 +476,27 @@ async fn a_vlan_parent_rustvlan_did_not_make_is_kept() {
     let k = kernel();
     k.add_nic("eth0.20", 1500);
     let p = open(&dir, k);
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0.20"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
-    assert!(p.state().parents.is_empty());
-    p.delete_network(NET_A).await.unwrap();
-    assert!(p.kernel.get("eth0.20").is_some());
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0.20"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+    assert!(p.ledger.state().parents.is_empty());
+    p.driver.delete_network(NET_A).await.unwrap();
+    assert!(p.ledger.kernel.get("eth0.20").is_some());
 }
 
 #[tokio::test]
 async fn missing_parents_and_mtus_are_clear_errors_and_change_nothing() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    let names = p.kernel.names();
+    let names = p.ledger.kernel.names();
     let err = p
+        .driver
         .create_network(network(
             NET_A,
             json!({"parent": "eth9"}),
@@ -469,6 +507,7 @@ async fn missing_parents_and_mtus_are_clear_errors_and_change_nothing() {
         .unwrap_err();
     assert_eq!(err.message, "parent interface eth9 does not exist");
     let err = p
+        .driver
         .create_network(network(
             NET_A,
             json!({"parent": "eth9.10"}),
@@ -482,6 +521,7 @@ async fn missing_parents_and_mtus_are_clear_errors_and_change_nothing() {
         "parent interface eth9 does not exist, so VLAN 10 cannot be made on it"
     );
     let err = p
+        .driver
         .create_network(network(
             NET_A,
             json!({"parent": "eth0", "mtu": "9000"}),
@@ -492,6 +532,7 @@ async fn missing_parents_and_mtus_are_clear_errors_and_change_nothing() {
         .unwrap_err();
     assert_eq!(err.message, "mtu 9000 is above the MTU 1500 of parent eth0");
     let err = p
+        .driver
         .create_network(network(
             NET_A,
             json!({"parent": "eth0.10", "mtu": "9000"}),
@@ -501,34 +542,37 @@ async fn missing_parents_and_mtus_are_clear_errors_and_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.message, "mtu 9000 is above the MTU 1500 of parent eth0");
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth1", "mtu": "9000"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
-    assert_eq!(p.kernel.names(), names);
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth1", "mtu": "9000"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(p.ledger.kernel.names(), names);
 }
 
 #[tokio::test]
 async fn internal_networks_keep_their_parent_and_get_no_gateway() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(internal(network(
-        NET_B,
-        json!({"parent": "eth0"}),
-        "10.78.0.0/24",
-        "10.78.0.1/24",
-    )))
-    .await
-    .unwrap();
-    assert_eq!(p.state().networks[NET_B].parent, "eth0");
-    p.create_endpoint(endpoint(NET_B, EP_2, "10.78.0.2/24", ""))
+    p.driver
+        .create_network(internal(network(
+            NET_B,
+            json!({"parent": "eth0"}),
+            "10.78.0.0/24",
+            "10.78.0.1/24",
+        )))
         .await
         .unwrap();
-    let joined = p.join(join(NET_B, EP_2)).await.unwrap();
+    assert_eq!(p.ledger.state().networks[NET_B].parent, "eth0");
+    p.driver
+        .create_endpoint(endpoint(NET_B, EP_2, "10.78.0.2/24", ""))
+        .await
+        .unwrap();
+    let joined = p.driver.join(join(NET_B, EP_2)).await.unwrap();
     assert_eq!(joined.gateway, None);
     assert!(joined.routes.is_empty());
 }
@@ -537,20 +581,22 @@ async fn internal_networks_keep_their_parent_and_get_no_gateway() {
 async fn internal_networks_without_a_parent_get_a_dummy_and_no_gateway() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(internal(network(NET_A, json!({}), "10.77.0.0/24", "10.77.0.1/24")))
+    p.driver
+        .create_network(internal(network(NET_A, json!({}), "10.77.0.0/24", "10.77.0.1/24")))
         .await
         .unwrap();
-    let dummy = p.kernel.get("dm-aaaaaaaaaaaa").expect("dummy parent");
+    let dummy = p.ledger.kernel.get("dm-aaaaaaaaaaaa").expect("dummy parent");
     assert_eq!(dummy.kind, LinkType::Dummy);
-    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+    p.driver
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
         .await
         .unwrap();
-    let joined = p.join(join(NET_A, EP_1)).await.unwrap();
+    let joined = p.driver.join(join(NET_A, EP_1)).await.unwrap();
     assert_eq!(joined.gateway, None);
     assert!(joined.routes.is_empty());
-    p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
-    p.delete_network(NET_A).await.unwrap();
-    assert!(p.kernel.get("dm-aaaaaaaaaaaa").is_none());
+    p.driver.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
+    p.driver.delete_network(NET_A).await.unwrap();
+    assert!(p.ledger.kernel.get("dm-aaaaaaaaaaaa").is_none());
 }
 
 #[tokio::test]
@@ -560,6 +606,7 @@ async fn a_kernel_without_dummy_support_gets_a_clear_error() {
     k.without_kind("dummy");
     let p = open(&dir, k);
     let err = p
+        .driver
         .create_network(internal(network(NET_A, json!({}), "10.77.0.0/24", "10.77.0.1/24")))
         .await
         .unwrap_err();
@@ -567,47 +614,51 @@ async fn a_kernel_without_dummy_support_gets_a_clear_error() {
         err.message,
         "creating dummy link dm-aaaaaaaaaaaa: Operation not supported (os error 95): this kernel cannot make that kind of link (is the 8021q or dummy module available?)"
     );
-    assert!(p.state().networks.is_empty());
+    assert!(p.ledger.state().networks.is_empty());
 }
 
 #[tokio::test]
 async fn delete_network_cleans_stale_endpoints() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
-    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
         .await
         .unwrap();
-    p.join(join(NET_A, EP_1)).await.unwrap();
-    p.delete_network(NET_A).await.unwrap();
-    assert!(p.kernel.get("rv111111111111").is_none());
-    assert!(p.state().endpoints.is_empty());
+    p.driver
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    p.driver.join(join(NET_A, EP_1)).await.unwrap();
+    p.driver.delete_network(NET_A).await.unwrap();
+    assert!(p.ledger.kernel.get("rv111111111111").is_none());
+    assert!(p.ledger.state().endpoints.is_empty());
 }
 
 #[tokio::test]
 async fn reconcile_deletes_only_orphans_and_remakes_missing_parents() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0.10"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
-    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0.10"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
         .await
         .unwrap();
-    p.join(join(NET_A, EP_1)).await.unwrap();
-    let eth0 = p.kernel.get("eth0").unwrap().index;
+    p.driver
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        .await
+        .unwrap();
+    p.driver.join(join(NET_A, EP_1)).await.unwrap();
+    let eth0 = p.ledger.kernel.get("eth0").unwrap().index;
     let child = |name: &str, group: u32| ChildLink {
         name: name.into(),
         parent_index: eth0,
@@ -619,44 +670,54 @@ async fn reconcile_deletes_only_orphans_and_remakes_missing_parents() {
         group,
     };
     // An orphan of this store, one of another rustvlan store, and one of nobody.
-    p.kernel.add_child(&child("rvdeadbeef0001", p.group)).await.unwrap();
-    p.kernel.add_child(&child("rvdeadbeef0002", 0x4bad_c0de)).await.unwrap();
-    p.kernel.add_child(&child("rvdeadbeef0003", 0)).await.unwrap();
+    p.ledger
+        .kernel
+        .add_child(&child("rvdeadbeef0001", p.driver.group))
+        .await
+        .unwrap();
+    p.ledger
+        .kernel
+        .add_child(&child("rvdeadbeef0002", 0x4bad_c0de))
+        .await
+        .unwrap();
+    p.ledger.kernel.add_child(&child("rvdeadbeef0003", 0)).await.unwrap();
     // A VLAN this store made whose record was never written (a crash), and one it did not make.
-    p.kernel
+    p.ledger
+        .kernel
         .add_vlan(
             "eth1.99",
-            p.kernel.get("eth1").unwrap().index,
+            p.ledger.kernel.get("eth1").unwrap().index,
             99,
             crate::model::VlanProtocol::Ieee8021Q,
-            p.group,
+            p.driver.group,
         )
         .await
         .unwrap();
-    p.kernel
+    p.ledger
+        .kernel
         .add_vlan(
             "eth1.98",
-            p.kernel.get("eth1").unwrap().index,
+            p.ledger.kernel.get("eth1").unwrap().index,
             98,
             crate::model::VlanProtocol::Ieee8021Q,
             0,
         )
         .await
         .unwrap();
-    let report = p.reconcile().await.unwrap();
+    let report = p.driver.reconcile().await.unwrap();
     assert_eq!(report.orphan_links_deleted, vec!["rvdeadbeef0001"]);
     assert_eq!(report.orphan_parents_deleted, vec!["eth1.99"]);
-    assert!(p.kernel.get("eth1.98").is_some() && p.kernel.get("eth0.10").is_some());
-    assert!(p.kernel.get("rv111111111111").is_some(), "owned link kept");
-    assert!(p.kernel.get("rvdeadbeef0002").is_some() && p.kernel.get("rvdeadbeef0003").is_some());
+    assert!(p.ledger.kernel.get("eth1.98").is_some() && p.ledger.kernel.get("eth0.10").is_some());
+    assert!(p.ledger.kernel.get("rv111111111111").is_some(), "owned link kept");
+    assert!(p.ledger.kernel.get("rvdeadbeef0002").is_some() && p.ledger.kernel.get("rvdeadbeef0003").is_some());
 
     // After a host reboot the VLAN rustvlan made is gone: it is made again.
-    p.kernel.vanish("eth0.10");
-    p.kernel.vanish("rv111111111111");
-    let report = p.reconcile().await.unwrap();
+    p.ledger.kernel.vanish("eth0.10");
+    p.ledger.kernel.vanish("rv111111111111");
+    let report = p.driver.reconcile().await.unwrap();
     assert_eq!(report.parents_recreated, vec!["eth0.10"]);
     assert_eq!(report.endpoints_without_host_link, 1);
-    assert!(p.kernel.get("eth0.10").is_some());
+    assert!(p.ledger.kernel.get("eth0.10").is_some());
 }
 
 #[tokio::test]
@@ -664,20 +725,22 @@ async fn state_survives_reopening_the_store() {
     let dir = test_store();
     {
         let p = open(&dir, kernel());
-        p.create_network(network(
-            NET_A,
-            json!({"parent": "eth0.10"}),
-            "10.77.0.0/24",
-            "10.77.0.1/24",
-        ))
-        .await
-        .unwrap();
-        p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        p.driver
+            .create_network(network(
+                NET_A,
+                json!({"parent": "eth0.10"}),
+                "10.77.0.0/24",
+                "10.77.0.1/24",
+            ))
+            .await
+            .unwrap();
+        p.driver
+            .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
             .await
             .unwrap();
     }
     let p = open(&dir, kernel());
-    let state = p.state();
+    let state = p.ledger.state();
     assert_eq!(state.networks[NET_A].parent, "eth0.10");
     assert_eq!(state.endpoints[EP_1].link_name, "rv111111111111");
     assert!(state.parents.contains_key("eth0.10"));
@@ -690,32 +753,34 @@ mod sweeping {
     use crate::model::Family;
 
     async fn pool(p: &Plugin<FakeKernel>, cidr: &str) -> String {
-        p.request_pool(PoolRequest {
-            dhcp: false,
-            address_space: "rustvlan-local".into(),
-            pool: cidr.into(),
-            sub_pool: String::new(),
-            options: BTreeMap::new(),
-            family: Family::V4,
-        })
-        .await
-        .unwrap()
-        .pool_id
+        p.ipam
+            .request_pool(PoolRequest {
+                dhcp: false,
+                address_space: "rustvlan-local".into(),
+                pool: cidr.into(),
+                sub_pool: String::new(),
+                options: BTreeMap::new(),
+                family: Family::V4,
+            })
+            .await
+            .unwrap()
+            .pool_id
     }
 
     async fn address(p: &Plugin<FakeKernel>, pool_id: &str, ip: &str, gateway: bool) {
-        p.request_address(AddressRequest {
-            pool_id: pool_id.into(),
-            address: Some(ip.parse().unwrap()),
-            gateway,
-            options: BTreeMap::new(),
-        })
-        .await
-        .unwrap();
+        p.ipam
+            .request_address(AddressRequest {
+                pool_id: pool_id.into(),
+                address: Some(ip.parse().unwrap()),
+                gateway,
+                options: BTreeMap::new(),
+            })
+            .await
+            .unwrap();
     }
 
     fn allocated(p: &Plugin<FakeKernel>) -> Vec<String> {
-        let state = p.state();
+        let state = p.ledger.state();
         state
             .ipam
             .pools()
@@ -729,41 +794,52 @@ mod sweeping {
         let p = open(&dir, kernel());
         let id = pool(&p, "10.77.0.0/24").await;
         address(&p, &id, "10.77.0.1", true).await;
-        p.create_network(network(
-            NET_A,
-            json!({"parent": "eth0"}),
-            "10.77.0.0/24",
-            "10.77.0.1/24",
-        ))
-        .await
-        .unwrap();
+        p.driver
+            .create_network(network(
+                NET_A,
+                json!({"parent": "eth0"}),
+                "10.77.0.0/24",
+                "10.77.0.1/24",
+            ))
+            .await
+            .unwrap();
         assert_eq!(
-            p.state().ipam.pools().next().unwrap().record.claimed_by.as_deref(),
+            p.ledger
+                .state()
+                .ipam
+                .pools()
+                .next()
+                .unwrap()
+                .record
+                .claimed_by
+                .as_deref(),
             Some(NET_A),
             "CreateNetwork claims the pool"
         );
         for ip in ["10.77.0.2", "10.77.0.3"] {
             address(&p, &id, ip, false).await;
         }
-        p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        p.driver
+            .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
             .await
             .unwrap();
 
-        let first = p.sweep(false).await.unwrap();
+        let first = p.ipam.sweep(false).await.unwrap();
         assert!(first.is_empty(), "the first sweep only marks");
         assert_eq!(first.addresses_marked, 1);
         // In flight at the first sweep, bound before the second: kept.
         address(&p, &id, "10.77.0.4", false).await;
-        let second = p.sweep(false).await.unwrap();
+        let second = p.ipam.sweep(false).await.unwrap();
         assert_eq!(
             second.addresses_reclaimed,
             [(id.clone(), vec!["10.77.0.3".to_string()])].into(),
             "unused across a whole grace period: released"
         );
-        p.create_endpoint(endpoint(NET_A, EP_2, "10.77.0.4/24", ""))
+        p.driver
+            .create_endpoint(endpoint(NET_A, EP_2, "10.77.0.4/24", ""))
             .await
             .unwrap();
-        let third = p.sweep(false).await.unwrap();
+        let third = p.ipam.sweep(false).await.unwrap();
         assert!(third.is_empty() && third.addresses_marked == 0);
         assert_eq!(allocated(&p), vec!["10.77.0.1", "10.77.0.2", "10.77.0.4"]);
     }
@@ -774,25 +850,26 @@ mod sweeping {
         let p = open(&dir, kernel());
         let claimed = pool(&p, "10.77.0.0/24").await;
         address(&p, &claimed, "10.77.0.1", true).await;
-        p.create_network(network(
-            NET_A,
-            json!({"parent": "eth0"}),
-            "10.77.0.0/24",
-            "10.77.0.1/24",
-        ))
-        .await
-        .unwrap();
+        p.driver
+            .create_network(network(
+                NET_A,
+                json!({"parent": "eth0"}),
+                "10.77.0.0/24",
+                "10.77.0.1/24",
+            ))
+            .await
+            .unwrap();
         // Another driver's network using rustvlan's IPAM: never claimed.
         let foreign = pool(&p, "10.88.0.0/24").await;
         address(&p, &foreign, "10.88.0.1", true).await;
         address(&p, &foreign, "10.88.0.7", false).await;
         // The network goes but dockerd never released its pool.
-        p.delete_network(NET_A).await.unwrap();
-        let now = p.sweep(true).await.unwrap();
+        p.driver.delete_network(NET_A).await.unwrap();
+        let now = p.ipam.sweep(true).await.unwrap();
         assert_eq!(now.pools_reclaimed, vec![claimed.clone()]);
         assert!(now.addresses_reclaimed.is_empty());
         assert_eq!(allocated(&p), vec!["10.88.0.1", "10.88.0.7"]);
-        p.release_pool(&foreign).await.unwrap();
+        p.ipam.release_pool(&foreign).await.unwrap();
     }
 
     #[tokio::test]
@@ -801,25 +878,27 @@ mod sweeping {
         let p = open(&dir, kernel());
         let a = pool(&p, "10.77.0.0/24").await;
         address(&p, &a, "10.77.0.1", true).await;
-        p.create_network(network(
-            NET_A,
-            json!({"parent": "eth0"}),
-            "10.77.0.0/24",
-            "10.77.0.1/24",
-        ))
-        .await
-        .unwrap();
+        p.driver
+            .create_network(network(
+                NET_A,
+                json!({"parent": "eth0"}),
+                "10.77.0.0/24",
+                "10.77.0.1/24",
+            ))
+            .await
+            .unwrap();
         let b = pool(&p, "10.77.0.0/24").await;
         address(&p, &b, "10.77.0.1", true).await;
-        p.create_network(network(
-            NET_B,
-            json!({"parent": "eth1"}),
-            "10.77.0.0/24",
-            "10.77.0.1/24",
-        ))
-        .await
-        .unwrap();
-        let state = p.state();
+        p.driver
+            .create_network(network(
+                NET_B,
+                json!({"parent": "eth1"}),
+                "10.77.0.0/24",
+                "10.77.0.1/24",
+            ))
+            .await
+            .unwrap();
+        let state = p.ledger.state();
         let claims: Vec<Option<&str>> = state.ipam.pools().map(|p| p.record.claimed_by.as_deref()).collect();
         assert_eq!(claims, vec![Some(NET_A), Some(NET_B)]);
     }
@@ -829,60 +908,67 @@ mod queued_deletes {
     use super::*;
 
     async fn joined(p: &Plugin<FakeKernel>, ep: &str, address: &str, mac: &str) {
-        p.create_endpoint(endpoint(NET_A, ep, address, mac)).await.unwrap();
-        p.join(join(NET_A, ep)).await.unwrap();
+        p.driver
+            .create_endpoint(endpoint(NET_A, ep, address, mac))
+            .await
+            .unwrap();
+        p.driver.join(join(NET_A, ep)).await.unwrap();
     }
 
     #[tokio::test]
     async fn deletes_are_batched_and_names_are_not_reused_meanwhile() {
         let dir = test_store();
         let p = open(&dir, kernel());
-        p.create_network(network(
-            NET_A,
-            json!({"parent": "eth0"}),
-            "10.77.0.0/24",
-            "10.77.0.1/24",
-        ))
-        .await
-        .unwrap();
+        p.driver
+            .create_network(network(
+                NET_A,
+                json!({"parent": "eth0"}),
+                "10.77.0.0/24",
+                "10.77.0.1/24",
+            ))
+            .await
+            .unwrap();
         let ids: Vec<String> = (0..5).map(|n| format!("{n:012}{}", "a".repeat(52))).collect();
         for (n, id) in ids.iter().enumerate() {
             joined(&p, id, &format!("10.77.0.{}/24", n + 2), "").await;
         }
         for id in &ids {
-            p.delete_endpoint(&ep_req(NET_A, id)).await.unwrap();
+            p.driver.delete_endpoint(&ep_req(NET_A, id)).await.unwrap();
         }
-        assert_eq!(p.state().pending.len(), 5);
+        assert_eq!(p.ledger.state().pending.len(), 5);
         // A new endpoint whose id starts like a queued link's name gets another name.
         let again = format!("{:012}{}", 0, "b".repeat(52));
-        p.create_endpoint(endpoint(NET_A, &again, "10.77.0.9/24", ""))
+        p.driver
+            .create_endpoint(endpoint(NET_A, &again, "10.77.0.9/24", ""))
             .await
             .unwrap();
-        assert_eq!(p.state().endpoints[&again].link_name, "rv000000000000b");
-        assert_eq!(p.process_pending().await.unwrap(), 5);
-        assert_eq!(p.kernel.group_deletes(), 1, "five deletes, one batch");
-        assert_eq!(p.kernel.names(), vec!["eth0", "eth1"]);
+        assert_eq!(p.ledger.state().endpoints[&again].link_name, "rv000000000000b");
+        assert_eq!(p.driver.process_pending().await.unwrap(), 5);
+        assert_eq!(p.ledger.kernel.group_deletes(), 1, "five deletes, one batch");
+        assert_eq!(p.ledger.kernel.names(), vec!["eth0", "eth1"]);
     }
 
     #[tokio::test]
     async fn ids_alike_in_their_first_thirteen_characters_get_random_names() {
         let dir = test_store();
         let p = open(&dir, kernel());
-        p.create_network(network(
-            NET_A,
-            json!({"parent": "eth0"}),
-            "10.77.0.0/24",
-            "10.77.0.1/24",
-        ))
-        .await
-        .unwrap();
+        p.driver
+            .create_network(network(
+                NET_A,
+                json!({"parent": "eth0"}),
+                "10.77.0.0/24",
+                "10.77.0.1/24",
+            ))
+            .await
+            .unwrap();
         let mut names = std::collections::BTreeSet::new();
         for n in 0..4 {
             let id = format!("{}{n:051}", "0".repeat(13));
-            p.create_endpoint(endpoint(NET_A, &id, &format!("10.77.0.{}/24", n + 2), ""))
+            p.driver
+                .create_endpoint(endpoint(NET_A, &id, &format!("10.77.0.{}/24", n + 2), ""))
                 .await
                 .unwrap();
-            let name = p.state().endpoints[&id].link_name.clone();
+            let name = p.ledger.state().endpoints[&id].link_name.clone();
             assert!(name.len() <= 15 && name.starts_with("rv"), "{name}");
             assert!(names.insert(name));
         }
@@ -892,20 +978,21 @@ mod queued_deletes {
     async fn a_join_that_a_queued_delete_would_block_waits_for_it() {
         let dir = test_store();
         let p = open(&dir, kernel());
-        p.create_network(network(
-            NET_A,
-            json!({"parent": "eth0", "macvlan_mode": "passthru"}),
-            "10.77.0.0/24",
-            "10.77.0.1/24",
-        ))
-        .await
-        .unwrap();
+        p.driver
+            .create_network(network(
+                NET_A,
+                json!({"parent": "eth0", "macvlan_mode": "passthru"}),
+                "10.77.0.0/24",
+                "10.77.0.1/24",
+            ))
+            .await
+            .unwrap();
         joined(&p, EP_1, "10.77.0.2/24", "").await;
-        p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
+        p.driver.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
         // The passthru parent is free again only once the old link is gone.
         joined(&p, EP_2, "10.77.0.3/24", "").await;
-        assert!(p.state().pending.is_empty());
-        assert!(p.kernel.get("rv111111111111").is_none() && p.kernel.get("rv222222222222").is_some());
+        assert!(p.ledger.state().pending.is_empty());
+        assert!(p.ledger.kernel.get("rv111111111111").is_none() && p.ledger.kernel.get("rv222222222222").is_some());
     }
 
     #[tokio::test]
@@ -913,23 +1000,25 @@ mod queued_deletes {
         let dir = test_store();
         {
             let p = open(&dir, kernel());
-            p.create_network(network(
-                NET_A,
-                json!({"parent": "eth0"}),
-                "10.77.0.0/24",
-                "10.77.0.1/24",
-            ))
-            .await
-            .unwrap();
+            p.driver
+                .create_network(network(
+                    NET_A,
+                    json!({"parent": "eth0"}),
+                    "10.77.0.0/24",
+                    "10.77.0.1/24",
+                ))
+                .await
+                .unwrap();
             joined(&p, EP_1, "10.77.0.2/24", "").await;
-            p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
+            p.driver.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
             // The process dies before the deleter ran.
         }
         let k = kernel();
         let p = open(&dir, k);
         // The link survived the crash (same kernel, new process): re-create it as it was.
-        let eth0 = p.kernel.get("eth0").unwrap().index;
-        p.kernel
+        let eth0 = p.ledger.kernel.get("eth0").unwrap().index;
+        p.ledger
+            .kernel
             .add_child(&ChildLink {
                 name: "rv111111111111".into(),
                 parent_index: eth0,
@@ -938,20 +1027,20 @@ mod queued_deletes {
                 },
                 mac: None,
                 mtu: None,
-                group: p.group,
+                group: p.driver.group,
             })
             .await
             .unwrap();
-        assert_eq!(p.state().pending.len(), 1, "the queue is on disk");
-        let report = p.reconcile().await.unwrap();
+        assert_eq!(p.ledger.state().pending.len(), 1, "the queue is on disk");
+        let report = p.driver.reconcile().await.unwrap();
         assert_eq!(report.pending_deletes_finished, 1);
         assert!(
             report.orphan_links_deleted.is_empty(),
             "a queued link is not an orphan: {:?}",
             report.orphan_links_deleted
         );
-        assert!(p.kernel.get("rv111111111111").is_none());
-        assert!(p.state().pending.is_empty());
+        assert!(p.ledger.kernel.get("rv111111111111").is_none());
+        assert!(p.ledger.state().pending.is_empty());
     }
 }
 
@@ -959,27 +1048,33 @@ mod queued_deletes {
 async fn join_finds_a_parent_that_was_made_again() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0.10"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
-    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0.10"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
         .await
         .unwrap();
-    p.join(join(NET_A, EP_1)).await.unwrap(); // caches the parent's index
-    p.kernel.vanish("eth0.10");
-    p.kernel.vanish("rv111111111111");
-    p.reconcile().await.unwrap(); // makes eth0.10 again, with a new index
-    p.create_endpoint(endpoint(NET_A, EP_2, "10.77.0.3/24", ""))
+    p.driver
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
         .await
         .unwrap();
-    p.join(join(NET_A, EP_2)).await.unwrap();
-    let vlan = p.kernel.get("eth0.10").unwrap();
-    assert_eq!(p.kernel.get("rv222222222222").unwrap().parent_index, Some(vlan.index));
+    p.driver.join(join(NET_A, EP_1)).await.unwrap(); // caches the parent's index
+    p.ledger.kernel.vanish("eth0.10");
+    p.ledger.kernel.vanish("rv111111111111");
+    p.driver.reconcile().await.unwrap(); // makes eth0.10 again, with a new index
+    p.driver
+        .create_endpoint(endpoint(NET_A, EP_2, "10.77.0.3/24", ""))
+        .await
+        .unwrap();
+    p.driver.join(join(NET_A, EP_2)).await.unwrap();
+    let vlan = p.ledger.kernel.get("eth0.10").unwrap();
+    assert_eq!(
+        p.ledger.kernel.get("rv222222222222").unwrap().parent_index,
+        Some(vlan.index)
+    );
 }
 
 #[tokio::test]
@@ -992,7 +1087,7 @@ async fn gateways_are_skipped_where_containers_get_none() {
         if internal {
             options.insert("com.docker.network.internal".to_string(), json!(true));
         }
-        let needs = p.gateway_needs(&options).unwrap();
+        let needs = p.driver.gateway_needs(&options).unwrap();
         assert_eq!(needs.ipv4, needs.ipv6);
         !needs.ipv4
     };
@@ -1007,6 +1102,7 @@ async fn gateways_are_skipped_where_containers_get_none() {
         "ipvlan l3 routes through the device"
     );
     let err = p
+        .driver
         .gateway_needs(&BTreeMap::from([(
             "com.docker.network.generic".to_string(),
             json!({"macvlan_mod": "bridge"}),
@@ -1019,29 +1115,30 @@ async fn gateways_are_skipped_where_containers_get_none() {
 async fn unknown_bare_endpoint_options_are_refused_and_namespaced_ones_ignored() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
     let mut req = endpoint(NET_A, EP_1, "10.77.0.2/24", "");
     req.options = BTreeMap::from([("colour".to_string(), json!("blue"))]);
-    let err = p.create_endpoint(req).await.unwrap_err();
+    let err = p.driver.create_endpoint(req).await.unwrap_err();
     assert_eq!(
         err.message,
         "unknown endpoint option colour; valid endpoint options: none (namespaced keys such as com.example.key \
          are accepted and ignored)"
     );
-    assert!(p.state().endpoints.is_empty());
+    assert!(p.ledger.state().endpoints.is_empty());
     let mut req = endpoint(NET_A, EP_1, "10.77.0.2/24", "");
     req.options = BTreeMap::from([
         ("com.docker.network.endpoint.ifname".to_string(), json!("foo0")),
         ("com.docker.network.portmap".to_string(), json!([])),
     ]);
-    p.create_endpoint(req).await.unwrap();
+    p.driver.create_endpoint(req).await.unwrap();
 }
 
 #[tokio::test]
@@ -1064,20 +1161,20 @@ async fn ipv6_only_networks_and_family_mismatches() {
         }];
         req
     };
-    let err = p.create_network(v6_only(NET_A, true, false)).await.unwrap_err();
+    let err = p.driver.create_network(v6_only(NET_A, true, false)).await.unwrap_err();
     assert!(
         err.message.starts_with("IPv4 is enabled but IPv4Data has no subnet"),
         "{}",
         err.message
     );
-    let err = p.create_network(v6_only(NET_A, false, true)).await.unwrap_err();
+    let err = p.driver.create_network(v6_only(NET_A, false, true)).await.unwrap_err();
     assert!(err.message.starts_with("IPv4 is disabled"), "{}", err.message);
-    assert!(p.state().networks.is_empty());
-    p.create_network(v6_only(NET_A, false, false)).await.unwrap();
+    assert!(p.ledger.state().networks.is_empty());
+    p.driver.create_network(v6_only(NET_A, false, false)).await.unwrap();
     let mut req = endpoint(NET_A, EP_1, "", "");
     req.ipv6 = Some("fd00:79::2/64".into());
-    p.create_endpoint(req).await.unwrap();
-    let joined = p.join(join(NET_A, EP_1)).await.unwrap();
+    p.driver.create_endpoint(req).await.unwrap();
+    let joined = p.driver.join(join(NET_A, EP_1)).await.unwrap();
     assert_eq!(joined.gateway, None);
 }
 
@@ -1090,25 +1187,28 @@ mod status {
 
     async fn report(p: &Plugin<FakeKernel>) -> StatusReport {
         let records = p.dump().await.unwrap().records();
-        let seen: Observation = observe(&*p.kernel, &records).await.unwrap();
+        let seen: Observation = observe(&*p.ledger.kernel, &records).await.unwrap();
         StatusReport::build(&records, &seen, Source::Plugin)
     }
 
     async fn joined_plugin(dir: &TestStore) -> Plugin<FakeKernel> {
         let p = open(dir, kernel());
-        p.create_network(network(
-            NET_A,
-            json!({"parent": "eth0"}),
-            "10.77.0.0/24",
-            "10.77.0.1/24",
-        ))
-        .await
-        .unwrap();
-        p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+        p.driver
+            .create_network(network(
+                NET_A,
+                json!({"parent": "eth0"}),
+                "10.77.0.0/24",
+                "10.77.0.1/24",
+            ))
             .await
             .unwrap();
-        let joined = p.join(join(NET_A, EP_1)).await.unwrap();
-        p.kernel
+        p.driver
+            .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.2/24", ""))
+            .await
+            .unwrap();
+        let joined = p.driver.join(join(NET_A, EP_1)).await.unwrap();
+        p.ledger
+            .kernel
             .move_into(&joined.link_name, std::path::Path::new(SANDBOX), "eth0");
         p
     }
@@ -1137,11 +1237,11 @@ mod status {
     async fn leave_forgets_the_sandbox() {
         let dir = test_store();
         let p = joined_plugin(&dir).await;
-        p.leave(&ep_req(NET_A, EP_1)).await;
+        p.driver.leave(&ep_req(NET_A, EP_1)).await;
         let records = p.dump().await.unwrap();
         assert_eq!(records.endpoints[EP_1].sandbox, None);
         // dockerd moved the link back: in the host namespace again.
-        p.kernel.remove_namespace(std::path::Path::new(SANDBOX));
+        p.ledger.kernel.remove_namespace(std::path::Path::new(SANDBOX));
         let status = report(&p).await;
         assert_eq!(status.endpoints[0].link_is, LinkIs::NotJoined);
         assert_eq!(status.drift, vec![]);
@@ -1151,7 +1251,7 @@ mod status {
     async fn a_link_deleted_in_the_container_is_drift() {
         let dir = test_store();
         let p = joined_plugin(&dir).await;
-        p.kernel.set_namespace(std::path::Path::new(SANDBOX), vec![]);
+        p.ledger.kernel.set_namespace(std::path::Path::new(SANDBOX), vec![]);
         let status = report(&p).await;
         assert_eq!(
             status.drift,
@@ -1173,10 +1273,16 @@ mod status {
     async fn another_containers_link_on_the_same_parent_is_not_taken_for_ours() {
         let dir = test_store();
         let p = joined_plugin(&dir).await;
-        let mut links = p.kernel.links_in(std::path::Path::new(SANDBOX)).await.unwrap().unwrap();
+        let mut links = p
+            .ledger
+            .kernel
+            .links_in(std::path::Path::new(SANDBOX))
+            .await
+            .unwrap()
+            .unwrap();
         // Same mark and parent, another MAC: a link of another endpoint.
         links[0].mac = Some(crate::model::MacAddr([2, 0, 0, 0, 0, 9]));
-        p.kernel.set_namespace(std::path::Path::new(SANDBOX), links);
+        p.ledger.kernel.set_namespace(std::path::Path::new(SANDBOX), links);
         let status = report(&p).await;
         assert!(
             matches!(status.drift[..], [Drift::EndpointLinkGone { .. }]),
@@ -1189,7 +1295,7 @@ mod status {
     async fn a_vanished_container_namespace_is_drift() {
         let dir = test_store();
         let p = joined_plugin(&dir).await;
-        p.kernel.remove_namespace(std::path::Path::new(SANDBOX));
+        p.ledger.kernel.remove_namespace(std::path::Path::new(SANDBOX));
         let status = report(&p).await;
         assert!(
             matches!(status.drift[..], [Drift::ContainerGone { .. }]),
@@ -1202,11 +1308,12 @@ mod status {
     async fn marked_links_nobody_owns_and_missing_parents_are_drift() {
         let dir = test_store();
         let p = joined_plugin(&dir).await;
-        let eth0 = p.kernel.get("eth0").unwrap();
+        let eth0 = p.ledger.kernel.get("eth0").unwrap();
         // rvstray carries the mark; "theirs" is the same kind of link without it:
         // someone else's, not drift.
-        for (name, group) in [("rvstray", p.group), ("theirs", 0)] {
-            p.kernel
+        for (name, group) in [("rvstray", p.driver.group), ("theirs", 0)] {
+            p.ledger
+                .kernel
                 .add_child(&ChildLink {
                     name: name.into(),
                     parent_index: eth0.index,
@@ -1228,8 +1335,8 @@ mod status {
                 link_kind: "macvlan".into()
             }]
         );
-        p.kernel.vanish("rvstray");
-        p.kernel.vanish("eth0");
+        p.ledger.kernel.vanish("rvstray");
+        p.ledger.kernel.vanish("eth0");
         let status = report(&p).await;
         assert_eq!(
             status.drift,
@@ -1245,11 +1352,11 @@ mod status {
     async fn drift_seen_only_once_is_not_reported() {
         let dir = test_store();
         let p = joined_plugin(&dir).await;
-        p.kernel.set_namespace(std::path::Path::new(SANDBOX), vec![]);
+        p.ledger.kernel.set_namespace(std::path::Path::new(SANDBOX), vec![]);
         let mut first = report(&p).await;
         assert_eq!(first.drift.len(), 1);
         // The container was removed meanwhile: the second look has no such endpoint.
-        p.leave(&ep_req(NET_A, EP_1)).await;
+        p.driver.leave(&ep_req(NET_A, EP_1)).await;
         let second = report(&p).await;
         first.confirm_drift(&second);
         assert_eq!(first.drift, vec![]);
@@ -1292,93 +1399,201 @@ async fn host_access_with_an_aux_address_makes_one_shim_with_routes_and_cleans_u
         )
     };
     // Docker's default IPAM: the host's address comes from --aux-address host=IP.
-    let err = p.create_network(req()).await.unwrap_err();
+    let err = p.driver.create_network(req()).await.unwrap_err();
     assert!(err.message.contains("--aux-address host=IP"), "{}", err.message);
-    p.create_network(with_host_aux(req(), "10.77.0.250/24")).await.unwrap();
-    let shim = super::host_access::shim_name("eth0");
-    assert!(p.kernel.is_ready_shim(&shim));
-    assert_eq!(p.kernel.addresses_of(&shim), vec!["10.77.0.250/32".parse().unwrap()]);
-
-    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.5/24", ""))
+    p.driver
+        .create_network(with_host_aux(req(), "10.77.0.250/24"))
         .await
         .unwrap();
-    let answer = p.join(join(NET_A, EP_1)).await.unwrap();
+    let shim = super::host_access::shim_name("eth0");
+    assert!(p.ledger.kernel.is_ready_shim(&shim));
+    assert_eq!(
+        p.ledger.kernel.addresses_of(&shim),
+        vec!["10.77.0.250/32".parse().unwrap()]
+    );
+
+    p.driver
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.5/24", ""))
+        .await
+        .unwrap();
+    let answer = p.driver.join(join(NET_A, EP_1)).await.unwrap();
     let routes = serde_json::to_value(join_answer(answer).static_routes).unwrap();
     assert_eq!(
         routes,
         json!([{"Destination": "10.77.0.2/32", "RouteType": 0, "NextHop": "10.77.0.250"}])
     );
-    assert_eq!(p.kernel.routes(), vec![("10.77.0.5/32".parse().unwrap(), shim.clone())]);
+    assert_eq!(
+        p.ledger.kernel.routes(),
+        vec![("10.77.0.5/32".parse().unwrap(), shim.clone())]
+    );
 
     // Start-up reconcile keeps the shim: it is no orphan.
-    let report = p.reconcile().await.unwrap();
+    let report = p.driver.reconcile().await.unwrap();
     assert!(report.orphan_links_deleted.is_empty(), "{report:?}");
-    assert!(p.kernel.get(&shim).is_some());
+    assert!(p.ledger.kernel.get(&shim).is_some());
 
-    p.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
-    assert!(p.kernel.routes().is_empty());
-    p.delete_network(NET_A).await.unwrap();
-    assert!(p.kernel.get(&shim).is_none(), "the last network takes the shim");
+    p.driver.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
+    assert!(p.ledger.kernel.routes().is_empty());
+    p.driver.delete_network(NET_A).await.unwrap();
+    assert!(p.ledger.kernel.get(&shim).is_none(), "the last network takes the shim");
 }
 
 #[tokio::test]
 async fn reconcile_remakes_a_missing_shim_with_its_address_and_routes() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(with_host_aux(
-        network(
-            NET_A,
-            json!({"parent": "eth0", "host_access": "on"}),
-            "10.77.0.0/24",
-            "10.77.0.1/24",
-        ),
-        "10.77.0.250/24",
-    ))
-    .await
-    .unwrap();
-    p.create_endpoint(endpoint(NET_A, EP_1, "10.77.0.5/24", ""))
+    p.driver
+        .create_network(with_host_aux(
+            network(
+                NET_A,
+                json!({"parent": "eth0", "host_access": "on"}),
+                "10.77.0.0/24",
+                "10.77.0.1/24",
+            ),
+            "10.77.0.250/24",
+        ))
         .await
         .unwrap();
-    p.join(join(NET_A, EP_1)).await.unwrap();
+    p.driver
+        .create_endpoint(endpoint(NET_A, EP_1, "10.77.0.5/24", ""))
+        .await
+        .unwrap();
+    p.driver.join(join(NET_A, EP_1)).await.unwrap();
     drop(p);
     // A reboot: no shim, no route, no container link in the host namespace.
     let p = open(&dir, kernel());
-    let report = p.reconcile().await.unwrap();
+    let report = p.driver.reconcile().await.unwrap();
     let shim = super::host_access::shim_name("eth0");
     assert_eq!(report.host_access.shims_recreated, vec![shim.clone()]);
-    assert_eq!(p.kernel.addresses_of(&shim), vec!["10.77.0.250/32".parse().unwrap()]);
-    assert_eq!(p.kernel.routes(), vec![("10.77.0.5/32".parse().unwrap(), shim)]);
+    assert_eq!(
+        p.ledger.kernel.addresses_of(&shim),
+        vec!["10.77.0.250/32".parse().unwrap()]
+    );
+    assert_eq!(p.ledger.kernel.routes(), vec![("10.77.0.5/32".parse().unwrap(), shim)]);
 }
 
 #[tokio::test]
 async fn qinq_outer_vlan_is_shared_and_goes_with_the_last_inner_one() {
     let dir = test_store();
     let p = open(&dir, kernel());
-    p.create_network(network(
-        NET_A,
-        json!({"parent": "eth0.100.10"}),
-        "10.77.0.0/24",
-        "10.77.0.1/24",
-    ))
-    .await
-    .unwrap();
-    p.create_network(network(
-        NET_B,
-        json!({"parent": "eth0", "vlan": "100.20"}),
-        "10.78.0.0/24",
-        "10.78.0.1/24",
-    ))
-    .await
-    .unwrap();
-    let outer = p.kernel.get("eth0.100").expect("outer VLAN made");
-    assert_eq!(p.kernel.get("eth0.100.10").unwrap().parent_index, Some(outer.index));
-    assert_eq!(p.kernel.get("eth0.100.20").unwrap().parent_index, Some(outer.index));
-    assert_eq!(p.state().parents.len(), 3);
+    p.driver
+        .create_network(network(
+            NET_A,
+            json!({"parent": "eth0.100.10"}),
+            "10.77.0.0/24",
+            "10.77.0.1/24",
+        ))
+        .await
+        .unwrap();
+    p.driver
+        .create_network(network(
+            NET_B,
+            json!({"parent": "eth0", "vlan": "100.20"}),
+            "10.78.0.0/24",
+            "10.78.0.1/24",
+        ))
+        .await
+        .unwrap();
+    let outer = p.ledger.kernel.get("eth0.100").expect("outer VLAN made");
+    assert_eq!(
+        p.ledger.kernel.get("eth0.100.10").unwrap().parent_index,
+        Some(outer.index)
+    );
+    assert_eq!(
+        p.ledger.kernel.get("eth0.100.20").unwrap().parent_index,
+        Some(outer.index)
+    );
+    assert_eq!(p.ledger.state().parents.len(), 3);
 
-    p.delete_network(NET_A).await.unwrap();
-    assert!(p.kernel.get("eth0.100.10").is_none());
-    assert!(p.kernel.get("eth0.100").is_some(), "eth0.100.20 still hangs off it");
-    p.delete_network(NET_B).await.unwrap();
-    assert!(p.kernel.get("eth0.100").is_none(), "gone with the last inner VLAN");
-    assert!(p.state().parents.is_empty());
+    p.driver.delete_network(NET_A).await.unwrap();
+    assert!(p.ledger.kernel.get("eth0.100.10").is_none());
+    assert!(
+        p.ledger.kernel.get("eth0.100").is_some(),
+        "eth0.100.20 still hangs off it"
+    );
+    p.driver.delete_network(NET_B).await.unwrap();
+    assert!(
+        p.ledger.kernel.get("eth0.100").is_none(),
+        "gone with the last inner VLAN"
+    );
+    assert!(p.ledger.state().parents.is_empty());
+}
+
+/// What README's "Adding a front-end" says a front-end calls, in that order, with the
+/// engine's own types only: pool, gateway, network, address, endpoint, Join, Leave, and
+/// the deletes, after which nothing is left.
+#[tokio::test]
+async fn a_front_end_drives_the_engine_without_docker_json() {
+    use crate::ipam::{AddressRequest, PoolRequest};
+    use crate::model::Family;
+    let dir = test_store();
+    let p = open(&dir, kernel());
+    let grant = p
+        .ipam
+        .request_pool(PoolRequest {
+            dhcp: false,
+            address_space: "rustvlan-local".into(),
+            pool: "10.88.0.0/24".into(),
+            sub_pool: String::new(),
+            options: BTreeMap::new(),
+            family: Family::V4,
+        })
+        .await
+        .unwrap();
+    let address = |gateway: bool| AddressRequest {
+        pool_id: grant.pool_id.clone(),
+        address: None,
+        gateway,
+        options: BTreeMap::new(),
+    };
+    let options = BTreeMap::from([("com.docker.network.generic".to_string(), json!({"parent": "eth0"}))]);
+    assert!(p.driver.gateway_needs(&options).unwrap().ipv4);
+    let gateway = p.ipam.request_address(address(true)).await.unwrap();
+    let spec = NetworkSpec {
+        network_id: NET_A.into(),
+        options,
+        ipv4: vec![SubnetSpec {
+            address_space: "rustvlan-local".into(),
+            pool: grant.pool.to_string(),
+            gateway: Some(gateway.to_string()),
+            aux_addresses: BTreeMap::new(),
+        }],
+        ipv6: vec![],
+    };
+    p.driver.create_network(spec).await.unwrap();
+    let ip = p.ipam.request_address(address(false)).await.unwrap();
+    let created = p
+        .driver
+        .create_endpoint(EndpointSpec {
+            network_id: NET_A.into(),
+            endpoint_id: EP_1.into(),
+            ipv4: Some(ip.to_string()),
+            ..EndpointSpec::default()
+        })
+        .await
+        .unwrap();
+    let mac = created.chosen_mac.expect("a macvlan endpoint without a MAC gets one");
+    let joined = p
+        .driver
+        .join(JoinSpec {
+            endpoint: EndpointRef::new(NET_A, EP_1),
+            sandbox: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(joined.gateway, Some(gateway.ip()));
+    let link = p.ledger.kernel.get(&joined.link_name).expect("Join made the link");
+    assert_eq!(link.mac, Some(mac));
+    let endpoint = EndpointRef::new(NET_A, EP_1);
+    p.driver.leave(&endpoint).await;
+    p.driver.delete_endpoint(&endpoint).await.unwrap();
+    p.ipam.release_address(&grant.pool_id, ip.ip()).await.unwrap();
+    p.driver.delete_network(NET_A).await.unwrap();
+    p.ipam.release_address(&grant.pool_id, gateway.ip()).await.unwrap();
+    p.ipam.release_pool(&grant.pool_id).await.unwrap();
+    p.driver.process_pending().await.unwrap();
+    let state = p.ledger.state();
+    assert!(state.networks.is_empty() && state.endpoints.is_empty() && state.pending.is_empty());
+    assert_eq!(state.ipam.pools().count(), 0);
+    assert!(p.ledger.kernel.get(&joined.link_name).is_none(), "the link is gone");
 }

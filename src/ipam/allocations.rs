@@ -13,8 +13,8 @@ use ipnetwork::IpNetwork;
 use super::PoolRequest;
 use crate::error::Result;
 use crate::kernel::Kernel;
+use crate::ledger::Ledger;
 use crate::model::PoolRecord;
-use crate::plugin::Plugin;
 use crate::state::Change;
 
 /// A source of pools and addresses. Every answer is durable before it returns: dockerd
@@ -38,12 +38,12 @@ pub trait Allocations {
 /// This host's own pools: planned by the pure allocator under the state lock, written in
 /// the request's sled batch.
 pub struct LocalAllocations<'a, K> {
-    plugin: &'a Plugin<K>,
+    ledger: &'a Ledger<K>,
 }
 
 impl<'a, K: Kernel> LocalAllocations<'a, K> {
-    pub fn new(plugin: &'a Plugin<K>) -> Self {
-        LocalAllocations { plugin }
+    pub fn new(ledger: &'a Ledger<K>) -> Self {
+        LocalAllocations { ledger }
     }
 }
 
@@ -53,7 +53,7 @@ fn ipam_changes(changes: Vec<super::IpamChange>) -> Vec<Change> {
 
 impl<K: Kernel> Allocations for LocalAllocations<'_, K> {
     async fn request_pool(&self, request: &PoolRequest) -> Result<PoolRecord> {
-        self.plugin
+        self.ledger
             .commit(|state| {
                 let (record, changes) = state.ipam.plan_request_pool(request)?;
                 Ok((record, ipam_changes(changes)))
@@ -62,7 +62,7 @@ impl<K: Kernel> Allocations for LocalAllocations<'_, K> {
     }
 
     async fn release_pool(&self, pool_id: &str) -> Result<bool> {
-        self.plugin
+        self.ledger
             .commit(|state| {
                 let changes = state.ipam.plan_release_pool(pool_id)?;
                 Ok((!changes.is_empty(), ipam_changes(changes)))
@@ -71,7 +71,7 @@ impl<K: Kernel> Allocations for LocalAllocations<'_, K> {
     }
 
     async fn request_address(&self, pool_id: &str, address: Option<IpAddr>, gateway: bool) -> Result<IpNetwork> {
-        self.plugin
+        self.ledger
             .commit(|state| {
                 let (cidr, changes) = state.ipam.plan_request_address(pool_id, address, gateway)?;
                 Ok((cidr, ipam_changes(changes)))
@@ -80,7 +80,7 @@ impl<K: Kernel> Allocations for LocalAllocations<'_, K> {
     }
 
     async fn release_address(&self, pool_id: &str, address: IpAddr) -> Result<bool> {
-        self.plugin
+        self.ledger
             .commit(|state| {
                 let changes = state.ipam.plan_release_address(pool_id, address)?;
                 Ok((!changes.is_empty(), ipam_changes(changes)))

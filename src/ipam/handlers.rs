@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+use super::Ipam;
 use crate::error::Error;
 use crate::error::Result;
 use crate::ipam::{
@@ -14,12 +15,11 @@ use crate::ipam::{
 };
 use crate::kernel::Kernel;
 use crate::keys::check_option_keys;
-use crate::plugin::Plugin;
 
 /// Bare `--ipam-opt` keys rustvlan's IPAM understands.
 const IPAM_KEYS: &[&str] = &[SEGMENT_OPTION, SCOPE_OPTION];
 
-impl<K: Kernel> Plugin<K> {
+impl<K: Kernel> Ipam<K> {
     /// RequestPool of `rustvlan`, or of `rustvlan-dhcp` when `request.dhcp`.
     pub async fn request_pool(&self, request: PoolRequest) -> Result<PoolGrant> {
         check_ipam_options(&request.options)?;

@@ -6,12 +6,12 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::Ipam;
 use crate::dhcp::{DhcpError, Granted, Identity};
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, LinkInfo};
 use crate::keys::ENDPOINT_MAC_OPTION;
 use crate::model::{DhcpEvent, IpvlanMode, LeaseRecord, LinkMode, MacAddr, NetworkRecord, PoolRecord, lease_key};
-use crate::plugin::Plugin;
 use crate::state::Change;
 use crate::util::short_id;
 
@@ -56,7 +56,7 @@ fn dhcp_error(e: DhcpError) -> Error {
     }
 }
 
-impl<K: Kernel> Plugin<K> {
+impl<K: Kernel> Ipam<K> {
     /// A DHCP pool is bound to its network at CreateNetwork, by subnet: the newest
     /// unclaimed pool of that subnet. Two networks of one subnet (both without
     /// `--subnet`, say) being created at the same moment could take each other's pool,

@@ -15,10 +15,10 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::Ipam;
 use crate::error::Result;
 use crate::ipam::{IpamChange, pool_id};
 use crate::kernel::Kernel;
-use crate::plugin::Plugin;
 use crate::state::{Change, State};
 
 /// What one sweep left marked, for the next one.
@@ -145,7 +145,7 @@ pub fn plan_sweep(state: &State, marks: &mut SweepMarks, now: bool) -> (SweepRep
     (report, changes)
 }
 
-impl<K: Kernel> Plugin<K> {
+impl<K: Kernel> Ipam<K> {
     /// Releases addresses and pools dockerd stopped using without telling (see
     /// the module docs): what the previous sweep marked and is still unused, or, with `now`,
     /// everything unused at once.

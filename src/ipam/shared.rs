@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
+use super::Ipam;
 use super::allocations::{Allocations, LocalAllocations};
 use super::allocator::SearchStart;
 use super::{IpamChange, PoolRequest, PoolScope, plan_name};
 use crate::error::{Error, Result};
 use crate::etcd::{Claim, Etcd, EtcdErrorKind, Holder, Reservation};
 use crate::kernel::Kernel;
+use crate::ledger::CommitHook;
 use crate::model::{PoolRecord, SharedRelease};
-use crate::plugin::Plugin;
 use crate::state::{Change, State};
 
 /// What this host knows of the shared plans beyond its own records.
@@ -32,7 +33,7 @@ pub struct SharedPlans {
     views: Mutex<HashMap<String, PlanView>>,
     /// Wakes the drainer of shared releases.
     wake: tokio::sync::Notify,
-    /// Found by the last start-up check (see [`Plugin::reconcile_shared`]).
+    /// Found by the last start-up check (see [`Ipam::reconcile_shared`]).
     conflicts: Mutex<Vec<SharedConflict>>,
 }
 
@@ -269,35 +270,14 @@ fn holder_text(holder: &Holder) -> String {
     }
 }
 
-/// Where a plugin's pools are allocated: its own, or shared through etcd.
-pub struct PoolAllocations<'a, K> {
-    local: LocalAllocations<'a, K>,
-    plugin: &'a Plugin<K>,
-}
+/// The commit hook of shared pools (registered by [`Ipam::with_shared`]).
+pub(crate) struct SharedReleaseNotes;
 
-impl<K: Kernel> Plugin<K> {
-    /// Where this plugin's pools are allocated.
-    pub fn allocations(&self) -> PoolAllocations<'_, K> {
-        PoolAllocations {
-            local: LocalAllocations::new(self),
-            plugin: self,
-        }
-    }
-
-    /// The pool's record, if it is a shared pool.
-    fn shared_pool(&self, pool_id: &str) -> Option<PoolRecord> {
-        let state = self.state();
-        let pool = state.ipam.lookup(pool_id).ok().flatten()?;
-        pool.record.shared.then(|| pool.record.clone())
-    }
-
+impl CommitHook for SharedReleaseNotes {
     /// Book-keeping every commit gets when pools are shared: an address released from
     /// a shared pool (by a release, the sweep, or its pool going) leaves a durable note
     /// to delete its etcd claim; an address taken again cancels such a note.
-    pub(crate) fn shared_bookkeeping(&self, state: &State, changes: &mut Vec<Change>) {
-        if self.shared.is_none() {
-            return;
-        }
+    fn follow_up(&self, state: &State, changes: &[Change]) -> Vec<Change> {
         let mut extra = Vec::new();
         for change in changes.iter() {
             match change {
@@ -333,7 +313,30 @@ impl<K: Kernel> Plugin<K> {
                 _ => {}
             }
         }
-        changes.extend(extra);
+        extra
+    }
+}
+
+/// Where a plugin's pools are allocated: its own, or shared through etcd.
+pub struct PoolAllocations<'a, K> {
+    local: LocalAllocations<'a, K>,
+    plugin: &'a Ipam<K>,
+}
+
+impl<K: Kernel> Ipam<K> {
+    /// Where this plugin's pools are allocated.
+    pub fn allocations(&self) -> PoolAllocations<'_, K> {
+        PoolAllocations {
+            local: LocalAllocations::new(self),
+            plugin: self,
+        }
+    }
+
+    /// The pool's record, if it is a shared pool.
+    fn shared_pool(&self, pool_id: &str) -> Option<PoolRecord> {
+        let state = self.state();
+        let pool = state.ipam.lookup(pool_id).ok().flatten()?;
+        pool.record.shared.then(|| pool.record.clone())
     }
 
     /// Deletes the etcd claims of shared addresses released here: now, and every few
@@ -678,7 +681,7 @@ impl SharedPlans {
     }
 }
 
-impl<K: Kernel> Plugin<K> {
+impl<K: Kernel> Ipam<K> {
     /// Once etcd answers after start-up: this host's claims in etcd and its store's
     /// records of shared pools must agree.
     pub async fn reconcile_shared(&self) -> Result<SharedReport> {
