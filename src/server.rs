@@ -245,7 +245,7 @@ async fn connect_etcd(plugin: &Arc<Plugin<NetlinkKernel>>, config: crate::etcd::
             shared.connected(etcd, plugin.metrics());
             spawn_shared_check(plugin);
         }
-        Err(e) if e.message.contains("give each host its own --host-id") => bail!("{e}"),
+        Err(e) if e.kind == crate::etcd::EtcdErrorKind::HostIdTaken => bail!("{e}"),
         Err(e) => {
             tracing::warn!("{e}; shared pools wait for etcd, local pools work; retrying in the background");
             tokio::spawn(async move {

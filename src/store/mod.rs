@@ -689,20 +689,67 @@ fn plain(err: sled::Error) -> anyhow::Error {
     }
 }
 
-fn explain_open_error(path: &Path, err: sled::Error) -> anyhow::Error {
-    let text = plain(err).to_string();
-    let hint = if text.contains("Read-only file system") || text.contains("Permission denied") {
-        "the state directory is not writable: make it writable, or point --state-dir elsewhere"
-    } else if text.contains("No space left") {
-        "the disk holding the state directory is full: free space and start rustvlan again"
-    } else if text.contains("lock") || text.contains("WouldBlock") || text.contains("Resource temporarily unavailable")
-    {
-        "another rustvlan process is using this state directory"
-    } else {
-        "the store looks damaged: restore it from a backup, or move it aside to start empty \
-         (addresses in use by running containers would then be handed out again)"
+/// Why the store would not open, as far as the operator can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenFailure {
+    NotWritable,
+    DiskFull,
+    InUse,
+    Damaged,
+}
+
+impl OpenFailure {
+    fn of(db_path: &Path, err: &sled::Error) -> OpenFailure {
+        use nix::errno::Errno;
+        use std::io::ErrorKind;
+        if let sled::Error::Io(io) = err {
+            match (io.raw_os_error().map(Errno::from_raw), io.kind()) {
+                (Some(Errno::EROFS | Errno::EACCES | Errno::EPERM), _)
+                | (_, ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied) => return OpenFailure::NotWritable,
+                (Some(Errno::ENOSPC), _) | (_, ErrorKind::StorageFull) => return OpenFailure::DiskFull,
+                _ => {}
+            }
+        }
+        // sled reports a lock held elsewhere as a bare message: ask the lock itself.
+        if locked_elsewhere(db_path) {
+            OpenFailure::InUse
+        } else {
+            OpenFailure::Damaged
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            OpenFailure::NotWritable => {
+                "the state directory is not writable: make it writable, or point --state-dir elsewhere"
+            }
+            OpenFailure::DiskFull => {
+                "the disk holding the state directory is full: free space and start rustvlan again"
+            }
+            OpenFailure::InUse => "another rustvlan process is using this state directory",
+            OpenFailure::Damaged => {
+                "the store looks damaged: restore it from a backup, or move it aside to start empty \
+                 (addresses in use by running containers would then be handed out again)"
+            }
+        }
+    }
+}
+
+/// Whether another open of sled's log holds the exclusive lock sled takes on it.
+fn locked_elsewhere(db_path: &Path) -> bool {
+    use nix::fcntl::{Flock, FlockArg};
+    let Ok(log) = std::fs::File::open(db_path.join("db")) else {
+        return false;
     };
-    anyhow!("cannot open the state store {}: {text}; {hint}", path.display())
+    matches!(
+        Flock::lock(log, FlockArg::LockExclusiveNonblock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK))
+    )
+}
+
+fn explain_open_error(path: &Path, err: sled::Error) -> anyhow::Error {
+    let hint = OpenFailure::of(path, &err).hint();
+    anyhow!("cannot open the state store {}: {}; {hint}", path.display(), plain(err))
 }
 
 /// An RFC 4193 unique local /48: fd00::/8 plus 40 random bits.
@@ -711,4 +758,24 @@ fn random_ula_48() -> Ipv6Network {
     crate::util::random_bytes(&mut bytes[1..6]);
     bytes[0] = 0xfd;
     Ipv6Network::new(Ipv6Addr::from(bytes), 48).expect("48 is a valid prefix")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_open_elsewhere_is_named_as_in_use() {
+        let mut name = [0u8; 8];
+        crate::util::random_bytes(&mut name);
+        let dir = std::env::temp_dir().join(format!("rvstore-{}", u64::from_le_bytes(name)));
+        let first = Store::open(&dir).unwrap();
+        let err = Store::open(&dir).err().expect("the second open fails").to_string();
+        assert!(
+            err.ends_with("another rustvlan process is using this state directory"),
+            "{err}"
+        );
+        drop(first);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
