@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
-use crate::dump::{LinkPlace, StateDump};
+use crate::dump::StateDump;
 use crate::kernel::NetlinkKernel;
 use crate::status::{Source, StatusReport, observe};
 use crate::store::Store;
@@ -148,11 +148,7 @@ fn print_summary(state: &StateDump) {
     println!("ENDPOINTS ({})", state.endpoints.len());
     for (id, e) in &state.endpoints {
         let address = [text(e.ipv4.map(|a| a.to_string())), text(e.ipv6.map(|a| a.to_string()))].join(" ");
-        let place = match state.link_place(id) {
-            Some(LinkPlace::HostNamespace) => "in host namespace",
-            Some(LinkPlace::Elsewhere) => "not in host namespace (inside a container, or gone)",
-            None => "",
-        };
+        let place = state.link_place(id).map(|p| p.to_string()).unwrap_or_default();
         println!(
             "  {}  network {}  link {:<15} mac {:<17} {}  {place}",
             short_id(id),

@@ -168,7 +168,7 @@ impl StateDump {
     /// Where an endpoint's link is, if the dump came from a running plugin.
     pub fn link_place(&self, endpoint_id: &str) -> Option<LinkPlace> {
         match &self.kernel {
-            Some(KernelView::Seen { endpoint_links, .. }) => endpoint_links.get(endpoint_id).copied(),
+            Some(KernelView::Seen(view)) => view.endpoint_links.get(endpoint_id).copied(),
             _ => None,
         }
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::Driver;
-use crate::drift::{KernelView, LinkPlace, Presence};
+use crate::drift::{HostView, KernelView};
 use crate::error::Result;
 use crate::kernel::{Kernel, LinkInfo};
 use crate::model::{ParentKind, ParentRecord};
@@ -165,33 +165,6 @@ impl<K: Kernel> Driver<K> {
         };
         let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
         let state = self.state();
-        let endpoint_links = state
-            .endpoints
-            .values()
-            .map(|e| {
-                let place = if names.contains(e.link_name.as_str()) {
-                    LinkPlace::HostNamespace
-                } else {
-                    LinkPlace::Elsewhere
-                };
-                (e.id.clone(), place)
-            })
-            .collect();
-        let parents = state
-            .networks
-            .values()
-            .map(|n| {
-                let presence = if names.contains(n.parent.as_str()) {
-                    Presence::Present
-                } else {
-                    Presence::Missing
-                };
-                (n.parent.clone(), presence)
-            })
-            .collect();
-        KernelView::Seen {
-            endpoint_links,
-            parents,
-        }
+        KernelView::Seen(HostView::of(&names, state.endpoints.values(), state.networks.values()))
     }
 }
