@@ -322,6 +322,28 @@ pub struct Recorded<'a> {
     pub shims: BTreeMap<String, String>,
 }
 
+impl Recorded<'_> {
+    /// Which of this store's links no record accounts for: of `children` (macvlan and
+    /// ipvlan links), those that are no endpoint's, not queued for the reaper (whose
+    /// delete is under way) and no host-access shim; of `parents` (VLANs and dummies),
+    /// those that are no recorded parent. Both `rustvlan status` and the start-up
+    /// reconcile, which deletes them, decide with this.
+    pub fn orphans<'l>(
+        &self,
+        children: impl IntoIterator<Item = &'l str>,
+        parents: impl IntoIterator<Item = &'l str>,
+    ) -> Vec<&'l str> {
+        let endpoint_links: BTreeSet<&str> = self.endpoints.values().map(|e| e.link_name.as_str()).collect();
+        let child_orphans = children.into_iter().filter(|name| {
+            !endpoint_links.contains(name)
+                && !self.pending_deletes.contains_key(*name)
+                && !self.shims.contains_key(*name)
+        });
+        let parent_orphans = parents.into_iter().filter(|name| !self.parents.contains_key(*name));
+        child_orphans.chain(parent_orphans).collect()
+    }
+}
+
 /// The records beside what the kernel showed: each method decides one kind of finding.
 pub struct Comparison<'a> {
     recorded: Recorded<'a>,
@@ -362,25 +384,18 @@ impl<'a> Comparison<'a> {
 
     /// Links of this store in the host namespace that no record accounts for.
     pub fn orphans(&self) -> Vec<Drift> {
-        let recorded = &self.recorded;
-        let endpoint_links: BTreeSet<&str> = recorded.endpoints.values().map(|e| e.link_name.as_str()).collect();
-        // A queued link is the reaper's, and a shim the host's own.
-        let accounted_for = |name: &String| {
-            endpoint_links.contains(name.as_str())
-                || recorded.pending_deletes.contains_key(name)
-                || recorded.shims.contains_key(name)
-        };
-        (self.seen.host_links.iter())
-            .filter(|l| self.ours(l))
-            .filter_map(|link| match link.child_kind {
-                Some(kind) if !accounted_for(&link.name) => Some(Drift::OrphanLink {
-                    link: link.name.clone(),
+        let ours = || self.seen.host_links.iter().filter(|l| self.ours(l));
+        let children = ours().filter(|l| l.child_kind.is_some()).map(|l| l.name.as_str());
+        let parents = ours().filter(|l| l.child_kind.is_none()).map(|l| l.name.as_str());
+        let orphans: BTreeSet<&str> = self.recorded.orphans(children, parents).into_iter().collect();
+        ours()
+            .filter(|l| orphans.contains(l.name.as_str()))
+            .map(|l| match l.child_kind {
+                Some(kind) => Drift::OrphanLink {
+                    link: l.name.clone(),
                     link_kind: kind.to_string(),
-                }),
-                None if !recorded.parents.contains_key(&link.name) => Some(Drift::OrphanParent {
-                    link: link.name.clone(),
-                }),
-                _ => None,
+                },
+                None => Drift::OrphanParent { link: l.name.clone() },
             })
             .collect()
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::Driver;
-use crate::drift::{HostView, KernelView};
+use crate::drift::{HostView, KernelView, Recorded};
 use crate::error::Result;
 use crate::kernel::{Kernel, LinkInfo};
 use crate::model::{ParentKind, ParentRecord};
@@ -95,24 +95,29 @@ impl<K: Kernel> Driver<K> {
     fn reconcile_plan(&self, links: &[LinkInfo]) -> ReconcilePlan {
         let state = self.state();
         let names: BTreeSet<&str> = links.iter().map(|l| l.name.as_str()).collect();
-        let shims = super::host_access::expected_shims(state.networks.values());
-        let orphans: Vec<LinkInfo> = links
-            .iter()
-            // A queued link is the reaper's, and is counted as a finished delete.
-            .filter(|l| {
-                self.is_ours(l)
-                    && l.kind.is_child()
-                    && state.endpoint_by_link(&l.name).is_none()
-                    && !state.pending.contains_key(&l.name)
-                    && !shims.contains_key(&l.name)
-            })
-            .cloned()
-            .collect();
-        let orphan_parents: Vec<LinkInfo> = links
-            .iter()
-            .filter(|l| self.is_ours(l) && !l.kind.is_child() && !state.parents.contains_key(&l.name))
-            .cloned()
-            .collect();
+        let recorded = Recorded {
+            link_group: self.group,
+            networks: &state.networks,
+            endpoints: &state.endpoints,
+            parents: &state.parents,
+            pending_deletes: &state.pending,
+            shims: super::host_access::expected_shims(state.networks.values()),
+        };
+        let ours = || links.iter().filter(|l| self.is_ours(l));
+        let children = ours().filter(|l| l.kind.is_child()).map(|l| l.name.as_str());
+        let orphan_children: BTreeSet<&str> = recorded.orphans(children, []).into_iter().collect();
+        let parents = ours().filter(|l| !l.kind.is_child()).map(|l| l.name.as_str());
+        let orphan_parents: BTreeSet<&str> = recorded.orphans([], parents).into_iter().collect();
+        let (orphans, orphan_parents) = (
+            ours()
+                .filter(|l| orphan_children.contains(l.name.as_str()))
+                .cloned()
+                .collect(),
+            ours()
+                .filter(|l| orphan_parents.contains(l.name.as_str()))
+                .cloned()
+                .collect(),
+        );
         let mut missing: Vec<ParentRecord> = state
             .parents
             .values()
