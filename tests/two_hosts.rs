@@ -124,6 +124,14 @@ impl DockerHost {
             .args(args))
     }
 
+    /// `docker network rm`, waiting out dockerd's endpoint count lagging the containers
+    /// just removed (see [`common::docker::try_remove_network`]).
+    fn remove_network(&self, name: &str) {
+        if let Err(e) = common::docker::try_remove_network_by(&|args| self.docker(args), name) {
+            panic!("{}: {e}", self.id);
+        }
+    }
+
     fn docker_ok(&self, args: &[&str]) -> String {
         let out = self.docker(args);
         assert!(
@@ -307,7 +315,7 @@ fn two_dockerds_on_one_lan_share_one_address_plan_through_etcd() {
         let mut args = vec!["rm", "-f"];
         args.extend(names.iter().map(String::as_str));
         host.docker_ok(&args);
-        host.docker_ok(&["network", "rm", "lan61"]);
+        host.remove_network("lan61");
         assert_eq!(held_in_etcd(&etcd, &host.id), 0, "{} left claims in etcd", host.id);
     }
     report(&format!(
@@ -473,7 +481,7 @@ fn a_swarm_network_from_config_only_networks_hands_out_each_address_once() {
             .iter()
             .all(|h| tasks(h).is_empty() && held_in_etcd(&etcd, &h.id) == 0)
     });
-    hosts[0].docker_ok(&["network", "rm", "swarm62"]);
+    hosts[0].remove_network("swarm62");
     report(&format!(
         "swarm of two dockerds {}: 10 tasks ({} and {} per node), {} distinct addresses, pings across",
         hosts[0].docker_ok(&["version", "--format", "{{.Server.Version}}"]),
@@ -565,7 +573,7 @@ fn host_access_lets_a_docker_host_reach_its_containers() {
     );
 
     host.docker_ok(&["rm", "-f", "rv-ha-1"]);
-    host.docker_ok(&["network", "rm", "rvhost"]);
+    host.remove_network("rvhost");
     assert!(
         !host.netns.link_names().iter().any(|l| l.starts_with("rvh")),
         "the shim goes with the last network"
@@ -690,7 +698,7 @@ fn containers_get_leases_from_the_lan_s_dhcp_server() {
             ips.iter().all(|ip| !leased.contains(ip)),
             "{net}: docker rm released the leases: {leased:?}"
         );
-        host.docker_ok(&["network", "rm", net]);
+        host.remove_network(net);
     }
     mark_ran(
         "RUSTVLAN_E2E_MARKER",
@@ -756,7 +764,7 @@ fn fifty_containers_ten_at_a_time_get_fifty_distinct_leases() {
     host.docker_ok(&args);
     let leased = dhcp.leased();
     assert!(ips.iter().all(|ip| !leased.contains(ip)), "all released: {leased:?}");
-    host.docker_ok(&["network", "rm", "rvdhcp50"]);
+    host.remove_network("rvdhcp50");
     mark_ran(
         "RUSTVLAN_E2E_MARKER",
         "fifty_containers_ten_at_a_time_get_fifty_distinct_leases",

@@ -68,6 +68,11 @@ pub fn remove_network(name: &str) {
 /// once. A count that stays up with nothing attached is dockerd's own drift (see
 /// tests/load.rs). The error names what dockerd still shows attached.
 pub fn try_remove_network(name: &str) -> Result<(), String> {
+    try_remove_network_by(&docker, name)
+}
+
+/// [`try_remove_network`] through another dockerd's CLI (`docker`).
+pub fn try_remove_network_by(docker: &dyn Fn(&[&str]) -> Output, name: &str) -> Result<(), String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let out = docker(&["network", "rm", name]);
