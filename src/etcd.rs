@@ -7,9 +7,10 @@
 //!   `{"shared":"gateway"}` for a gateway or aux address every host of the plan reserves;
 //! - `v1/byhost/<host>/<plan>/<ip>`: the same claim indexed by host, written in the same
 //!   transaction (for `rustvlan hosts` and `rustvlan reclaim`);
-//! - `v1/hosts/<host>`: `{"hostname", "version", "started"}` on an etcd lease: the host is
-//!   live while it is there. Claims are never tied to the lease: a partitioned host's
-//!   containers keep their addresses.
+//! - `v1/hosts/<host>`: `{"hostname", "version", "started", "store"}` on an etcd lease:
+//!   the host is live while it is there; `store` (the random mark of its sled store) tells
+//!   its own restarts from another machine given the same id. Claims are never tied to
+//!   the lease: a partitioned host's containers keep their addresses.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -74,6 +75,8 @@ pub struct Etcd {
     endpoints: String,
     /// The liveness key's lease, once registered.
     lease: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Counts the host's announcements (see [`Etcd::announcements`]).
+    announced: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     metrics: Option<crate::metrics::EtcdMetrics>,
     claims: std::sync::Arc<ClaimQueue>,
 }
@@ -161,6 +164,21 @@ pub struct HostRecord {
     pub version: String,
     /// Unix seconds.
     pub started: u64,
+    /// The random mark of the store the host runs on: tells this host's own earlier run
+    /// from another machine given the same host id. 0 in records of rustvlan 0.1 before it.
+    #[serde(default)]
+    pub store: u32,
+}
+
+impl HostRecord {
+    /// Whether `other` is a later run on the same store (older records: the same hostname).
+    fn same_store(&self, other: &HostRecord) -> bool {
+        if self.store == 0 {
+            self.hostname == other.hostname
+        } else {
+            self.store == other.store
+        }
+    }
 }
 
 /// A host as `rustvlan hosts` lists it.
@@ -283,6 +301,7 @@ impl Etcd {
             host: config.host_id.clone(),
             endpoints,
             lease: Default::default(),
+            announced: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             metrics: None,
             claims: Default::default(),
         })
@@ -613,30 +632,11 @@ impl Etcd {
         Ok((held, PlanFollower { stream, prefix }))
     }
 
-    /// Announces this host as live, on a lease renewed in the background. Refused when
-    /// another live machine already uses this host id.
-    pub async fn register(&self, hostname: &str) -> EResult<()> {
-        let key = self.host_key(&self.host);
-        let mut client = self.client.clone();
-        let existing = self
-            .call("reading the host list", client.get(key.clone(), None))
-            .await?;
-        if let Some(kv) = existing.kvs().first()
-            && let Ok(record) = serde_json::from_slice::<HostRecord>(kv.value())
-            && record.hostname != hostname
-        {
-            return Err(EtcdError {
-                kind: EtcdErrorKind::HostIdTaken,
-                message: format!(
-                    "host id {} is live on {} already; give each host its own --host-id",
-                    self.host, record.hostname
-                ),
-            });
-        }
-        let lease = self
-            .call("granting the host's lease", client.lease_grant(HOST_TTL, None))
-            .await?
-            .id();
+    /// Announces this host as live, on a lease kept alive in the background and
+    /// announced again whenever it is lost (etcd unreachable for longer than its TTL).
+    /// Refused when another machine announced this host id: one whose record names
+    /// another store (`store`: this store's random mark).
+    pub async fn register(&self, hostname: &str, store: u32) -> EResult<()> {
         let record = HostRecord {
             hostname: hostname.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -644,29 +644,117 @@ impl Etcd {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs(),
+            store,
         };
-        let value = serde_json::to_vec(&record).expect("serializes");
-        self.call(
-            "announcing the host",
-            client.put(key, value, Some(PutOptions::new().with_lease(lease))),
-        )
-        .await?;
-        self.lease.store(lease, std::sync::atomic::Ordering::SeqCst);
-        let (mut keeper, mut answers) = self
-            .call("renewing the host's lease", client.lease_keep_alive(lease))
-            .await?;
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(Duration::from_secs(HOST_TTL as u64 / 3));
+        let lease = self.announce(&record).await?;
+        let this = self.clone();
+        tokio::spawn(async move { this.keep_announced(record, lease).await });
+        Ok(())
+    }
+
+    /// Puts this host's record on a new lease: created if absent, or taking over this
+    /// store's own earlier record (a restart), in one transaction each, so that two
+    /// machines starting at once with one host id cannot both pass.
+    async fn announce(&self, record: &HostRecord) -> EResult<i64> {
+        let key = self.host_key(&self.host);
+        let value = serde_json::to_vec(record).expect("serializes");
+        let mut client = self.client.clone();
+        let lease = self
+            .call("granting the host's lease", client.lease_grant(HOST_TTL, None))
+            .await?
+            .id();
+        for _ in 0..3 {
+            let existing = self
+                .call("reading the host list", client.get(key.clone(), None))
+                .await?;
+            let unchanged = match existing.kvs().first() {
+                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Some(kv) => {
+                    let theirs = serde_json::from_slice::<HostRecord>(kv.value()).ok();
+                    if !theirs.as_ref().is_some_and(|t| t.same_store(record)) {
+                        return Err(self.taken_by(theirs));
+                    }
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())
+                }
+            };
+            let put = TxnOp::put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(lease)));
+            let txn = Txn::new().when([unchanged]).and_then([put]);
+            if self.call("announcing the host", client.txn(txn)).await?.succeeded() {
+                self.lease.store(lease, std::sync::atomic::Ordering::SeqCst);
+                self.announced.send_modify(|n| *n += 1);
+                return Ok(lease);
+            }
+        }
+        Err(self.taken_by(None))
+    }
+
+    fn taken_by(&self, theirs: Option<HostRecord>) -> EtcdError {
+        let on = theirs.map_or_else(
+            || "another machine".to_string(),
+            |t| t.hostname.escape_debug().to_string(),
+        );
+        EtcdError {
+            kind: EtcdErrorKind::HostIdTaken,
+            message: format!(
+                "host id {} is live on {on} already; give each host its own --host-id",
+                self.host
+            ),
+        }
+    }
+
+    /// Keeps the lease alive; once it is lost, announces the host again every few
+    /// seconds until etcd takes it. Runs until the process ends.
+    async fn keep_announced(self, record: HostRecord, mut lease: i64) {
+        loop {
+            let why = self.keep_alive(lease).await;
+            tracing::warn!("the etcd host lease is lost ({why}); this host shows as dead until it is announced again");
             loop {
-                ticks.tick().await;
-                if keeper.keep_alive().await.is_err() || answers.message().await.is_err() {
-                    // The next start registers again; claims do not depend on the lease.
-                    tracing::warn!("renewing the etcd host lease failed; this host shows as dead until it is back");
-                    return;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                match self.announce(&record).await {
+                    Ok(new) => {
+                        lease = new;
+                        tracing::info!(host_id = %self.host, "announced this host to etcd again");
+                        break;
+                    }
+                    Err(e) if e.kind == EtcdErrorKind::HostIdTaken => tracing::error!("{e}"),
+                    Err(e) => tracing::debug!("announcing this host again: {e}"),
                 }
             }
-        });
-        Ok(())
+        }
+    }
+
+    /// Renews `lease` a few times per TTL until a renewal fails or etcd answers that the
+    /// lease is gone; returns why.
+    async fn keep_alive(&self, lease: i64) -> String {
+        let mut client = self.client.clone();
+        let (mut keeper, mut answers) = match self
+            .call("renewing the host's lease", client.lease_keep_alive(lease))
+            .await
+        {
+            Ok(pair) => pair,
+            Err(e) => return e.message,
+        };
+        let mut ticks = tokio::time::interval(Duration::from_secs(HOST_TTL as u64 / 3));
+        loop {
+            ticks.tick().await;
+            let renewed = tokio::time::timeout(CALL_TIMEOUT, async {
+                keeper.keep_alive().await?;
+                answers.message().await
+            });
+            match renewed.await {
+                Ok(Ok(Some(answer))) if answer.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => return "etcd let it expire".into(),
+                Ok(Ok(None)) => return "the renewal stream ended".into(),
+                Ok(Err(e)) => return plain(e),
+                Err(_) => return format!("no answer within {CALL_TIMEOUT:?}"),
+            }
+        }
+    }
+
+    /// How many times this host was announced (1 once registered, more after each lost
+    /// lease): the shared IPAM checks its claims again after each.
+    pub fn announcements(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.announced.subscribe()
     }
 
     /// Whether etcd answers a read now (with a quorum), within 2 s: for `rustvlan status`.
@@ -686,7 +774,10 @@ impl Etcd {
         }
     }
 
-    /// A clean stop: the host shows as not live at once (its claims stay).
+    /// A clean stop of a host with nothing attached: it shows as not live at once (its
+    /// claims stay). A stop that leaves containers running (a plugin upgrade, a restart)
+    /// does not call this: the host stays live for the lease's TTL, time for the next
+    /// start to take its record over, and no reclaim is allowed meanwhile.
     pub async fn retire(&self) {
         let lease = self.lease.swap(0, std::sync::atomic::Ordering::SeqCst);
         if lease != 0 {
@@ -778,7 +869,7 @@ impl Etcd {
     }
 
     /// Releases every address a dead host holds. Refused while it is live. Each
-    /// address is deleted only if that host still holds it.
+    /// address is deleted only if that host still holds it and is still gone.
     pub async fn reclaim_host(&self, host: &str) -> EResult<usize> {
         let mut client = self.client.clone();
         let live = self
@@ -812,14 +903,39 @@ impl Etcd {
                 continue;
             };
             let alloc = self.alloc_key(&plan, ip);
+            // Each delete also requires the host to be still gone: a host that comes back
+            // mid-reclaim keeps every claim not yet reclaimed.
+            let dead = Compare::create_revision(self.host_key(host), CompareOp::Equal, 0);
+            let held = Compare::value(alloc.clone(), CompareOp::Equal, value.clone());
             let txn = Txn::new()
-                .when([Compare::value(alloc.clone(), CompareOp::Equal, value.clone())])
-                .and_then([TxnOp::delete(alloc, None), TxnOp::delete(kv.key().to_vec(), None)])
-                .or_else([TxnOp::delete(kv.key().to_vec(), None)]);
+                .when([dead.clone(), held])
+                .and_then([TxnOp::delete(alloc, None), TxnOp::delete(kv.key().to_vec(), None)]);
             if self.call("reclaiming an address", client.txn(txn)).await?.succeeded() {
                 released += 1;
+                continue;
+            }
+            // Not held by the host (released, or another's now): only its index goes.
+            let index_only = Txn::new()
+                .when([dead])
+                .and_then([TxnOp::delete(kv.key().to_vec(), None)]);
+            if !self
+                .call("reclaiming an address", client.txn(index_only))
+                .await?
+                .succeeded()
+            {
+                return Err(self.came_back(host, released));
             }
         }
         Ok(released)
+    }
+
+    fn came_back(&self, host: &str, released: usize) -> EtcdError {
+        EtcdError {
+            kind: EtcdErrorKind::HostLive,
+            message: format!(
+                "host {host} came back while its addresses were reclaimed: {released} were released, \
+                 the rest stay its own"
+            ),
+        }
     }
 }

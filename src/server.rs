@@ -70,7 +70,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::debug!("connections still open after the drain period; closing them");
         servers.abort_all();
     }
-    if let Some(etcd) = plugin.ipam.shared.as_ref().and_then(|s| s.etcd().ok()) {
+    // With containers' addresses still held (an upgrade, a restart), the host stays live for
+    // the lease's TTL: long enough for the next start to take over, and no other host
+    // may reclaim its addresses meanwhile.
+    let attached = plugin
+        .ledger
+        .state()
+        .ipam
+        .pools()
+        .any(|p| p.record.shared && p.allocated().any(|(_, gateway)| !gateway));
+    if let Some(etcd) = plugin.ipam.shared.as_ref().and_then(|s| s.etcd().ok())
+        && !attached
+    {
         etcd.retire().await;
     }
     let flushed = store.flush();
@@ -228,22 +239,25 @@ async fn connect_etcd(plugin: &Arc<Plugin<NetlinkKernel>>, config: crate::etcd::
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
     let metrics = plugin.metrics().etcd.clone();
+    let store = plugin.driver.group;
     async fn attempt(
         config: crate::etcd::EtcdConfig,
         hostname: String,
+        store: u32,
         metrics: crate::metrics::EtcdMetrics,
     ) -> Result<Etcd, crate::etcd::EtcdError> {
         let etcd = Etcd::connect(&config).await?.metered(metrics);
-        etcd.register(&hostname).await?;
+        etcd.register(&hostname, store).await?;
         Ok(etcd)
     }
     let shared = plugin.ipam.shared.clone().expect("made above");
     let later = Arc::clone(plugin);
-    match attempt(config.clone(), hostname.clone(), metrics.clone()).await {
+    match attempt(config.clone(), hostname.clone(), store, metrics.clone()).await {
         Ok(etcd) => {
             tracing::info!(host_id = %config.host_id, endpoints = %etcd.endpoints(), "connected to etcd: shared pools on");
+            let announcements = etcd.announcements();
             shared.connected(etcd, plugin.metrics());
-            spawn_shared_check(plugin);
+            spawn_shared_checks(plugin, announcements);
         }
         Err(e) if e.kind == crate::etcd::EtcdErrorKind::HostIdTaken => bail!("{e}"),
         Err(e) => {
@@ -251,11 +265,12 @@ async fn connect_etcd(plugin: &Arc<Plugin<NetlinkKernel>>, config: crate::etcd::
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    match attempt(config.clone(), hostname.clone(), metrics.clone()).await {
+                    match attempt(config.clone(), hostname.clone(), store, metrics.clone()).await {
                         Ok(etcd) => {
                             tracing::info!(host_id = %config.host_id, "connected to etcd: shared pools on");
+                            let announcements = etcd.announcements();
                             shared.connected(etcd, later.metrics());
-                            spawn_shared_check(&later);
+                            spawn_shared_checks(&later, announcements);
                             return;
                         }
                         Err(e) => tracing::debug!("{e}"),
@@ -267,12 +282,20 @@ async fn connect_etcd(plugin: &Arc<Plugin<NetlinkKernel>>, config: crate::etcd::
     Ok(())
 }
 
-/// Checks this host's shared claims against etcd, off the start-up path.
-fn spawn_shared_check(plugin: &Arc<Plugin<NetlinkKernel>>) {
+/// Checks this host's shared claims against etcd, off the start-up path: once connected,
+/// and again each time the host is announced anew after a lost lease (a partition from
+/// etcd), when other hosts may have reclaimed or taken its addresses.
+fn spawn_shared_checks(plugin: &Arc<Plugin<NetlinkKernel>>, mut announcements: tokio::sync::watch::Receiver<u64>) {
     let plugin = Arc::clone(plugin);
     tokio::spawn(async move {
-        if let Err(e) = plugin.ipam.reconcile_shared().await {
-            tracing::warn!("checking this host's shared claims against etcd failed: {e}");
+        loop {
+            announcements.mark_unchanged();
+            if let Err(e) = plugin.ipam.reconcile_shared().await {
+                tracing::warn!("checking this host's shared claims against etcd failed: {e}");
+            }
+            if announcements.changed().await.is_err() {
+                return;
+            }
         }
     });
 }

@@ -23,21 +23,28 @@ struct Host {
 }
 
 fn start_host(cluster: &Cluster, id: &str) -> Host {
+    start_host_on(cluster, id, SUBNET)
+}
+
+/// A host with a shared pool of `subnet`, whose first address is the LAN's gateway.
+fn start_host_on(cluster: &Cluster, id: &str, subnet: &str) -> Host {
     let dir = TempDir::new();
     let endpoints = cluster.endpoints();
     let server = Server::start_with(None, dir.path(), &["--etcd-endpoints", &endpoints, "--host-id", id]);
     wait_connected(&server);
     let pool = server.ok(
         "/IpamDriver.RequestPool",
-        json!({"AddressSpace": "rustvlan-local", "Pool": SUBNET, "V6": false}),
+        json!({"AddressSpace": "rustvlan-local", "Pool": subnet, "V6": false}),
     );
     let pool_id = pool["PoolID"].as_str().unwrap().to_string();
     // The LAN's gateway, reserved by every host alike.
+    let net: ipnetwork::Ipv4Network = subnet.parse().unwrap();
+    let gateway = std::net::Ipv4Addr::from(u32::from(net.network()) + 1);
     let gw = server.ok(
         "/IpamDriver.RequestAddress",
-        json!({"PoolID": pool_id, "Address": "10.66.0.1", "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+        json!({"PoolID": pool_id, "Address": gateway.to_string(), "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
     );
-    assert_eq!(gw["Address"], "10.66.0.1/24");
+    assert_eq!(gw["Address"], format!("{gateway}/{}", net.prefix()));
     Host {
         id: id.to_string(),
         server,
@@ -155,11 +162,17 @@ fn recorded(host: &Host) -> Vec<String> {
 
 /// What etcd says `host` holds of the plan.
 fn in_etcd(cluster: &Cluster, host: &str) -> Vec<String> {
+    in_etcd_of(cluster, host, SUBNET)
+}
+
+/// What etcd says `host` holds of the plan of `subnet`.
+fn in_etcd_of(cluster: &Cluster, host: &str, subnet: &str) -> Vec<String> {
+    let plan = subnet.replace('/', "_");
     let out = cluster.etcdctl(&[
         "get",
         "--prefix",
         "--keys-only",
-        &format!("/rustvlan/v1/byhost/{host}/10.66.0.0_24/"),
+        &format!("/rustvlan/v1/byhost/{host}/{plan}/"),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut ips: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -170,6 +183,55 @@ fn in_etcd(cluster: &Cluster, host: &str) -> Vec<String> {
         .collect();
     ips.sort_by_key(|ip| ip.parse::<std::net::IpAddr>().unwrap());
     ips
+}
+
+/// The child's exit status within `limit`; None (and killed) if it still runs.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Whether `host`'s liveness key is in etcd.
+fn live(cluster: &Cluster, host: &str) -> bool {
+    let out = cluster.etcdctl(&["get", "--print-value-only", &format!("/rustvlan/v1/hosts/{host}")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    !out.stdout.trim_ascii().is_empty()
+}
+
+/// Waits until `host` is live (or not), within `limit`; returns how long it took.
+fn wait_live(cluster: &Cluster, host: &str, want: bool, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while live(cluster, host) != want {
+        assert!(
+            started.elapsed() < limit,
+            "host {host} is {} after {limit:?}",
+            if want { "still not live" } else { "still live" }
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    started.elapsed()
+}
+
+/// `rustvlan reclaim --host <host>`, run by `by`.
+fn reclaim(by: &Host, cluster: &Cluster, host: &str) -> std::process::Output {
+    common::run(
+        by.server
+            .command()
+            .args(["reclaim", "--host", host, "--etcd-endpoints", &cluster.endpoints()]),
+    )
+}
+
+/// How many shared conflicts `host`'s plugin shows.
+fn conflicts(host: &Host) -> usize {
+    host.server.state().shared.map_or(0, |s| s.conflicts.len())
 }
 
 /// `rustvlan status` against `server`: its exit code and screen.
@@ -453,9 +515,17 @@ fn a_host_killed_mid_allocation_agrees_with_etcd_and_a_reclaimed_host_is_refused
         );
     }
 
-    // k1 stops; it is declared dead and reclaimed; k2 takes its addresses; k1 comes back.
+    // k1 stops with addresses held (an upgrade, a restart): it stays live for its lease's
+    // time, and no reclaim is allowed meanwhile.
     let k1_held = recorded(&hosts[0]);
     hosts[0].server.terminate();
+    let early = reclaim(&hosts[1], &cluster, "k1");
+    assert!(
+        !early.status.success() && String::from_utf8_lossy(&early.stderr).contains("host k1 is live"),
+        "a host stopped with addresses held is not reclaimable at once: {early:?}"
+    );
+    // Then it is declared dead and reclaimed; k2 takes its addresses; k1 comes back.
+    wait_live(&cluster, "k1", false, Duration::from_secs(45));
     let refused = common::run(hosts[1].server.command().args([
         "reclaim",
         "--host",
@@ -495,5 +565,210 @@ fn a_host_killed_mid_allocation_agrees_with_etcd_and_a_reclaimed_host_is_refused
     assert!(screen.contains("held by host k2 in etcd"), "{screen}");
     common::report(&format!(
         "host k1 SIGKILLed mid-allocation: store and etcd agree after restart; reclaimed while away, back with {conflicts} conflicts refused, logged and shown by status"
+    ));
+}
+
+/// Hole 6 of issue 24: a host id is one machine. Another store given a live host's id
+/// is refused (here on the same hostname, so only the store tells them apart), a host's
+/// own restart takes its record over, and of two new stores starting at the same moment
+/// with one id exactly one serves. A host with no addresses held that stops is not live
+/// at once.
+#[test]
+fn one_host_id_is_one_machine_even_when_two_start_at_once() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::start(3);
+    let mut first = start_host(&cluster, "same");
+    let endpoints = cluster.endpoints();
+    let serve = |dir: &TempDir, id: &str| {
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.arg("serve")
+            .arg("--socket")
+            .arg(dir.path().join("rustvlan.sock"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["--etcd-endpoints", &endpoints, "--host-id", id])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("log")).unwrap());
+        cmd
+    };
+    let other = TempDir::new();
+    let mut second = serve(&other, "same").spawn().unwrap();
+    let exited = wait_exit(&mut second, Duration::from_secs(15));
+    let said = std::fs::read_to_string(other.path().join("log")).unwrap();
+    assert!(
+        exited.is_some_and(|s| !s.success()) && said.contains("host id same is live on"),
+        "a second store with a live host's id is refused: {said}"
+    );
+    first.server.kill9();
+    let checks = checked(&first.server);
+    first.server.restart();
+    wait_checked(&first.server, checks);
+    assert!(live(&cluster, "same"), "a restart takes its own record over");
+
+    let dirs = [TempDir::new(), TempDir::new()];
+    let mut twins: Vec<std::process::Child> = dirs.iter().map(|d| serve(d, "twin").spawn().unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut exited = Vec::new();
+    while exited.is_empty() && Instant::now() < deadline {
+        exited = (0..2).filter(|&i| twins[i].try_wait().unwrap().is_some()).collect();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let logs: Vec<String> = dirs
+        .iter()
+        .map(|d| std::fs::read_to_string(d.path().join("log")).unwrap())
+        .collect();
+    let running: Vec<usize> = (0..2).filter(|&i| twins[i].try_wait().unwrap().is_none()).collect();
+    for twin in &mut twins {
+        let _ = twin.kill();
+        let _ = twin.wait();
+    }
+    assert_eq!(
+        running.len(),
+        1,
+        "exactly one of two stores started at once with one id serves: {logs:#?}"
+    );
+    let loser = 1 - running[0];
+    assert!(logs[loser].contains("host id twin is live on"), "{}", logs[loser]);
+    assert!(logs[running[0]].contains("connected to etcd"), "{}", logs[running[0]]);
+
+    // Stopped with no address held, a host is not live at once.
+    first.server.terminate();
+    wait_live(&cluster, "same", false, Duration::from_secs(3));
+    common::report("one host id, one machine: a second store refused, a restart takes over, of two at once one serves");
+}
+
+/// Holes 4 and 7 of issue 24: a host cut off from etcd for longer than its lease (here
+/// frozen with SIGSTOP) is declared dead, reclaimed, and its addresses taken by another;
+/// once back it announces itself again on its own, checks its claims, shows the
+/// addresses another host took as conflicts, and drops each conflict once it releases
+/// the address.
+#[test]
+fn a_host_cut_off_past_its_lease_comes_back_live_and_its_conflicts_come_and_go() {
+    if !require_root() {
+        return;
+    }
+    const SMALL: &str = "10.67.0.0/29";
+    let cluster = Cluster::start(3);
+    let hosts: Vec<Host> = ["c1", "c2"]
+        .iter()
+        .map(|id| start_host_on(&cluster, id, SMALL))
+        .collect();
+    let held: Vec<String> = (0..2)
+        .map(|_| {
+            let a = hosts[0].server.ok(
+                "/IpamDriver.RequestAddress",
+                json!({"PoolID": hosts[0].pool_id, "Address": "", "Options": null}),
+            );
+            a["Address"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let checks = checked(&hosts[0].server);
+    hosts[0].server.pause(true);
+    let dead_after = wait_live(&cluster, "c1", false, Duration::from_secs(45));
+    let out = reclaim(&hosts[1], &cluster, "c1");
+    assert!(out.status.success(), "{out:?}");
+    let rt = runtime();
+    let (taken, errors) = rt.block_on(storm(hosts[1].server.socket.clone(), hosts[1].pool_id.clone(), 2, None));
+    assert!(errors.is_empty(), "{errors:?}");
+    for a in &held {
+        assert!(taken.contains(a), "c2 took c1's {a} once c1 was reclaimed: {taken:?}");
+    }
+    hosts[0].server.pause(false);
+    let back_after = wait_live(&cluster, "c1", true, Duration::from_secs(20));
+    wait_checked(&hosts[0].server, checks);
+    assert_eq!(conflicts(&hosts[0]), 2, "both addresses c2 took are conflicts");
+    let (code, screen) = status_of(&hosts[0].server);
+    assert_eq!(code, Some(1), "{screen}");
+    for (left, address) in held.iter().enumerate().map(|(i, a)| (1 - i, a)) {
+        let ip = address.split('/').next().unwrap();
+        hosts[0].server.ok(
+            "/IpamDriver.ReleaseAddress",
+            json!({"PoolID": hosts[0].pool_id, "Address": ip}),
+        );
+        assert_eq!(conflicts(&hosts[0]), left, "released {ip}: its conflict is gone");
+    }
+    let (code, screen) = status_of(&hosts[0].server);
+    assert_eq!(code, Some(0), "no conflict left:\n{screen}");
+    common::report(&format!(
+        "a host frozen past its lease: dead after {:.0} s, reclaimed; live again {:.1} s after it woke, its 2 conflicts shown, then gone as released",
+        dead_after.as_secs_f64(),
+        back_after.as_secs_f64()
+    ));
+}
+
+/// Hole 5 of issue 24: a reclaim that started while a host was dead stops when the host
+/// comes back, so every address the host records is still claimed by it. The reclaim is
+/// frozen (SIGSTOP) half-way while the host restarts.
+#[test]
+fn a_reclaim_stops_when_the_reclaimed_host_comes_back() {
+    if !require_root() {
+        return;
+    }
+    const WIDE: &str = "10.68.0.0/23";
+    let cluster = Cluster::start(3);
+    let mut hosts: Vec<Host> = ["r1", "r2"]
+        .iter()
+        .map(|id| start_host_on(&cluster, id, WIDE))
+        .collect();
+    let rt = runtime();
+    let (got, errors) = rt.block_on(storm(
+        hosts[0].server.socket.clone(),
+        hosts[0].pool_id.clone(),
+        16,
+        Some(400),
+    ));
+    assert!(errors.is_empty() && got.len() >= 400, "{errors:?}");
+    let total = in_etcd_of(&cluster, "r1", WIDE).len();
+    hosts[0].server.kill9();
+    wait_live(&cluster, "r1", false, Duration::from_secs(45));
+
+    let reclaiming = hosts[1]
+        .server
+        .command()
+        .args(["reclaim", "--host", "r1", "--etcd-endpoints", &cluster.endpoints()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Frozen once it has reclaimed some and not all.
+    let mut left = total;
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(20));
+        common::signal(reclaiming.id(), "-STOP");
+        left = in_etcd_of(&cluster, "r1", WIDE).len();
+        if left < total {
+            break;
+        }
+        common::signal(reclaiming.id(), "-CONT");
+    }
+    assert!(
+        left > 0 && left < total,
+        "the reclaim must be caught half-way for this test to mean anything: {left} of {total} left"
+    );
+    let checks = checked(&hosts[0].server);
+    hosts[0].server.restart();
+    wait_checked(&hosts[0].server, checks);
+    common::signal(reclaiming.id(), "-CONT");
+    let out = reclaiming.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("host r1 came back while its addresses were reclaimed"),
+        "{out:?}"
+    );
+    let recorded_now = recorded(&hosts[0]);
+    let mut claimed = in_etcd_of(&cluster, "r1", WIDE);
+    claimed.sort();
+    let mut recorded_sorted = recorded_now.clone();
+    recorded_sorted.sort();
+    assert_eq!(
+        recorded_sorted, claimed,
+        "every address r1 records is claimed by r1 in etcd"
+    );
+    common::report(&format!(
+        "a reclaim frozen with {left} of {total} claims left while the host came back: stopped, {} addresses recorded and claimed alike",
+        recorded_now.len()
     ));
 }

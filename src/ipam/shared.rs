@@ -33,8 +33,12 @@ pub struct SharedPlans {
     views: Mutex<HashMap<String, PlanView>>,
     /// Wakes the drainer of shared releases.
     wake: tokio::sync::Notify,
-    /// Found by the last start-up check (see [`Ipam::reconcile_shared`]).
+    /// Found by the last check (see [`Ipam::reconcile_shared`]), less those released since.
     conflicts: Mutex<Vec<SharedConflict>>,
+    /// Shared allocations hold it for reading from their claim in etcd until their
+    /// record is on disk; the check of this host's claims holds it for writing, so that
+    /// it never sees a claim whose record is still on its way (and releases it).
+    checking: tokio::sync::RwLock<()>,
 }
 
 #[derive(Default)]
@@ -126,6 +130,7 @@ impl SharedPlans {
             views: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             conflicts: Mutex::new(Vec::new()),
+            checking: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -426,6 +431,7 @@ impl<K: Kernel> PoolAllocations<'_, K> {
         address: Option<IpAddr>,
         gateway: bool,
     ) -> Result<IpNetwork> {
+        let _claiming = shared.checking.read().await;
         let plan = plan_name(&record);
         if !shared.loaded(&plan) {
             shared.load(&plan).await?;
@@ -624,8 +630,9 @@ impl<K: Kernel> Allocations for PoolAllocations<'_, K> {
     async fn release_address(&self, pool_id: &str, address: IpAddr) -> Result<bool> {
         // The commit's book-keeping leaves the note that deletes the etcd claim.
         let released = self.local.release_address(pool_id, address).await?;
-        if released && self.plugin.shared_pool(pool_id).is_some() {
+        if released && let Some(record) = self.plugin.shared_pool(pool_id) {
             self.plugin.wake_shared_releases();
+            self.plugin.conflict_resolved(&plan_name(&record), address);
         }
         Ok(released)
     }
@@ -682,12 +689,23 @@ impl SharedPlans {
 }
 
 impl<K: Kernel> Ipam<K> {
-    /// Once etcd answers after start-up: this host's claims in etcd and its store's
-    /// records of shared pools must agree.
+    /// An address in conflict was released here: one holder less, no duplicate left.
+    fn conflict_resolved(&self, plan: &str, ip: IpAddr) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let mut conflicts = shared.conflicts.lock().unwrap_or_else(|p| p.into_inner());
+        conflicts.retain(|c| c.plan != plan || c.ip != ip);
+        self.metrics.shared_conflicts.set(conflicts.len() as i64);
+    }
+
+    /// Once etcd answers after start-up, and after each new announcement of this host:
+    /// this host's claims in etcd and its store's records of shared pools must agree.
     pub async fn reconcile_shared(&self) -> Result<SharedReport> {
         let Some(shared) = self.shared.clone() else {
             return Ok(SharedReport::default());
         };
+        let _no_claims_on_their_way = shared.checking.write().await;
         let etcd = shared.etcd()?;
         let in_etcd = etcd.held_by_me().await.map_err(|e| Error::unavailable(e.to_string()))?;
         let (recorded, releasing) = {

@@ -150,6 +150,15 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`) to every member: etcd is there and silent.
+    pub fn pause_all(&self, pause: bool) {
+        for m in &self.members {
+            if let Some(child) = &m.child {
+                super::signal(child.id(), if pause { "-STOP" } else { "-CONT" });
+            }
+        }
+    }
+
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].child.is_none());
         let mut m = std::mem::replace(

@@ -269,6 +269,11 @@ fn state_dir_for(dir: &Path) -> PathBuf {
     }
 }
 
+/// Sends a signal (`-STOP`, `-CONT`, …) to a process with procps' kill.
+pub fn signal(pid: u32, signal: &str) {
+    check(Command::new("kill").args([signal, &pid.to_string()]));
+}
+
 /// A running `rustvlan serve`.
 pub struct Server {
     pub child: Option<Child>,
@@ -380,6 +385,11 @@ impl Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`): the process is there and does nothing.
+    pub fn pause(&self, pause: bool) {
+        signal(self.pid(), if pause { "-STOP" } else { "-CONT" });
     }
 
     /// SIGTERM; returns how long the process took to exit.
