@@ -296,9 +296,30 @@ fn registry_install_and_upgrade_keep_networks_endpoints_and_addresses() {
         layer as f64 / 1048576.0
     ));
 
-    docker_ok(&["plugin", "install", "--grant-all-permissions", &name]);
+    // Pools with a subnet are shared through a real etcd; the host id is left empty,
+    // so the plugin takes the host's machine id (mounted from /etc/machine-id).
+    let etcd = common::etcd::Cluster::start(1);
+    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap().trim().to_string();
+    let etcd_get = |key: String, flag: &str| {
+        let out = etcd.etcdctl(&["get", flag, &key]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let live = || !etcd_get(format!("/rustvlan/v1/hosts/{machine_id}"), "--print-value-only").is_empty();
+    let claims = || {
+        let keys = etcd_get(format!("/rustvlan/v1/byhost/{machine_id}/"), "--prefix");
+        keys.lines().filter(|l| l.starts_with("/rustvlan/")).count()
+    };
+    docker_ok(&[
+        "plugin",
+        "install",
+        "--grant-all-permissions",
+        &name,
+        &format!("RUSTVLAN_ETCD_ENDPOINTS={}", etcd.endpoints()),
+    ]);
     let plugin = InstalledPlugin(name.clone());
     wait_for_short_name_socket();
+    assert!(live(), "the plugin announced the machine id to etcd");
 
     let mut short = Scene::new("r");
     short.network(
@@ -319,9 +340,12 @@ fn registry_install_and_upgrade_keep_networks_endpoints_and_addresses() {
     let t2 = tagged.run("rv-e2e-t2", "rvnet-reg-tagged", &[]);
     assert!(pings(&t1, &ipv4_of(&t2)), "tagged name after install: containers ping");
 
+    assert_eq!(claims(), 4, "the four containers' addresses are claimed in etcd");
+
     // Upgrade under running containers.
     let before = state_records();
     let took = timed_disable(&name);
+    assert!(live(), "stopped with containers' addresses held, the host stays live");
     report(&format!(
         "managed plugin: disable -f before upgrade took {:.0} ms",
         took.as_secs_f64() * 1000.0
@@ -344,6 +368,7 @@ fn registry_install_and_upgrade_keep_networks_endpoints_and_addresses() {
         before,
         "networks, endpoints and addresses survive the upgrade"
     );
+    assert!(live(), "the upgraded plugin took its own record over");
     assert!(
         pings(&c1, &ip2) && pings(&c2, &ip1),
         "running containers keep their network"
@@ -373,6 +398,12 @@ fn registry_install_and_upgrade_keep_networks_endpoints_and_addresses() {
         end.networks.is_empty() && end.endpoints.is_empty() && end.pools.is_empty(),
         "records left behind: {end:?}"
     );
+    // Releases delete their claims just after answering.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while claims() > 0 {
+        assert!(std::time::Instant::now() < deadline, "claims left in etcd: {}", claims());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(plugin);
     let _ = std::fs::remove_dir_all(&dir2);
     mark_ran(
