@@ -401,7 +401,11 @@ fn registry_install_and_upgrade_keep_networks_endpoints_and_addresses() {
     // Releases delete their claims just after answering.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while claims() > 0 {
-        assert!(std::time::Instant::now() < deadline, "claims left in etcd: {}", claims());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "claims left in etcd: {}",
+            claims()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(plugin);

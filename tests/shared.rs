@@ -772,3 +772,81 @@ fn a_reclaim_stops_when_the_reclaimed_host_comes_back() {
         recorded_now.len()
     ));
 }
+
+/// Hole 1 of issue 24: the check of this host's claims (at start-up, and after each new
+/// announcement) never releases the claim of an allocation whose record is still on its
+/// way to the store. Eight clients allocate and release without pause while the host's
+/// lease is revoked twice, so that it announces itself again and checks its claims in the
+/// middle of the churn. No check may release an "unanswered" claim (nothing crashed), and
+/// at the end the host's records and its claims agree.
+#[test]
+fn checks_of_claims_amid_allocations_release_nothing_answered() {
+    if !require_root() {
+        return;
+    }
+    const CHURN: &str = "10.69.0.0/22";
+    let cluster = Cluster::start(3);
+    let host = start_host_on(&cluster, "u1", CHURN);
+    let rt = runtime();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (socket, pool_id) = (host.server.socket.clone(), host.pool_id.clone());
+            let (stop, answered) = (stop.clone(), answered.clone());
+            rt.spawn(async move {
+                let mut client = rustvlan::client::Client::new(&socket);
+                let ask = json!({"PoolID": pool_id, "Address": "", "Options": null}).to_string();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok((200, answer)) = client.post("/IpamDriver.RequestAddress", ask.clone()).await else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let v: Value = serde_json::from_slice(&answer).unwrap();
+                    let ip = v["Address"].as_str().unwrap().split('/').next().unwrap().to_string();
+                    let release = json!({"PoolID": pool_id, "Address": ip}).to_string();
+                    let (status, _) = client.post("/IpamDriver.ReleaseAddress", release).await.unwrap();
+                    assert_eq!(status, 200);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..2 {
+        let checks = checked(&host.server);
+        let out = cluster.etcdctl(&["get", "/rustvlan/v1/hosts/u1", "-w", "json"]);
+        let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let lease = record["kvs"][0]["lease"]
+            .as_i64()
+            .expect("the host's record is on a lease");
+        let revoked = cluster.etcdctl(&["lease", "revoke", &format!("{lease:x}")]);
+        assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+        wait_checked(&host.server, checks);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        rt.block_on(c).unwrap();
+    }
+    let log = host.server.log_text();
+    let checks: Vec<&str> = log.lines().filter(|l| l.contains(CHECKED)).collect();
+    assert_eq!(
+        checks.len(),
+        3,
+        "the check at start-up and one after each new announcement"
+    );
+    for c in &checks {
+        assert!(
+            c.contains("unanswered_released=0"),
+            "a check released a claim being answered: {c}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while recorded(&host) != in_etcd_of(&cluster, "u1", CHURN) {
+        assert!(Instant::now() < deadline, "records and claims differ after the churn");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    common::report(&format!(
+        "claims checked twice amid {} allocations and releases: none released as unanswered; records and claims agree",
+        answered.load(std::sync::atomic::Ordering::Relaxed)
+    ));
+}
