@@ -26,6 +26,21 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The liveness key's lease: a host is shown dead 30 s after it stops renewing.
 const HOST_TTL: i64 = 30;
+/// Keys per page of a range read: about 0.5 MiB of claims.
+const PAGE: i64 = 5_000;
+
+/// The end of the range of keys that start with `prefix` (its last byte plus one; our
+/// prefixes end in '/').
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
 
 #[derive(Debug, Clone)]
 pub struct EtcdConfig {
@@ -381,6 +396,43 @@ impl Etcd {
         }
     }
 
+    /// Every key under `prefix`, read in pages at one revision (that of the first page),
+    /// with that revision: a plan of tens of thousands of claims stays well under the
+    /// client's 4 MiB answer limit.
+    async fn read_prefix(
+        &self,
+        what: &'static str,
+        prefix: &str,
+        keys_only: bool,
+    ) -> EResult<(Vec<etcd_client::KeyValue>, i64)> {
+        let end = prefix_end(prefix);
+        let mut client = self.client.clone();
+        let (mut from, mut revision, mut out) = (prefix.as_bytes().to_vec(), 0, Vec::new());
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if keys_only {
+                options = options.with_keys_only();
+            }
+            if revision != 0 {
+                options = options.with_revision(revision);
+            }
+            let mut answer = self.call(what, client.get(from.clone(), Some(options))).await?;
+            if revision == 0 {
+                revision = answer.header().map_or(0, |h| h.revision());
+            }
+            let more = answer.more();
+            let page = answer.take_kvs();
+            let Some(last) = page.last() else { break };
+            from = last.key().to_vec();
+            from.push(0);
+            out.extend(page);
+            if !more {
+                break;
+            }
+        }
+        Ok((out, revision))
+    }
+
     /// Claims `ip` of `plan` for this host (`shared`: as the LAN's gateway or aux
     /// address, which every host reserves alike). Create-if-absent in one transaction
     /// that answers the holder when it fails; a host's claims go together with the
@@ -595,16 +647,8 @@ impl Etcd {
     /// [`Etcd::held`], and the revision it was read at.
     async fn held_at(&self, plan: &str) -> EResult<(BTreeMap<IpAddr, Holder>, i64)> {
         let prefix = format!("{}/v1/alloc/{plan}/", self.prefix);
-        let mut client = self.client.clone();
-        let answer = self
-            .call(
-                "listing a plan's addresses",
-                client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
-        let revision = answer.header().map(|h| h.revision()).unwrap_or(0);
-        let held = answer
-            .kvs()
+        let (kvs, revision) = self.read_prefix("listing a plan's addresses", &prefix, false).await?;
+        let held = kvs
             .iter()
             .filter_map(|kv| parse_claim(&prefix, kv.key(), kv.value()))
             .collect();
@@ -789,15 +833,9 @@ impl Etcd {
     /// What this host holds in etcd: plan -> addresses.
     pub async fn held_by_me(&self) -> EResult<BTreeMap<String, Vec<IpAddr>>> {
         let prefix = format!("{}/v1/byhost/{}/", self.prefix, self.host);
-        let mut client = self.client.clone();
-        let claims = self
-            .call(
-                "listing this host's claims",
-                client.get(prefix.clone(), Some(GetOptions::new().with_prefix().with_keys_only())),
-            )
-            .await?;
+        let (claims, _) = self.read_prefix("listing this host's claims", &prefix, true).await?;
         let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-        for kv in claims.kvs() {
+        for kv in &claims {
             if let Some((plan, ip)) = kv
                 .key_str()
                 .ok()
@@ -837,16 +875,8 @@ impl Etcd {
             );
         }
         let byhost_prefix = format!("{}/v1/byhost/", self.prefix);
-        let claims = self
-            .call(
-                "listing claims",
-                client.get(
-                    byhost_prefix.clone(),
-                    Some(GetOptions::new().with_prefix().with_keys_only()),
-                ),
-            )
-            .await?;
-        for kv in claims.kvs() {
+        let (claims, _) = self.read_prefix("listing claims", &byhost_prefix, true).await?;
+        for kv in &claims {
             let Some(id) = kv
                 .key_str()
                 .ok()
@@ -884,15 +914,10 @@ impl Etcd {
             });
         }
         let prefix = format!("{}/v1/byhost/{host}/", self.prefix);
-        let claims = self
-            .call(
-                "listing the host's claims",
-                client.get(prefix.clone(), Some(GetOptions::new().with_prefix().with_keys_only())),
-            )
-            .await?;
+        let (claims, _) = self.read_prefix("listing the host's claims", &prefix, true).await?;
         let value = serde_json::to_vec(&Holder::Host { host: host.to_string() }).expect("serializes");
         let mut released = 0;
-        for kv in claims.kvs() {
+        for kv in &claims {
             let Some((plan, ip)) = kv
                 .key_str()
                 .ok()
@@ -937,5 +962,16 @@ impl Etcd {
                  the rest stay its own"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn a_prefix_range_ends_just_past_its_last_key() {
+        assert_eq!(prefix_end("/rustvlan/v1/alloc/p/"), b"/rustvlan/v1/alloc/p0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
     }
 }

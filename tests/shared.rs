@@ -850,3 +850,81 @@ fn checks_of_claims_amid_allocations_release_nothing_answered() {
         answered.load(std::sync::atomic::Ordering::Relaxed)
     ));
 }
+
+/// Hole 9 of issue 24: a plan of 60 000 claims (another host's, written straight into
+/// etcd) is read in pages: a new host still loads it and allocates, and `rustvlan hosts`
+/// counts them.
+#[test]
+fn a_plan_of_sixty_thousand_claims_still_allocates() {
+    if !require_root() {
+        return;
+    }
+    const BIG: &str = "10.70.0.0/16";
+    const CLAIMS: u32 = 60_000;
+    let cluster = Cluster::start(1);
+    let base = u32::from(std::net::Ipv4Addr::new(10, 70, 1, 0));
+    let rt = runtime();
+    rt.block_on(async {
+        let client = etcd_client::Client::connect([cluster.members[0].client_url.as_str()], None)
+            .await
+            .unwrap();
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let mut client = client.clone();
+                tokio::spawn(async move {
+                    let ips: Vec<u32> = (w..CLAIMS).step_by(16).map(|i| base + i).collect();
+                    for chunk in ips.chunks(64) {
+                        let ops: Vec<etcd_client::TxnOp> = chunk
+                            .iter()
+                            .flat_map(|&ip| {
+                                let ip = std::net::Ipv4Addr::from(ip);
+                                [
+                                    etcd_client::TxnOp::put(
+                                        format!("/rustvlan/v1/alloc/10.70.0.0_16/{ip}"),
+                                        r#"{"host":"ghost"}"#,
+                                        None,
+                                    ),
+                                    etcd_client::TxnOp::put(
+                                        format!("/rustvlan/v1/byhost/ghost/10.70.0.0_16/{ip}"),
+                                        "",
+                                        None,
+                                    ),
+                                ]
+                            })
+                            .collect();
+                        client.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+    });
+    let host = start_host_on(&cluster, "big", BIG);
+    let got = host.server.ok(
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": host.pool_id, "Address": "", "Options": null}),
+    );
+    let ip: std::net::Ipv4Addr = got["Address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        !(base..base + CLAIMS).contains(&u32::from(ip)),
+        "{ip} is not one of the ghost's"
+    );
+    let hosts = check(
+        host.server
+            .command()
+            .args(["hosts", "--etcd-endpoints", &cluster.endpoints()]),
+    );
+    assert!(hosts.contains("ghost") && hosts.contains("60000"), "{hosts}");
+    common::report(&format!(
+        "a plan of {CLAIMS} claims written straight into etcd: a new host allocated {ip}; rustvlan hosts counts them"
+    ));
+}
