@@ -363,6 +363,27 @@ pub struct PoolRecord {
     pub dhcp: bool,
 }
 
+/// Where a pool's addresses come from, chosen once when the pool is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressSource {
+    /// This host's store alone.
+    Local,
+    /// This host's store and a claim in etcd, in the plan every host shares.
+    Shared,
+    /// Leases from the LAN's DHCP server (the network's gateway aside, which is local).
+    Lease,
+}
+
+impl PoolRecord {
+    pub fn source(&self) -> AddressSource {
+        match (self.dhcp, self.shared) {
+            (true, _) => AddressSource::Lease,
+            (false, true) => AddressSource::Shared,
+            (false, false) => AddressSource::Local,
+        }
+    }
+}
+
 /// A lease from the LAN's DHCP server for one endpoint's address, renewed by rustvlan
 /// for as long as the address is held.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ use crate::ipam::{
 };
 use crate::kernel::Kernel;
 use crate::keys::check_option_keys;
+use crate::model::AddressSource;
 
 /// Bare `--ipam-opt` keys rustvlan's IPAM understands.
 const IPAM_KEYS: &[&str] = &[SEGMENT_OPTION, SCOPE_OPTION];
@@ -45,7 +46,9 @@ impl<K: Kernel> Ipam<K> {
     }
 
     pub async fn release_pool(&self, pool_id: &str) -> Result<()> {
-        self.release_pool_leases(pool_id).await?;
+        if self.source_of(pool_id)? == AddressSource::Lease {
+            self.release_pool_leases(pool_id).await?;
+        }
         let released = self.allocations().release_pool(pool_id).await?;
         if released {
             tracing::info!(pool_id, "pool released");
@@ -55,12 +58,11 @@ impl<K: Kernel> Ipam<K> {
         Ok(())
     }
 
-    /// A lease on a DHCP pool (unless it is the gateway), else an allocation.
+    /// A lease on a DHCP pool (unless it is the gateway), else an allocation, local or
+    /// shared as the pool's source says.
     pub async fn request_address(&self, ask: AddressRequest) -> Result<IpNetwork> {
-        if !ask.gateway
-            && let Some(cidr) = self.request_lease(&ask.pool_id, ask.address, &ask.options).await?
-        {
-            return Ok(cidr);
+        if self.source_of(&ask.pool_id)? == AddressSource::Lease && !ask.gateway {
+            return self.request_lease(&ask.pool_id, ask.address, &ask.options).await;
         }
         let cidr = self
             .allocations()
@@ -71,13 +73,26 @@ impl<K: Kernel> Ipam<K> {
     }
 
     pub async fn release_address(&self, pool_id: &str, ip: IpAddr) -> Result<()> {
-        if self.release_lease(pool_id, ip).await? {
+        // A lease pool's gateway is allocated, not leased.
+        if self.source_of(pool_id)? == AddressSource::Lease && self.release_lease(pool_id, ip).await? {
             return Ok(());
         }
         if !self.allocations().release_address(pool_id, ip).await? {
             tracing::debug!(pool_id, address = %ip, "release of an address not allocated: nothing to do");
         }
         Ok(())
+    }
+}
+
+impl<K: Kernel> Ipam<K> {
+    /// The source of the pool's addresses; an unknown pool is left to the allocations,
+    /// which answer for it.
+    fn source_of(&self, pool_id: &str) -> Result<AddressSource> {
+        let state = self.state();
+        Ok(state
+            .ipam
+            .lookup(pool_id)?
+            .map_or(AddressSource::Local, |p| p.record.source()))
     }
 }
 

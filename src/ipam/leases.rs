@@ -104,15 +104,15 @@ impl<K: Kernel> Ipam<K> {
     }
 
     /// RequestAddress on a DHCP pool, for an endpoint (a gateway request is
-    /// bookkeeping, answered by the allocator). None: not a DHCP pool.
+    /// bookkeeping, answered by the allocator).
     pub(crate) async fn request_lease(
         &self,
         pool_id: &str,
         wanted: Option<IpAddr>,
         options: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Option<ipnetwork::IpNetwork>> {
+    ) -> Result<ipnetwork::IpNetwork> {
         let Some((pool, network)) = self.dhcp_pool(pool_id)? else {
-            return Ok(None);
+            return Err(Error::not_found(format!("DHCP pool {pool_id} not found")));
         };
         let network = network.ok_or_else(|| {
             Error::invalid(format!(
@@ -180,7 +180,7 @@ impl<K: Kernel> Ipam<K> {
             lease_secs = granted.lease_secs,
             "DHCP lease taken"
         );
-        Ok(Some(ipnetwork::IpNetwork::V4(granted.address)))
+        Ok(ipnetwork::IpNetwork::V4(granted.address))
     }
 
     /// ReleaseAddress on a DHCP pool: the lease is forgotten, then RELEASE goes to its
