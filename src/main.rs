@@ -22,43 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the plugin API on a unix socket.
-    Serve {
-        #[arg(long, env = "RUSTVLAN_SOCKET", default_value = "/run/docker/plugins/rustvlan.sock")]
-        socket: PathBuf,
-        /// Also answer on this socket. A managed plugin uses it to appear in the host's
-        /// /run/docker/plugins, so that `-d rustvlan` works besides `-d rustvlan:latest`.
-        /// Empty means none (a managed plugin's settings can only empty a variable).
-        #[arg(long, env = "RUSTVLAN_EXTRA_SOCKET", default_value = "")]
-        extra_socket: String,
-        /// The socket of the `rustvlan-dhcp` IPAM (leases from the LAN's DHCP server).
-        /// Empty: `rustvlan-dhcp.sock` beside --extra-socket if given, else beside
-        /// --socket; `none`: not served.
-        #[arg(long, env = "RUSTVLAN_DHCP_SOCKET", default_value = "")]
-        dhcp_socket: String,
-        #[arg(long, env = "RUSTVLAN_STATE_DIR", default_value = "/var/lib/rustvlan")]
-        state_dir: PathBuf,
-        /// error, warn, info, debug or trace.
-        #[arg(long, env = "RUSTVLAN_LOG_LEVEL", default_value = "info")]
-        log_level: tracing::Level,
-        /// Range that subnets are picked from when a network is created without --subnet.
-        #[arg(long, env = "RUSTVLAN_DEFAULT_POOL", default_value = "10.123.0.0/16")]
-        default_pool: Ipv4Network,
-        /// How long an address in a rustvlan network's pool may stay unused by any
-        /// endpoint, gateway or aux address before it is released (dockerd skips
-        /// releases it cannot deliver). `0` releases them once, at start-up.
-        #[arg(long, env = "RUSTVLAN_RECLAIM_AFTER", default_value = "10m", value_parser = parse_duration)]
-        reclaim_after: Duration,
-        /// Prefix length of the subnets picked from --default-pool.
-        #[arg(long, env = "RUSTVLAN_DEFAULT_POOL_SIZE", default_value_t = 24, value_parser = clap::value_parser!(u8).range(1..=30))]
-        default_pool_size: u8,
-        /// Also serve Prometheus metrics (`GET /metrics`, nothing else) over TCP on this
-        /// address, like 127.0.0.1:9477. None by default: the plugin socket serves
-        /// /metrics too, and rustvlan opens no TCP port unless asked.
-        #[arg(long, env = "RUSTVLAN_METRICS_LISTEN", value_parser = parse_listen)]
-        metrics_listen: Option<MetricsListen>,
-        #[command(flatten)]
-        etcd: EtcdArgs,
-    },
+    Serve(ServeArgs),
     /// The hosts sharing pools through etcd: live or not, and how many addresses each holds.
     Hosts {
         #[command(flatten)]
@@ -99,6 +63,45 @@ enum Command {
         #[arg(long, env = "RUSTVLAN_SOCKET", default_value = "/run/docker/plugins/rustvlan.sock")]
         socket: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long, env = "RUSTVLAN_SOCKET", default_value = "/run/docker/plugins/rustvlan.sock")]
+    socket: PathBuf,
+    /// Also answer on this socket. A managed plugin uses it to appear in the host's
+    /// /run/docker/plugins, so that `-d rustvlan` works besides `-d rustvlan:latest`.
+    /// Empty means none (a managed plugin's settings can only empty a variable).
+    #[arg(long, env = "RUSTVLAN_EXTRA_SOCKET", default_value = "")]
+    extra_socket: String,
+    /// The socket of the `rustvlan-dhcp` IPAM (leases from the LAN's DHCP server).
+    /// Empty: `rustvlan-dhcp.sock` beside --extra-socket if given, else beside
+    /// --socket; `none`: not served.
+    #[arg(long, env = "RUSTVLAN_DHCP_SOCKET", default_value = "")]
+    dhcp_socket: String,
+    #[arg(long, env = "RUSTVLAN_STATE_DIR", default_value = "/var/lib/rustvlan")]
+    state_dir: PathBuf,
+    /// error, warn, info, debug or trace.
+    #[arg(long, env = "RUSTVLAN_LOG_LEVEL", default_value = "info")]
+    log_level: tracing::Level,
+    /// Range that subnets are picked from when a network is created without --subnet.
+    #[arg(long, env = "RUSTVLAN_DEFAULT_POOL", default_value = "10.123.0.0/16")]
+    default_pool: Ipv4Network,
+    /// How long an address in a rustvlan network's pool may stay unused by any
+    /// endpoint, gateway or aux address before it is released (dockerd skips
+    /// releases it cannot deliver). `0` releases them once, at start-up.
+    #[arg(long, env = "RUSTVLAN_RECLAIM_AFTER", default_value = "10m", value_parser = parse_duration)]
+    reclaim_after: Duration,
+    /// Prefix length of the subnets picked from --default-pool.
+    #[arg(long, env = "RUSTVLAN_DEFAULT_POOL_SIZE", default_value_t = 24, value_parser = clap::value_parser!(u8).range(1..=30))]
+    default_pool_size: u8,
+    /// Also serve Prometheus metrics (`GET /metrics`, nothing else) over TCP on this
+    /// address, like 127.0.0.1:9477. None by default: the plugin socket serves
+    /// /metrics too, and rustvlan opens no TCP port unless asked.
+    #[arg(long, env = "RUSTVLAN_METRICS_LISTEN", value_parser = parse_listen)]
+    metrics_listen: Option<MetricsListen>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
 }
 
 /// etcd, for pools shared across hosts. Without endpoints every pool is this host's own.
@@ -167,75 +170,77 @@ struct Location {
     state_dir: PathBuf,
 }
 
+/// Logging set up, and the arguments checked and turned into the server's config.
+fn serve_config(args: ServeArgs) -> Result<ServeConfig, String> {
+    let ServeArgs {
+        socket,
+        extra_socket,
+        dhcp_socket,
+        state_dir,
+        log_level,
+        default_pool,
+        default_pool_size,
+        reclaim_after,
+        metrics_listen,
+        etcd,
+    } = args;
+    // At debug and below, every request's span also logs how long it was busy and
+    // how long it waited when it closes.
+    let span_events = if log_level >= tracing::Level::DEBUG {
+        tracing_subscriber::fmt::format::FmtSpan::CLOSE
+    } else {
+        tracing_subscriber::fmt::format::FmtSpan::NONE
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(log_level)
+        .with_span_events(span_events)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
+    let etcd = etcd.config()?;
+    if default_pool_size < default_pool.prefix() {
+        return Err(format!(
+            "--default-pool-size /{default_pool_size} is larger than --default-pool {default_pool}"
+        ));
+    }
+    let extra_socket = Some(PathBuf::from(extra_socket)).filter(|p| !p.as_os_str().is_empty());
+    let dhcp_socket = match dhcp_socket.as_str() {
+        "none" => None,
+        "" => Some(
+            extra_socket
+                .as_ref()
+                .unwrap_or(&socket)
+                .with_file_name("rustvlan-dhcp.sock"),
+        ),
+        path => Some(PathBuf::from(path)),
+    };
+    Ok(ServeConfig {
+        socket,
+        extra_socket,
+        dhcp_socket,
+        reclaim_after,
+        state_dir,
+        pool_defaults: PoolDefaults {
+            v4_range: default_pool,
+            v4_prefix: default_pool_size,
+        },
+        metrics_listen: metrics_listen.and_then(|m| m.0),
+        etcd,
+    })
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve {
-            socket,
-            extra_socket,
-            dhcp_socket,
-            state_dir,
-            log_level,
-            default_pool,
-            default_pool_size,
-            reclaim_after,
-            metrics_listen,
-            etcd,
-        } => {
-            // At debug and below, every request's span also logs how long it was busy and
-            // how long it waited when it closes.
-            let span_events = if log_level >= tracing::Level::DEBUG {
-                tracing_subscriber::fmt::format::FmtSpan::CLOSE
-            } else {
-                tracing_subscriber::fmt::format::FmtSpan::NONE
-            };
-            tracing_subscriber::fmt()
-                .with_max_level(log_level)
-                .with_span_events(span_events)
-                .with_writer(std::io::stderr)
-                .with_ansi(false)
-                .with_target(false)
-                .init();
-            let etcd = match etcd.config() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("rustvlan: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if default_pool_size < default_pool.prefix() {
-                eprintln!(
-                    "rustvlan: --default-pool-size /{default_pool_size} is larger than --default-pool {default_pool}"
-                );
+        Command::Serve(args) => match serve_config(args) {
+            Ok(config) => runtime().and_then(|rt| rt.block_on(serve(config))),
+            Err(e) => {
+                eprintln!("rustvlan: {e}");
                 return ExitCode::from(2);
             }
-            let extra_socket = Some(PathBuf::from(extra_socket)).filter(|p| !p.as_os_str().is_empty());
-            let dhcp_socket = match dhcp_socket.as_str() {
-                "none" => None,
-                "" => Some(
-                    extra_socket
-                        .as_ref()
-                        .unwrap_or(&socket)
-                        .with_file_name("rustvlan-dhcp.sock"),
-                ),
-                path => Some(PathBuf::from(path)),
-            };
-            let config = ServeConfig {
-                socket,
-                extra_socket,
-                dhcp_socket,
-                reclaim_after,
-                state_dir,
-                pool_defaults: PoolDefaults {
-                    v4_range: default_pool,
-                    v4_prefix: default_pool_size,
-                },
-                metrics_listen: metrics_listen.and_then(|m| m.0),
-                etcd,
-            };
-            runtime().and_then(|rt| rt.block_on(serve(config)))
-        }
+        },
         Command::State { at, json } => {
             runtime().and_then(|rt| rt.block_on(rustvlan::cli::show_state(&at.socket, &at.state_dir, json)))
         }

@@ -59,20 +59,7 @@ impl<K: Kernel> Driver<K> {
         {
             let state = self.state();
             if let Some(existing) = state.networks.get(&record.id) {
-                // S was chosen by the first create; the request is the same without it.
-                let same = NetworkRecord {
-                    host_access: existing.host_access.clone(),
-                    ..record.clone()
-                } == *existing
-                    && existing.host_access.is_some() == config.host_access.is_some();
-                return if same {
-                    Ok(())
-                } else {
-                    Err(Error::conflict(format!(
-                        "network {} already exists with other settings",
-                        short_id(&record.id)
-                    )))
-                };
+                return repeated_create(existing, &record, &config);
             }
             check_parent_conflicts(&state, &record)?;
             if let Some(request) = &config.host_access {
@@ -249,6 +236,24 @@ impl<K: Kernel> Driver<K> {
 
 /// The parents rustvlan made that go with this network: its own, unless another network
 /// or an inner VLAN uses it, then a QinQ outer VLAN that nothing else uses.
+/// A CreateNetwork for a network that exists: fine if it asks for the same.
+fn repeated_create(existing: &NetworkRecord, asked: &NetworkRecord, config: &NetworkConfig) -> Result<()> {
+    // S was chosen by the first create; the request is the same without it.
+    let same = NetworkRecord {
+        host_access: existing.host_access.clone(),
+        ..asked.clone()
+    } == *existing
+        && existing.host_access.is_some() == config.host_access.is_some();
+    if same {
+        Ok(())
+    } else {
+        Err(Error::conflict(format!(
+            "network {} already exists with other settings",
+            short_id(&asked.id)
+        )))
+    }
+}
+
 fn parents_to_remove(state: &State, network: &NetworkRecord) -> Vec<ParentRecord> {
     let unused = |name: &str, besides: &str| {
         !state.networks_on_parent(name).any(|n| n.id != network.id)
