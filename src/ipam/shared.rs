@@ -366,6 +366,8 @@ impl<K: Kernel> Ipam<K> {
                     .collect()
             };
             for release in batch {
+                // Claim deleted and note dropped together, as the check of claims sees them.
+                let _draining = shared.checking.read().await;
                 let deleted = match shared.etcd() {
                     Ok(etcd) => etcd
                         .release(&release.plan, release.ip)
@@ -475,6 +477,7 @@ impl<K: Kernel> PoolAllocations<'_, K> {
             };
             let answer = match claimed {
                 Ok(Claim::Ours) => {
+                    injected_claim_delay().await;
                     self.commit_claim(shared, &plan, pool_id, ip, address.is_none(), gateway)
                         .await
                 }
@@ -648,6 +651,26 @@ pub struct SharedConflict {
     pub held_by: String,
 }
 
+/// A fault the tests inject (`RUSTVLAN_FAULT_CLAIM_DELAY_MS`): a pause between a claim
+/// in etcd and its record, which widens the window that the check of claims must never
+/// fall into. Read once; none unless set.
+async fn injected_claim_delay() {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        std::env::var("RUSTVLAN_FAULT_CLAIM_DELAY_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis)
+    });
+    if let Some(delay) = delay {
+        tokio::time::sleep(*delay).await;
+    }
+}
+
+/// Logged with each claim the check releases because no record backs it.
+pub const UNANSWERED_RELEASED: &str =
+    "released a claim in etcd that no record backs (an allocation that failed after etcd took its claim)";
+
 /// What the start-up check of shared claims did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct SharedReport {
@@ -725,10 +748,14 @@ impl<K: Kernel> Ipam<K> {
         for (plan, ips) in &in_etcd {
             for ip in ips {
                 let backed = recorded.get(plan).is_some_and(|r| r.contains(ip));
-                if !backed && !releasing.contains(&(plan.clone(), *ip)) {
-                    etcd.release(plan, *ip)
+                if !backed
+                    && !releasing.contains(&(plan.clone(), *ip))
+                    && etcd
+                        .release(plan, *ip)
                         .await
-                        .map_err(|e| Error::unavailable(e.to_string()))?;
+                        .map_err(|e| Error::unavailable(e.to_string()))?
+                {
+                    tracing::info!(address = %ip, plan = %plan, "{UNANSWERED_RELEASED}");
                     report.unanswered_released += 1;
                 }
             }

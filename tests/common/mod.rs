@@ -284,6 +284,8 @@ pub struct Server {
     runtime: tokio::runtime::Runtime,
     /// More `serve` arguments for the next (re)start.
     pub extra_args: Vec<String>,
+    /// Environment variables for the next (re)start (injected faults).
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -315,6 +317,7 @@ impl Server {
                 .build()
                 .unwrap(),
             extra_args: args.iter().map(|a| a.to_string()).collect(),
+            extra_env: Vec::new(),
         };
         server.restart();
         server
@@ -350,6 +353,7 @@ impl Server {
             .arg(&self.state_dir)
             .args(["--log-level", "debug"])
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
