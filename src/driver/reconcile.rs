@@ -105,19 +105,12 @@ impl<K: Kernel> Driver<K> {
         };
         let ours = || links.iter().filter(|l| self.is_ours(l));
         let children = ours().filter(|l| l.kind.is_child()).map(|l| l.name.as_str());
-        let orphan_children: BTreeSet<&str> = recorded.orphans(children, []).into_iter().collect();
         let parents = ours().filter(|l| !l.kind.is_child()).map(|l| l.name.as_str());
-        let orphan_parents: BTreeSet<&str> = recorded.orphans([], parents).into_iter().collect();
-        let (orphans, orphan_parents) = (
-            ours()
-                .filter(|l| orphan_children.contains(l.name.as_str()))
-                .cloned()
-                .collect(),
-            ours()
-                .filter(|l| orphan_parents.contains(l.name.as_str()))
-                .cloned()
-                .collect(),
-        );
+        let orphaned: BTreeSet<&str> = recorded.orphans(children, parents).into_iter().collect();
+        let (orphans, orphan_parents): (Vec<LinkInfo>, Vec<LinkInfo>) = ours()
+            .filter(|l| orphaned.contains(l.name.as_str()))
+            .cloned()
+            .partition(|l| l.kind.is_child());
         let mut missing: Vec<ParentRecord> = state
             .parents
             .values()
