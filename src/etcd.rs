@@ -639,6 +639,28 @@ impl Etcd {
         Ok(self.call("releasing an address", client.txn(txn)).await?.succeeded())
     }
 
+    /// Turns this host's claim of `ip` into the LAN's reservation `kind` (an aux address
+    /// of a network made here), in one transaction that requires the claim to be still
+    /// this host's. Answers whether it was.
+    pub async fn reserve_for_lan(&self, plan: &str, ip: IpAddr, kind: Reservation) -> EResult<bool> {
+        let key = self.alloc_key(plan, ip);
+        let value = serde_json::to_vec(&Holder::Shared {
+            shared: kind.as_str().to_string(),
+        })
+        .expect("serializes");
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, self.ours())])
+            .and_then([
+                TxnOp::put(key, value, None),
+                TxnOp::delete(self.byhost_key(&self.host, plan, ip), None),
+            ]);
+        let mut client = self.client.clone();
+        Ok(self
+            .call("reserving an aux address", client.txn(txn))
+            .await?
+            .succeeded())
+    }
+
     /// Every claimed address of `plan`, with its holder.
     pub async fn held(&self, plan: &str) -> EResult<BTreeMap<IpAddr, Holder>> {
         Ok(self.held_at(plan).await?.0)

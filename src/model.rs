@@ -235,7 +235,7 @@ pub struct HostAccess {
     /// S: the shim's address in this network (with the subnet's prefix length), the
     /// source of the host's routes to the containers and their next hop to the host.
     pub address: IpNetwork,
-    /// Where S came from; rustvlan's IPAM holds it for the network when `Reserved`.
+    /// Where S came from; rustvlan's IPAM holds it for the network unless it is an aux address.
     pub source: HostAddressSource,
 }
 
@@ -246,6 +246,8 @@ pub enum HostAddressSource {
     AuxAddress,
     /// Reserved in the network's rustvlan pool (`-o host_access_ip=IP`, or chosen).
     Reserved,
+    /// Claimed in a shared pool for this host alone, before the network was made.
+    Claimed,
 }
 
 impl NetworkRecord {

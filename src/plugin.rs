@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::driver::Driver;
+use crate::driver::{Driver, NetworkSpec};
+use crate::error::Result;
 use crate::ipam::{Ipam, SharedPlans};
 use crate::kernel::Kernel;
 use crate::ledger::Ledger;
@@ -38,6 +39,34 @@ impl<K: Kernel> Plugin<K> {
             ledger: self.ledger,
             driver: self.driver,
         }
+    }
+
+    /// CreateNetwork: what needs both services. With `host_access=on` on a shared pool
+    /// the IPAM claims the host's address for this host first (released again if the
+    /// network is not made); once the network is made, its aux addresses in shared pools
+    /// become the LAN's reservations.
+    pub async fn create_network(&self, mut spec: NetworkSpec) -> Result<()> {
+        let network_id = spec.network_id.clone();
+        let claim = self.driver.host_address_to_claim(&spec)?;
+        if let Some(claim) = &claim {
+            let address = self
+                .ipam
+                .allocations()
+                .claim_host_address(&claim.pool_id, claim.ip)
+                .await?;
+            spec.host_address = Some(address);
+        }
+        let created = self.driver.create_network(spec.clone()).await;
+        match (&created, claim, spec.host_address) {
+            (Ok(()), ..) => self.ipam.reserve_aux_addresses(&network_id).await,
+            (Err(_), Some(claim), Some(address)) => {
+                if let Err(e) = self.ipam.release_address(&claim.pool_id, address.ip()).await {
+                    tracing::warn!(%address, "the host address claimed for a network not made stays held: {e}");
+                }
+            }
+            (Err(_), ..) => {}
+        }
+        created
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -215,6 +215,17 @@ fn host_reaches_its_containers_through_the_shim_and_nothing_is_left_after() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     assert_eq!((conf("arp_ignore"), conf("arp_announce")), ("1".into(), "2".into()));
+    let parent_conf = host.exec(&["cat", "/proc/sys/net/ipv4/conf/ha0/arp_ignore"]);
+    assert_eq!(
+        String::from_utf8_lossy(&parent_conf.stdout).trim(),
+        "1",
+        "the parent answers ARP for its own addresses only"
+    );
+    assert_eq!(
+        arp_replies(&lan, "10.62.0.254"),
+        1,
+        "one MAC, the shim's, answers for S"
+    );
 
     let ep = ep_id(1);
     let (ctr, answer) = container(s, &host, &net, &ep, "10.62.0.10");

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::etcd::Cluster;
-use common::{Server, TempDir, check, require_root};
+use common::{Server, TempDir, check, report, require_root};
 use serde_json::{Value, json};
 
 const SUBNET: &str = "10.66.0.0/24";
@@ -949,5 +949,196 @@ fn a_plan_of_sixty_thousand_claims_still_allocates() {
     assert!(hosts.contains("ghost") && hosts.contains("60000"), "{hosts}");
     common::report(&format!(
         "a plan of {CLAIMS} claims written straight into etcd: a new host allocated {ip}; rustvlan hosts counts them"
+    ));
+}
+
+/// A RequestPool and gateway of `subnet` on a running host; returns the pool id.
+fn add_pool(host: &Host, subnet: &str) -> String {
+    let pool = host.server.ok(
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace": "rustvlan-local", "Pool": subnet, "V6": false}),
+    );
+    let pool_id = pool["PoolID"].as_str().unwrap().to_string();
+    let gateway = subnet.replace(".0/24", ".1");
+    host.server.ok(
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": gateway, "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+    );
+    pool_id
+}
+
+fn ask_address(host: &Host, pool_id: &str, ip: &str) -> (u16, Value) {
+    host.server.post(
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": ip, "Options": null}),
+    )
+}
+
+/// A rustvlan CreateNetwork of `subnet` on `parent` as dockerd sends it.
+fn create_network(host: &Host, id: &str, subnet: &str, generic: Value, aux: Value) -> (u16, Value) {
+    host.server.post(
+        "/NetworkDriver.CreateNetwork",
+        json!({
+            "NetworkID": id,
+            "Options": {"com.docker.network.generic": generic, "com.docker.network.enable_ipv6": false},
+            "IPv4Data": [{"AddressSpace": "rustvlan-local", "Pool": subnet,
+                          "Gateway": format!("{}/24", subnet.replace(".0/24", ".1")), "AuxAddresses": aux}],
+            "IPv6Data": []
+        }),
+    )
+}
+
+/// The value of the claim of `ip` in the plan of `subnet`.
+fn claim_value(cluster: &Cluster, subnet: &str, ip: &str) -> String {
+    let key = format!("/rustvlan/v1/alloc/{}/{ip}", subnet.replace('/', "_"));
+    let out = cluster.etcdctl(&["get", "--print-value-only", &key]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Hole 3 (issue 24): a named address asked of a shared pool that no rustvlan network
+/// claims (another driver's, `-d macvlan --ipam-driver rustvlan`) was taken for an aux
+/// address, which every host reserves alike, so two hosts' `--ip X` were both granted.
+/// Now it is the asking host's claim: the second host is refused. An aux address of one
+/// network made on two hosts is still theirs alike: the first host's claim becomes the
+/// LAN's reservation once its network is made, and the second host, asking meanwhile,
+/// waits for that and gets it.
+#[test]
+fn a_named_address_of_a_pool_no_network_claims_goes_to_one_host() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::start(3);
+    let subnet = "10.94.0.0/24";
+    let a = start_host_on(&cluster, "n1", subnet);
+    let b = start_host_on(&cluster, "n2", subnet);
+    let (status, answer) = ask_address(&a, &a.pool_id, "10.94.0.50");
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = ask_address(&b, &b.pool_id, "10.94.0.50");
+    assert_ne!(status, 200, "two hosts were both granted 10.94.0.50: {answer}");
+    assert!(answer.to_string().contains("held by host n1"), "{answer}");
+    assert_eq!(in_etcd_of(&cluster, "n1", subnet), ["10.94.0.50"]);
+    assert!(in_etcd_of(&cluster, "n2", subnet).is_empty());
+
+    // One network, with aux address .5, made on both hosts at about the same time.
+    let veth = common::Veth::new("rvaux0");
+    let aux_subnet = "10.95.0.0/24";
+    let (pool_a, pool_b) = (add_pool(&a, aux_subnet), add_pool(&b, aux_subnet));
+    let (status, answer) = ask_address(&a, &pool_a, "10.95.0.5");
+    assert_eq!(status, 200, "{answer}");
+    let waited = std::thread::scope(|s| {
+        let second = s.spawn(|| {
+            let started = Instant::now();
+            (ask_address(&b, &pool_b, "10.95.0.5"), started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(400));
+        let net = "a".repeat(64);
+        let (status, answer) = create_network(
+            &a,
+            &net,
+            aux_subnet,
+            json!({"parent": veth.0}),
+            json!({"printer": "10.95.0.5/24"}),
+        );
+        assert_eq!(status, 200, "{answer}");
+        second.join().unwrap()
+    });
+    let ((status, answer), took) = waited;
+    assert_eq!(status, 200, "the second host's aux address .5: {answer}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "answered in {took:?}, before the first host's network was made"
+    );
+    let net = "b".repeat(64);
+    let (status, answer) = create_network(
+        &b,
+        &net,
+        aux_subnet,
+        json!({"parent": veth.0}),
+        json!({"printer": "10.95.0.5/24"}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(claim_value(&cluster, aux_subnet, "10.95.0.5"), r#"{"shared":"aux"}"#);
+    assert!(
+        in_etcd_of(&cluster, "n1", aux_subnet).is_empty(),
+        "the aux address stayed n1's own"
+    );
+    // A container asking for it now is refused on both.
+    for (host, pool) in [(&a, &pool_a), (&b, &pool_b)] {
+        let (status, answer) = ask_address(host, pool, "10.95.0.5");
+        assert_ne!(status, 200, "{}: {answer}", host.id);
+    }
+    report(&format!(
+        "shared pools, hole 3: --ip on another driver's pool granted once (second host: {}); an aux address of \
+         one network on two hosts shared once made (the second waited {took:?})",
+        answer_text(&b, &b.pool_id)
+    ));
+}
+
+fn answer_text(host: &Host, pool_id: &str) -> String {
+    ask_address(host, pool_id, "10.94.0.50").1.to_string()
+}
+
+/// Hole 2 (issue 24): `host_access=on` on a shared pool gave every host's shim the same
+/// address (`--aux-address host=IP`, reserved by all alike). Now each host's shim address
+/// is its own claim in etcd, and the aux address is refused there with what to do.
+#[test]
+fn host_access_on_a_shared_pool_gives_each_host_its_own_claimed_address() {
+    if !require_root() {
+        return;
+    }
+    let cluster = Cluster::start(3);
+    let subnet = "10.96.0.0/24";
+    // Two hosts on parents of their own (their shims are named after the parent).
+    let parents = [common::Veth::new("rvsa0"), common::Veth::new("rvsb0")];
+    let hosts = [
+        start_host_on(&cluster, "s1", subnet),
+        start_host_on(&cluster, "s2", subnet),
+    ];
+    let on = |parent: &common::Veth| json!({"parent": parent.0, "host_access": "on"});
+    let (status, answer) = create_network(
+        &hosts[0],
+        &"c".repeat(64),
+        subnet,
+        on(&parents[0]),
+        json!({"host": "10.96.0.9/24"}),
+    );
+    assert_ne!(status, 200, "{answer}");
+    assert!(
+        answer.to_string().contains("every host's shim the same address"),
+        "{answer}"
+    );
+    let mut addresses = Vec::new();
+    for (i, (host, parent)) in hosts.iter().zip(&parents).enumerate() {
+        let (status, answer) = create_network(host, &format!("{i}").repeat(64), subnet, on(parent), json!({}));
+        assert_eq!(status, 200, "{}: {answer}", host.id);
+        let state = host.server.state();
+        let access = state.networks.values().next().unwrap().host_access.clone().unwrap();
+        assert_eq!(access.source, rustvlan::model::HostAddressSource::Claimed);
+        let ip = access.address.ip().to_string();
+        assert_eq!(
+            in_etcd_of(&cluster, &host.id, subnet),
+            std::slice::from_ref(&ip),
+            "{}",
+            host.id
+        );
+        addresses.push(ip);
+    }
+    assert_ne!(addresses[0], addresses[1], "both shims have one address");
+    // The network goes (dockerd releases the pool first): the host's claim goes with it.
+    for host in &hosts {
+        let network = host.server.state().networks.keys().next().unwrap().clone();
+        host.server
+            .ok("/IpamDriver.ReleasePool", json!({"PoolID": host.pool_id}));
+        host.server
+            .ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": network}));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hosts.iter().any(|h| !in_etcd_of(&cluster, &h.id, subnet).is_empty()) {
+        assert!(Instant::now() < deadline, "the shims' claims stayed in etcd");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    report(&format!(
+        "shared pools, hole 2: host_access=on gives each host its own claimed shim address ({} and {})",
+        addresses[0], addresses[1]
     ));
 }

@@ -15,6 +15,7 @@ use std::process::{Command, Output};
 use common::docker::{docker_cli, image, require_dockerd};
 use common::etcd::Cluster;
 use common::{BIN, Netns, Server, TempDir, check, mark_ran, report, run};
+use rustvlan::model::HostAddressSource;
 
 const ENV_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/env.sh");
 const SUBNET: &str = "192.168.61.0/24";
@@ -283,9 +284,12 @@ fn two_dockerds_on_one_lan_share_one_address_plan_through_etcd() {
             GATEWAY,
             "-o",
             "parent=lan0",
+            "-o",
+            "host_access=on",
             "lan61",
         ]);
     }
+    let shim_addresses = shims_have_their_own_addresses(&hosts, &lan, &etcd);
 
     // Ten containers on each host, the hosts taking turns.
     let mut addresses = BTreeSet::new();
@@ -319,9 +323,16 @@ fn two_dockerds_on_one_lan_share_one_address_plan_through_etcd() {
             "{}'s rustvlan saw only its dockerd",
             host.id
         );
-        assert_eq!(held_in_etcd(&etcd, &host.id), 10, "{}'s claims in etcd", host.id);
+        // Its containers' ten, and its shim's own address.
+        assert_eq!(held_in_etcd(&etcd, &host.id), 11, "{}'s claims in etcd", host.id);
     }
     assert_eq!(addresses.len(), 20);
+    for shim in &shim_addresses {
+        assert!(
+            !addresses.contains(&format!("{shim}/24")),
+            "{shim}, a host's, went to a container"
+        );
+    }
     assert!(
         !addresses.contains(&format!("{GATEWAY}/24")),
         "the gateway was handed out"
@@ -341,9 +352,22 @@ fn two_dockerds_on_one_lan_share_one_address_plan_through_etcd() {
         );
     }
 
-    // Both hosts are live in etcd with their ten addresses each.
+    // Each host reaches its own containers through its shim.
+    for (h, host) in hosts.iter().enumerate() {
+        let name = format!("rvmh-{h}-1");
+        let ip = ip_only(&host.ipv4_of(&name));
+        let out = host.netns.exec(&["ping", "-c", "2", "-W", "2", &ip]);
+        assert!(
+            out.status.success(),
+            "{} cannot reach its container {name} at {ip}: {}",
+            host.id,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    // Both hosts are live in etcd with their eleven addresses each.
     for host in &hosts {
-        assert_eq!(listed_host(&hosts[0], &etcd, &host.id), (true, 10));
+        assert_eq!(listed_host(&hosts[0], &etcd, &host.id), (true, 11));
     }
 
     // Removing the containers and the networks releases every claim of both hosts.
@@ -353,17 +377,84 @@ fn two_dockerds_on_one_lan_share_one_address_plan_through_etcd() {
         args.extend(names.iter().map(String::as_str));
         host.docker_ok(&args);
         host.remove_network("lan61");
-        assert_eq!(held_in_etcd(&etcd, &host.id), 0, "{} left claims in etcd", host.id);
+        // The shim's claim goes with the pool, as the releases are drained.
+        wait_for(10, &format!("{} to release its claims in etcd", host.id), || {
+            held_in_etcd(&etcd, &host.id) == 0
+        });
     }
     report(&format!(
-        "two dockerds {} on one LAN through etcd: 20 containers, {} distinct addresses, pings across both ways",
+        "two dockerds {} on one LAN through etcd: 20 containers, {} distinct addresses, pings across both ways; \
+         host access on the shared subnet: shims at {} and {}, one ARP answer each, each host reaches its own",
         hosts[0].docker_ok(&["version", "--format", "{{.Server.Version}}"]),
-        addresses.len()
+        addresses.len(),
+        shim_addresses[0],
+        shim_addresses[1]
     ));
     mark_ran(
         "RUSTVLAN_E2E_MARKER",
         "two_dockerds_on_one_lan_share_one_address_plan_through_etcd",
     );
+}
+
+/// `host_access=on` on a shared subnet: each host's shim has an address of its own,
+/// claimed in etcd by that host, and a LAN `arping` for it gets exactly one MAC, that
+/// shim's. Returns the two addresses.
+fn shims_have_their_own_addresses(hosts: &[DockerHost; 2], lan: &Netns, etcd: &Cluster) -> [String; 2] {
+    let addresses = hosts.each_ref().map(|host| {
+        let state = host.plugin.as_ref().unwrap().state();
+        let network = state.networks.values().next().unwrap();
+        let access = network.host_access.clone().unwrap();
+        assert_eq!(access.source, HostAddressSource::Claimed, "{}: {access:?}", host.id);
+        access.address.ip().to_string()
+    });
+    assert_ne!(addresses[0], addresses[1], "both hosts' shims have one address");
+    for (host, address) in hosts.iter().zip(&addresses) {
+        let claim = etcd.etcdctl(&["get", "--print-value-only", "--prefix", "/rustvlan/v1/alloc/"]);
+        let claims = String::from_utf8_lossy(&claim.stdout).to_string();
+        assert!(claims.contains(&host.id), "{}'s claims: {claims}", host.id);
+        let keys = etcd.etcdctl(&[
+            "get",
+            "--keys-only",
+            "--prefix",
+            &format!("/rustvlan/v1/byhost/{}/", host.id),
+        ]);
+        let keys = String::from_utf8_lossy(&keys.stdout).to_string();
+        assert!(
+            keys.lines().any(|k| k.ends_with(&format!("/{address}"))),
+            "{}'s shim address {address} is not its claim in etcd: {keys}",
+            host.id
+        );
+        let shim = host
+            .netns
+            .link_names()
+            .into_iter()
+            .find(|l| l.starts_with("rvh"))
+            .unwrap();
+        let shim_addr = host.netns.ip(&["-4", "-o", "addr", "show", "dev", &shim]);
+        assert!(shim_addr.contains(&format!("{address}/32")), "{}: {shim_addr}", host.id);
+        let shim_mac = host.netns.ip(&["-o", "link", "show", "dev", &shim]);
+        let macs = arp_answers(lan, address);
+        assert_eq!(macs.len(), 1, "{address} ({}'s shim) is answered by {macs:?}", host.id);
+        assert!(
+            shim_mac.to_lowercase().contains(&macs[0].to_lowercase()),
+            "{address} answered by {macs:?}, not {}'s shim: {shim_mac}",
+            host.id
+        );
+    }
+    addresses
+}
+
+/// The MACs that answer a LAN `arping` for `ip`.
+fn arp_answers(lan: &Netns, ip: &str) -> Vec<String> {
+    let out = lan.exec(&["busybox", "arping", "-c", "2", "-w", "3", "-I", "br0", ip]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let macs: BTreeSet<String> = text
+        .lines()
+        .filter(|l| l.contains("reply from"))
+        .filter_map(|l| l.split('[').nth(1).and_then(|m| m.split(']').next()))
+        .map(str::to_string)
+        .collect();
+    macs.into_iter().collect()
 }
 
 /// The managed plugin's directory (scripts/build-plugin.sh); outside CI its absence skips.

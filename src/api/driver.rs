@@ -48,6 +48,7 @@ impl From<CreateNetworkRequest> for NetworkSpec {
             options: req.options.unwrap_or_default(),
             ipv4: subnets(req.ipv4_data),
             ipv6: subnets(req.ipv6_data),
+            host_address: None,
         }
     }
 }

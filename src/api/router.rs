@@ -449,7 +449,6 @@ fn driver_routes<K: Kernel>(router: Router<Arc<Plugin<K>>>) -> Router<Arc<Plugin
         .route(
             "/NetworkDriver.CreateNetwork",
             route!(Driver, "NetworkDriver.CreateNetwork", |p, r: CreateNetworkRequest| p
-                .driver
                 .create_network(r.into())
                 .await
                 .map(|()| Empty {})),

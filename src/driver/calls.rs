@@ -24,6 +24,18 @@ pub struct NetworkSpec {
     pub options: BTreeMap<String, Value>,
     pub ipv4: Vec<SubnetSpec>,
     pub ipv6: Vec<SubnetSpec>,
+    /// `host_access=on` on a shared pool: the host's address, which the IPAM claimed for
+    /// this host alone before the network is made (see [`HostAddressToClaim`]).
+    pub host_address: Option<IpNetwork>,
+}
+
+/// `host_access=on` on a shared pool: the host's address must be this host's own claim,
+/// never a reservation every host holds alike, so the IPAM claims it first. `ip` is the
+/// one `host_access_ip` names, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAddressToClaim {
+    pub pool_id: String,
+    pub ip: Option<IpAddr>,
 }
 
 /// One subnet of a network, as its IPAM granted it: the pool, the gateway and the

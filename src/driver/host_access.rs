@@ -22,14 +22,14 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::Driver;
-use super::calls::Route;
+use super::calls::{HostAddressToClaim, Route};
 use super::options::{HOST_AUX_ADDRESS, HostAccessRequest};
 use crate::error::{Error, Result};
 use crate::ipam::allocator::{IpamChange, pool_id};
 use crate::kernel::{ChildLink, HostRoute, Kernel, LinkInfo};
 use crate::model::{
     EndpointRecord, HostAccess, HostAddressSource, IpvlanFlag, IpvlanMode, LinkMode, MacAddr, MacvlanMode,
-    NetworkRecord, PoolRecord,
+    NetworkRecord, PoolRecord, Subnet,
 };
 use crate::state::{Change, State};
 use crate::util::short_id;
@@ -99,17 +99,18 @@ fn network_pool(state: &State, network: &NetworkRecord, ip: IpAddr) -> Option<Po
 
 /// Chooses S for a new network: `--aux-address host=IP` (reserved by the network's
 /// IPAM, whichever it is), else `host_access_ip` or the highest free address of the
-/// network's rustvlan pool. Checked against the state now; [`reserve_host_address`]
-/// plans its reservation again at commit.
-pub fn choose_host_address(state: &State, network: &NetworkRecord, request: &HostAccessRequest) -> Result<HostAccess> {
-    let subnet = network.ipv4.first().ok_or_else(|| {
-        Error::invalid("host_access=on needs an IPv4 subnet: the host reaches the containers over IPv4")
-    })?;
-    if network_pool(state, network, subnet.pool.ip()).is_some_and(|p| p.dhcp) {
-        return Err(Error::invalid(
-            "host_access=on does not work with --ipam-driver rustvlan-dhcp yet: the host's address would have to be a \
-             lease of its own; use --ipam-driver rustvlan, or leave host access off",
-        ));
+/// network's rustvlan pool. On a shared pool S is `claimed`, this host's own claim (an
+/// aux address is every host's alike, so it is refused there). Checked against the
+/// state now; [`reserve_host_address`] plans its reservation again at commit.
+pub fn choose_host_address(
+    state: &State,
+    network: &NetworkRecord,
+    request: &HostAccessRequest,
+    claimed: Option<IpNetwork>,
+) -> Result<HostAccess> {
+    let subnet = host_access_subnet(state, network)?;
+    if let Some(address) = claimed {
+        return claimed_host_address(network, request, address);
     }
     let aux = network.ipv4.iter().find_map(|s| s.aux_addresses.get(HOST_AUX_ADDRESS));
     if let Some(aux) = aux {
@@ -119,25 +120,33 @@ pub fn choose_host_address(state: &State, network: &NetworkRecord, request: &Hos
                 aux.ip()
             )));
         }
+        if network_pool(state, network, aux.ip()).is_some_and(|p| p.shared) {
+            return Err(aux_host_on_shared_pool(subnet.pool));
+        }
         return Ok(HostAccess {
             address: *aux,
             source: HostAddressSource::AuxAddress,
         });
     }
     let ip_hint = request.ip.unwrap_or(subnet.pool.ip());
-    let pool = network_pool(state, network, ip_hint)
-        .filter(|p| !p.shared)
-        .ok_or_else(|| match request.ip {
-            Some(ip) if !network.ipv4.iter().any(|s| s.pool.contains(ip)) => {
-                Error::invalid(format!("host_access_ip={ip} is outside the network's IPv4 subnets"))
-            }
-            _ => Error::invalid(format!(
-                "host_access=on needs an address for the host in {} that the network's IPAM holds for it: give \
-                 --aux-address {HOST_AUX_ADDRESS}=IP (any IPAM driver), or use --ipam-driver rustvlan, which \
-                 reserves one (its shared pools need the aux address too)",
-                subnet.pool
-            )),
-        })?;
+    let pool = network_pool(state, network, ip_hint).ok_or_else(|| match request.ip {
+        Some(ip) if !network.ipv4.iter().any(|s| s.pool.contains(ip)) => {
+            Error::invalid(format!("host_access_ip={ip} is outside the network's IPv4 subnets"))
+        }
+        _ => Error::invalid(format!(
+            "host_access=on needs an address for the host in {} that the network's IPAM holds for it: give \
+             --aux-address {HOST_AUX_ADDRESS}=IP (any IPAM driver), or use --ipam-driver rustvlan, which \
+             reserves one",
+            subnet.pool
+        )),
+    })?;
+    if pool.shared {
+        return Err(Error::conflict(format!(
+            "host_access=on on shared pool {}: the host's address must be claimed for this host before the \
+             network is made, and was not (a front-end that creates networks must ask the IPAM for it)",
+            pool.pool
+        )));
+    }
     let id = pool_id(&pool);
     let ip = match request.ip {
         Some(ip) => {
@@ -150,6 +159,76 @@ pub fn choose_host_address(state: &State, network: &NetworkRecord, request: &Hos
         address: IpNetwork::new(ip, pool.pool.prefix()).expect("the pool's prefix fits its family"),
         source: HostAddressSource::Reserved,
     })
+}
+
+/// The IPv4 subnet host access uses, if its IPAM may give the host an address.
+fn host_access_subnet<'a>(state: &State, network: &'a NetworkRecord) -> Result<&'a Subnet> {
+    let subnet = network.ipv4.first().ok_or_else(|| {
+        Error::invalid("host_access=on needs an IPv4 subnet: the host reaches the containers over IPv4")
+    })?;
+    if network_pool(state, network, subnet.pool.ip()).is_some_and(|p| p.dhcp) {
+        return Err(Error::invalid(
+            "host_access=on does not work with --ipam-driver rustvlan-dhcp yet: the host's address would have to be a \
+             lease of its own; use --ipam-driver rustvlan, or leave host access off",
+        ));
+    }
+    Ok(subnet)
+}
+
+fn aux_host_on_shared_pool(pool: IpNetwork) -> Error {
+    Error::invalid(format!(
+        "--aux-address {HOST_AUX_ADDRESS}=IP on shared pool {pool} would give every host's shim the same address; \
+         leave it out, and rustvlan claims an address of its own for each host (or name one per host with -o \
+         host_access_ip=IP)"
+    ))
+}
+
+/// S as the IPAM claimed it for this host on a shared pool.
+fn claimed_host_address(
+    network: &NetworkRecord,
+    request: &HostAccessRequest,
+    address: IpNetwork,
+) -> Result<HostAccess> {
+    let fits =
+        network.ipv4.iter().any(|s| s.pool.contains(address.ip())) && request.ip.is_none_or(|ip| ip == address.ip());
+    if !fits {
+        return Err(Error::invalid(format!(
+            "the host address claimed for network {} ({address}) is not the one its options ask for",
+            short_id(&network.id)
+        )));
+    }
+    Ok(HostAccess {
+        address,
+        source: HostAddressSource::Claimed,
+    })
+}
+
+/// With `host_access=on` on a shared pool, what the IPAM must claim for this host before
+/// the network is made; None where the driver's own choice does.
+pub fn host_address_to_claim(
+    state: &State,
+    network: &NetworkRecord,
+    request: &HostAccessRequest,
+) -> Result<Option<HostAddressToClaim>> {
+    let subnet = host_access_subnet(state, network)?;
+    let hint = request.ip.unwrap_or(subnet.pool.ip());
+    let Some(pool) = network_pool(state, network, hint).filter(|p| p.shared) else {
+        return Ok(None);
+    };
+    if network
+        .ipv4
+        .iter()
+        .any(|s| s.aux_addresses.contains_key(HOST_AUX_ADDRESS))
+    {
+        return Err(aux_host_on_shared_pool(pool.pool));
+    }
+    if let Some(ip) = request.ip {
+        state.ipam.plan_request_address(&pool_id(&pool), Some(ip), false)?;
+    }
+    Ok(Some(HostAddressToClaim {
+        pool_id: pool_id(&pool),
+        ip: request.ip,
+    }))
 }
 
 /// The IPAM changes that hold S for the network, planned at commit: an address taken
@@ -214,7 +293,7 @@ impl<K: Kernel> Driver<K> {
             .link(&name)
             .await?
             .ok_or_else(|| Error::kernel(format!("shim {name} vanished right after it was made")))?;
-        if let Err(e) = self.kernel.ready_shim(made.index).await {
+        if let Err(e) = self.kernel.ready_shim(made.index, parent.index).await {
             self.delete_quietly(made.index, &name).await;
             return Err(Error::kernel(format!("{e}: cannot set up host-access shim {name}")).caused_by(e));
         }

@@ -15,8 +15,8 @@ mod reaper;
 mod reconcile;
 
 pub use calls::{
-    EndpointCreated, EndpointInfo, EndpointRef, EndpointSpec, GatewayNeeds, JoinAnswer, JoinSpec, NetworkSpec, Route,
-    SubnetSpec,
+    EndpointCreated, EndpointInfo, EndpointRef, EndpointSpec, GatewayNeeds, HostAddressToClaim, JoinAnswer, JoinSpec,
+    NetworkSpec, Route, SubnetSpec,
 };
 pub use reaper::LinkReaper;
 pub use reconcile::ReconcileReport;

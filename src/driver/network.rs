@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::Driver;
-use super::calls::{GatewayNeeds, NetworkSpec};
-use super::host_access::{choose_host_address, reserve_host_address};
+use super::calls::{GatewayNeeds, HostAddressToClaim, NetworkSpec};
+use super::host_access::{choose_host_address, host_address_to_claim, reserve_host_address};
 use super::options::{NetworkConfig, check_id, overlaps, parse_network_options, parse_subnets};
 use super::pending_delete;
 use crate::error::{Error, Result};
@@ -35,26 +35,25 @@ impl<K: Kernel> Driver<K> {
         })
     }
 
-    pub async fn create_network(&self, spec: NetworkSpec) -> Result<()> {
-        check_id("NetworkID", &spec.network_id)?;
-        let config = parse_network_options(&spec.network_id, &spec.options)?;
-        let ipv4 = parse_subnets("IPv4Data", &spec.ipv4, Family::V4)?;
-        let ipv6 = parse_subnets("IPv6Data", &spec.ipv6, Family::V6)?;
-        check_families(&config, &ipv4, &ipv6)?;
-        let record = NetworkRecord {
-            id: spec.network_id.clone(),
-            link: config.link,
-            parent: config.parent.name().to_string(),
-            mtu: config.mtu,
-            internal: config.internal,
-            enable_ipv6: config.enable_ipv6,
-            ipv4,
-            ipv6,
-            options: config.options.clone(),
-            host_access: None,
+    /// What the IPAM must claim for this host before [`Driver::create_network`]: the
+    /// host's address when `host_access=on` is asked on a shared pool; None otherwise,
+    /// and for a network that exists already.
+    pub fn host_address_to_claim(&self, spec: &NetworkSpec) -> Result<Option<HostAddressToClaim>> {
+        let (record, config) = network_record(spec)?;
+        let Some(request) = &config.host_access else {
+            return Ok(None);
         };
+        let state = self.state();
+        if state.networks.contains_key(&record.id) {
+            return Ok(None);
+        }
+        host_address_to_claim(&state, &record, request)
+    }
 
-        let mut record = record;
+    /// Creates the network. With `host_access=on` on a shared pool, `spec.host_address`
+    /// is the address [`Driver::host_address_to_claim`] asked to be claimed.
+    pub async fn create_network(&self, spec: NetworkSpec) -> Result<()> {
+        let (mut record, config) = network_record(&spec)?;
         let _topology = self.topology.write().await;
         {
             let state = self.state();
@@ -63,7 +62,7 @@ impl<K: Kernel> Driver<K> {
             }
             check_parent_conflicts(&state, &record)?;
             if let Some(request) = &config.host_access {
-                record.host_access = Some(choose_host_address(&state, &record, request)?);
+                record.host_access = Some(choose_host_address(&state, &record, request, spec.host_address)?);
             }
         }
         let made = self.ensure_parent(&config, &record).await?;
@@ -236,6 +235,28 @@ impl<K: Kernel> Driver<K> {
 
 /// The parents rustvlan made that go with this network: its own, unless another network
 /// or an inner VLAN uses it, then a QinQ outer VLAN that nothing else uses.
+/// The network a create asks for, its options checked, before any host address.
+fn network_record(spec: &NetworkSpec) -> Result<(NetworkRecord, NetworkConfig)> {
+    check_id("NetworkID", &spec.network_id)?;
+    let config = parse_network_options(&spec.network_id, &spec.options)?;
+    let ipv4 = parse_subnets("IPv4Data", &spec.ipv4, Family::V4)?;
+    let ipv6 = parse_subnets("IPv6Data", &spec.ipv6, Family::V6)?;
+    check_families(&config, &ipv4, &ipv6)?;
+    let record = NetworkRecord {
+        id: spec.network_id.clone(),
+        link: config.link,
+        parent: config.parent.name().to_string(),
+        mtu: config.mtu,
+        internal: config.internal,
+        enable_ipv6: config.enable_ipv6,
+        ipv4,
+        ipv6,
+        options: config.options.clone(),
+        host_access: None,
+    };
+    Ok((record, config))
+}
+
 /// A CreateNetwork for a network that exists: fine if it asks for the same.
 fn repeated_create(existing: &NetworkRecord, asked: &NetworkRecord, config: &NetworkConfig) -> Result<()> {
     // S was chosen by the first create; the request is the same without it.

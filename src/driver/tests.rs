@@ -62,6 +62,7 @@ fn network(id: &str, generic: Value, subnet: &str, gateway: &str) -> NetworkSpec
             aux_addresses: BTreeMap::new(),
         }],
         ipv6: vec![],
+        host_address: None,
     }
 }
 
@@ -1559,8 +1560,9 @@ async fn a_front_end_drives_the_engine_without_docker_json() {
             aux_addresses: BTreeMap::new(),
         }],
         ipv6: vec![],
+        host_address: None,
     };
-    p.driver.create_network(spec).await.unwrap();
+    p.create_network(spec).await.unwrap();
     let ip = p.ipam.request_address(address(false)).await.unwrap();
     let created = p
         .driver

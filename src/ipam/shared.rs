@@ -22,6 +22,7 @@ use crate::kernel::Kernel;
 use crate::ledger::CommitHook;
 use crate::model::{PoolRecord, SharedRelease};
 use crate::state::{Change, State};
+use crate::util::short_id;
 
 /// What this host knows of the shared plans beyond its own records.
 pub struct SharedPlans {
@@ -39,7 +40,17 @@ pub struct SharedPlans {
     /// record is on disk; the check of this host's claims holds it for writing, so that
     /// it never sees a claim whose record is still on its way (and releases it).
     checking: tokio::sync::RwLock<()>,
+    /// Pools (by seq) whose aux addresses may still come: made here less than
+    /// [`AUX_WINDOW`] ago, with no container's address asked yet.
+    aux_windows: Mutex<HashMap<u64, std::time::Instant>>,
 }
+
+/// dockerd asks for a network's aux addresses right after its pool and gateway; a named
+/// address asked later, or after a container's, is a container's own.
+const AUX_WINDOW: Duration = Duration::from_secs(10);
+/// How long an aux address another host claimed waits for that host's network to be made
+/// (and its claim to become the LAN's reservation) before it is refused.
+const AUX_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Default)]
 struct PlanView {
@@ -131,7 +142,23 @@ impl SharedPlans {
             wake: tokio::sync::Notify::new(),
             conflicts: Mutex::new(Vec::new()),
             checking: tokio::sync::RwLock::new(()),
+            aux_windows: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn aux_windows(&self) -> std::sync::MutexGuard<'_, HashMap<u64, std::time::Instant>> {
+        self.aux_windows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a named address asked of pool `seq` may be one of its network's aux
+    /// addresses; a container's address asked closes the window.
+    fn aux_window_open(&self, seq: u64, container: bool) -> bool {
+        let mut windows = self.aux_windows();
+        let open = windows.get(&seq).is_some_and(|made| made.elapsed() < AUX_WINDOW);
+        if container || !open {
+            windows.remove(&seq);
+        }
+        open && !container
     }
 
     /// Called once the connection to etcd is up.
@@ -409,20 +436,62 @@ impl<K: Kernel> Ipam<K> {
     }
 }
 
+/// What a shared claim is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// The LAN's gateway: every host reserves it alike.
+    Gateway,
+    /// A named address asked while the pool's network is being made: one of its aux
+    /// addresses, claimed as this host's until the network is made here, when it becomes
+    /// the LAN's reservation. Another host's network of the same aux address shares it
+    /// then; a host's own claim of it is waited for a moment, then refused.
+    Aux,
+    /// A container's address, or the host's own on its shim: this host's alone.
+    Host,
+}
+
 /// One RequestAddress on a shared pool.
 struct SharedAsk<'a> {
     pool_id: &'a str,
     record: &'a PoolRecord,
     /// The address asked for by name, if any.
     address: Option<IpAddr>,
-    gateway: bool,
-    /// The LAN's reservation this claim is (gateway, aux), or None: a container's.
-    reservation: Option<Reservation>,
+    purpose: Purpose,
+}
+
+impl SharedAsk<'_> {
+    fn gateway(&self) -> bool {
+        self.purpose == Purpose::Gateway
+    }
+
+    /// Whether the address may be one another host holds as it is.
+    fn shares(&self, holder: &Holder) -> bool {
+        match self.purpose {
+            Purpose::Gateway => matches!(holder, Holder::Shared { .. }),
+            // etcd decides, waiting for another host's network being made.
+            Purpose::Aux => true,
+            Purpose::Host => false,
+        }
+    }
 }
 
 impl<K: Kernel> PoolAllocations<'_, K> {
     fn shared(&self) -> Option<&Arc<SharedPlans>> {
         self.plugin.shared.as_ref()
+    }
+
+    /// What a RequestAddress of a shared pool is for: the gateway, an aux address while
+    /// the pool's network is being made, else a container's.
+    fn purpose_of(&self, shared: &SharedPlans, record: &PoolRecord, address: Option<IpAddr>, gateway: bool) -> Purpose {
+        if gateway {
+            return Purpose::Gateway;
+        }
+        let unclaimed = record.claimed_by.is_none();
+        if unclaimed && shared.aux_window_open(record.seq, address.is_none()) {
+            Purpose::Aux
+        } else {
+            Purpose::Host
+        }
     }
 
     async fn request_shared_address(
@@ -431,28 +500,18 @@ impl<K: Kernel> PoolAllocations<'_, K> {
         record: PoolRecord,
         pool_id: &str,
         address: Option<IpAddr>,
-        gateway: bool,
+        purpose: Purpose,
     ) -> Result<IpNetwork> {
         let _claiming = shared.checking.read().await;
         let plan = plan_name(&record);
         if !shared.loaded(&plan) {
             shared.load(&plan).await?;
         }
-        // A named address asked for before the pool's network exists is the network's
-        // aux address: the LAN's, reserved by every host alike, as the gateway is.
-        let reservation = if gateway {
-            Some(Reservation::Gateway)
-        } else if address.is_some() && record.claimed_by.is_none() {
-            Some(Reservation::Aux)
-        } else {
-            None
-        };
         let ask = SharedAsk {
             pool_id,
             record: &record,
             address,
-            gateway,
-            reservation,
+            purpose,
         };
         // Each conflict teaches one held address; a refresh teaches them all.
         let mut refreshed_when_full = false;
@@ -469,8 +528,7 @@ impl<K: Kernel> PoolAllocations<'_, K> {
                 Err(e) => return Err(e),
             };
             let claimed = match shared.etcd() {
-                Ok(etcd) => etcd
-                    .claim(&plan, ip, reservation)
+                Ok(etcd) => claim_for(etcd, &plan, ip, purpose)
                     .await
                     .map_err(|e| unavailable(&e, &plan)),
                 Err(e) => Err(e),
@@ -478,8 +536,7 @@ impl<K: Kernel> PoolAllocations<'_, K> {
             let answer = match claimed {
                 Ok(Claim::Ours) => {
                     injected_claim_delay().await;
-                    self.commit_claim(shared, &plan, pool_id, ip, address.is_none(), gateway)
-                        .await
+                    self.commit_claim(shared, &plan, pool_id, ip, &ask).await
                 }
                 Ok(Claim::Taken(holder)) => {
                     shared.done(&plan, ip);
@@ -514,13 +571,7 @@ impl<K: Kernel> PoolAllocations<'_, K> {
         let mut views = shared.views();
         let view = views.entry(plan.to_string()).or_default();
         // A reservation may share another host's reservation, never its address.
-        let held = |ip: IpAddr| {
-            view.in_flight.contains(&ip)
-                || view
-                    .remote
-                    .get(&ip)
-                    .is_some_and(|h| ask.reservation.is_none() || matches!(h, Holder::Host { .. }))
-        };
+        let held = |ip: IpAddr| view.in_flight.contains(&ip) || view.remote.get(&ip).is_some_and(|h| !ask.shares(h));
         // Each host goes on after its last address (its first one at a point of
         // its own), in blocks no other host uses while there are any: hosts
         // rarely race for one address, and the loser of a race learns that the
@@ -530,10 +581,10 @@ impl<K: Kernel> PoolAllocations<'_, K> {
         let plan_avoiding = |avoid: &dyn Fn(IpAddr) -> bool| {
             state
                 .ipam
-                .plan_request_address_avoiding(ask.pool_id, ask.address, ask.gateway, avoid, start)
+                .plan_request_address_avoiding(ask.pool_id, ask.address, ask.gateway(), avoid, start)
         };
         // Named addresses and the gateway (the same on every host) go by `held` alone.
-        let dynamic = ask.address.is_none() && !ask.gateway;
+        let dynamic = ask.address.is_none() && !ask.gateway();
         let planned = match dynamic.then(|| plan_avoiding(&own_block)) {
             Some(Err(e)) if e.kind == crate::error::ErrorKind::Exhausted => plan_avoiding(&held),
             Some(planned) => planned,
@@ -562,9 +613,9 @@ impl<K: Kernel> PoolAllocations<'_, K> {
         plan: &str,
         pool_id: &str,
         ip: IpAddr,
-        dynamic: bool,
-        gateway: bool,
+        ask: &SharedAsk<'_>,
     ) -> Result<IpNetwork> {
+        let (dynamic, gateway) = (ask.address.is_none(), ask.gateway());
         let committed = self
             .plugin
             .commit(|state| {
@@ -576,6 +627,7 @@ impl<K: Kernel> PoolAllocations<'_, K> {
                 Ok((cidr, changes.into_iter().map(Change::Ipam).collect()))
             })
             .await;
+        // A reservation is the LAN's: never released here (release leaves it anyway).
         if committed.is_err()
             && !gateway
             && let Ok(etcd) = shared.etcd()
@@ -583,6 +635,84 @@ impl<K: Kernel> PoolAllocations<'_, K> {
             let _ = etcd.release(plan, ip).await;
         }
         committed
+    }
+
+    /// The host's own address on its shim (`host_access=on`) in shared pool `pool_id`:
+    /// claimed for this host alone, `ip` if named.
+    pub async fn claim_host_address(&self, pool_id: &str, ip: Option<IpAddr>) -> Result<IpNetwork> {
+        match (self.plugin.shared_pool(pool_id), self.shared()) {
+            (Some(record), Some(shared)) => {
+                self.request_shared_address(shared, record, pool_id, ip, Purpose::Host)
+                    .await
+            }
+            _ => Err(Error::conflict(format!(
+                "pool {pool_id} is not a shared pool of this host: the host's address is reserved with the network"
+            ))),
+        }
+    }
+}
+
+impl<K: Kernel> Ipam<K> {
+    /// Once a network is made here, its aux addresses in shared pools, claimed as this
+    /// host's while it was being made, become the LAN's reservations, which the same
+    /// network on other hosts shares. An etcd error leaves them this host's: no address
+    /// is held twice, and other hosts' networks of that aux address are refused.
+    pub async fn reserve_aux_addresses(&self, network_id: &str) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let aux: Vec<(String, IpAddr)> = {
+            let state = self.state();
+            let Some(network) = state.networks.get(network_id) else {
+                return;
+            };
+            network
+                .subnets()
+                .flat_map(|s| s.aux_addresses.values().map(move |a| (s, a.ip())))
+                .filter_map(|(subnet, ip)| {
+                    let pool = state.ipam.pools().find(|p| {
+                        p.record.shared
+                            && p.record.pool == subnet.pool
+                            && p.record.claimed_by.as_deref() == Some(network_id)
+                    })?;
+                    Some((plan_name(&pool.record), ip))
+                })
+                .collect()
+        };
+        let Ok(etcd) = shared.etcd() else {
+            return;
+        };
+        for (plan, ip) in aux {
+            match etcd.reserve_for_lan(&plan, ip, Reservation::Aux).await {
+                Ok(true) => tracing::debug!(network = short_id(network_id), %ip, "aux address reserved for the LAN"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    network = short_id(network_id),
+                    %ip,
+                    "aux address stays this host's claim: {e}; other hosts' networks cannot share it"
+                ),
+            }
+        }
+    }
+}
+
+/// Claims `ip` for `purpose`; an aux address another host claimed is waited for a moment,
+/// as that host's network is being made and its claim will become the LAN's reservation.
+async fn claim_for(etcd: &Etcd, plan: &str, ip: IpAddr, purpose: Purpose) -> crate::etcd::EResult<Claim> {
+    let reservation = (purpose == Purpose::Gateway).then_some(Reservation::Gateway);
+    let deadline = tokio::time::Instant::now() + AUX_WAIT;
+    loop {
+        let claim = etcd.claim(plan, ip, reservation).await?;
+        if purpose != Purpose::Aux {
+            return Ok(claim);
+        }
+        match claim {
+            Claim::Taken(Holder::Shared { shared }) if shared == Reservation::Aux.as_str() => return Ok(Claim::Ours),
+            Claim::Taken(Holder::Host { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return Ok(other),
+        }
     }
 }
 
@@ -594,7 +724,8 @@ impl<K: Kernel> Allocations for PoolAllocations<'_, K> {
         if request.pool.is_empty() || request.scope() == PoolScope::Local {
             return self.local.request_pool(request).await;
         }
-        self.plugin
+        let record = self
+            .plugin
             .commit(|state| {
                 let (mut record, changes) = state.ipam.plan_request_pool(request)?;
                 record.shared = true;
@@ -607,17 +738,30 @@ impl<K: Kernel> Allocations for PoolAllocations<'_, K> {
                     .collect();
                 Ok((record, changes))
             })
-            .await
+            .await?;
+        if let Some(shared) = self.shared() {
+            let mut windows = shared.aux_windows();
+            windows.retain(|_, made| made.elapsed() < AUX_WINDOW);
+            windows.insert(record.seq, std::time::Instant::now());
+        }
+        Ok(record)
     }
 
     async fn release_pool(&self, pool_id: &str) -> Result<bool> {
-        self.local.release_pool(pool_id).await
+        // The commit's book-keeping notes the claims of its addresses still held.
+        let shared = self.plugin.shared_pool(pool_id).is_some();
+        let released = self.local.release_pool(pool_id).await?;
+        if released && shared {
+            self.plugin.wake_shared_releases();
+        }
+        Ok(released)
     }
 
     async fn request_address(&self, pool_id: &str, address: Option<IpAddr>, gateway: bool) -> Result<IpNetwork> {
         match (self.plugin.shared_pool(pool_id), self.shared()) {
             (Some(record), Some(shared)) => {
-                self.request_shared_address(shared, record, pool_id, address, gateway)
+                let purpose = self.purpose_of(shared, &record, address, gateway);
+                self.request_shared_address(shared, record, pool_id, address, purpose)
                     .await
             }
             // Never allocate a shared pool's address alone: another host may hold it.

@@ -329,7 +329,7 @@ impl Kernel for FakeKernel {
         Ok(true)
     }
 
-    async fn ready_shim(&self, index: u32) -> KResult<()> {
+    async fn ready_shim(&self, index: u32, _parent_index: u32) -> KResult<()> {
         let mut inner = self.inner.lock().unwrap();
         let link = inner
             .links

@@ -83,8 +83,9 @@ impl<K: Kernel> Kernel for Metered<K> {
             .await
     }
 
-    async fn ready_shim(&self, index: u32) -> KResult<()> {
-        self.timed(LinkOp::Set, self.inner.ready_shim(index)).await
+    async fn ready_shim(&self, index: u32, parent_index: u32) -> KResult<()> {
+        self.timed(LinkOp::Set, self.inner.ready_shim(index, parent_index))
+            .await
     }
 
     async fn addresses(&self, index: u32) -> KResult<Vec<IpNetwork>> {

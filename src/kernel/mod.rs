@@ -176,8 +176,10 @@ pub trait Kernel: Send + Sync + 'static {
     /// The caller makes sure nothing else is in `trash_group`.
     fn delete_links(&self, indices: &[u32], trash_group: u32) -> impl Future<Output = KResult<()>> + Send;
     /// Readies a host-access shim: ARP answered only for the shim's own addresses
-    /// (`arp_ignore=1`, `arp_announce=2`, set per link over netlink, not /proc/sys), and up.
-    fn ready_shim(&self, index: u32) -> impl Future<Output = KResult<()>> + Send;
+    /// (`arp_ignore=1`, `arp_announce=2`, set per link over netlink, not /proc/sys), and up;
+    /// and its parent answers ARP only for its own addresses (`arp_ignore=1`), so that
+    /// the LAN sees one MAC, the shim's, for the host's address on it.
+    fn ready_shim(&self, index: u32, parent_index: u32) -> impl Future<Output = KResult<()>> + Send;
     /// The IPv4 addresses of the link `index`, with their prefix lengths.
     fn addresses(&self, index: u32) -> impl Future<Output = KResult<Vec<IpNetwork>>> + Send;
     /// Adds an address; one that is already there is not an error.

@@ -173,9 +173,10 @@ const IPV4_DEVCONF_ARP_IGNORE: u16 = 19;
 
 /// Only the two values named: netlink-packet-route's `InetDevConf` would write every
 /// devconf field of the link.
-fn shim_arp_conf() -> LinkAttribute {
-    let mut nested = Vec::with_capacity(16);
-    for (index, value) in [(IPV4_DEVCONF_ARP_IGNORE, 1u32), (IPV4_DEVCONF_ARP_ANNOUNCE, 2u32)] {
+/// IPv4 devconf values of a link, as RTM_SETLINK takes them.
+fn arp_conf(values: &[(u16, u32)]) -> LinkAttribute {
+    let mut nested = Vec::with_capacity(8 * values.len());
+    for &(index, value) in values {
         nested.extend_from_slice(&8u16.to_ne_bytes());
         nested.extend_from_slice(&index.to_ne_bytes());
         nested.extend_from_slice(&value.to_ne_bytes());
@@ -371,15 +372,26 @@ impl Kernel for NetlinkKernel {
         }
     }
 
-    async fn ready_shim(&self, index: u32) -> KResult<()> {
+    async fn ready_shim(&self, index: u32, parent_index: u32) -> KResult<()> {
         let mut message = LinkUnspec::new_with_index(index).up().build();
-        message.attributes.push(shim_arp_conf());
+        message.attributes.push(arp_conf(&[
+            (IPV4_DEVCONF_ARP_IGNORE, 1),
+            (IPV4_DEVCONF_ARP_ANNOUNCE, 2),
+        ]));
         self.handle.link().change(message).execute().await.map_err(|e| {
             kernel_error(
                 &format!("setting arp_ignore/arp_announce on link {index} and bringing it up"),
                 e,
             )
-        })
+        })?;
+        let mut message = LinkUnspec::new_with_index(parent_index).build();
+        message.attributes.push(arp_conf(&[(IPV4_DEVCONF_ARP_IGNORE, 1)]));
+        self.handle
+            .link()
+            .change(message)
+            .execute()
+            .await
+            .map_err(|e| kernel_error(&format!("setting arp_ignore on parent link {parent_index}"), e))
     }
 
     async fn addresses(&self, index: u32) -> KResult<Vec<IpNetwork>> {
