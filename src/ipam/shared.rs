@@ -955,6 +955,46 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_takes_aux_addresses_only_until_a_container_asks_or_its_window_ends() {
+        let plans = SharedPlans::new("h", "http://127.0.0.1:1");
+        assert!(!plans.aux_window_open(7, false), "a pool made before a restart");
+        plans.aux_windows().insert(7, std::time::Instant::now());
+        assert!(plans.aux_window_open(7, false));
+        assert!(plans.aux_window_open(7, false), "every aux address of the network");
+        assert!(!plans.aux_window_open(7, true), "a container's address is never an aux");
+        assert!(!plans.aux_window_open(7, false), "and closes the window");
+        plans
+            .aux_windows()
+            .insert(8, std::time::Instant::now() - AUX_WINDOW - Duration::from_millis(1));
+        assert!(!plans.aux_window_open(8, false), "too late for an aux address");
+        assert!(plans.aux_windows().is_empty());
+    }
+
+    #[test]
+    fn an_aux_address_may_share_what_a_container_address_may_not() {
+        let record = PoolRecord {
+            seq: 1,
+            address_space: "rustvlan-local".into(),
+            pool: "10.0.0.0/24".parse().unwrap(),
+            sub_pool: None,
+            options: BTreeMap::new(),
+            claimed_by: None,
+            shared: true,
+            dhcp: false,
+        };
+        let ask = |purpose| SharedAsk {
+            pool_id: "p",
+            record: &record,
+            address: None,
+            purpose,
+        };
+        let lan = Holder::Shared { shared: "aux".into() };
+        assert!(ask(Purpose::Gateway).shares(&lan) && !ask(Purpose::Gateway).shares(&host("b")));
+        assert!(ask(Purpose::Aux).shares(&lan) && ask(Purpose::Aux).shares(&host("b")));
+        assert!(!ask(Purpose::Host).shares(&lan) && !ask(Purpose::Host).shares(&host("b")));
+    }
+
+    #[test]
     fn a_block_is_foreign_while_another_host_holds_an_address_of_it() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let mut remote = Remote::from_claims([(
