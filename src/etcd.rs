@@ -124,8 +124,9 @@ struct QueuedClaim {
     answer: tokio::sync::oneshot::Sender<EResult<Claim>>,
 }
 
-/// Claims per transaction: each takes a compare, two puts (or one get), and etcd refuses
-/// transactions of more than 128 operations per branch by default (`--max-txn-ops`).
+/// Claims per transaction: each is a nested transaction of a compare and two puts (or a
+/// get). etcd refuses more than 128 operations per branch by default (`--max-txn-ops`),
+/// and gives nested ones what their parent leaves: 64 here, and 64 for each claim.
 const CLAIMS_PER_TXN: usize = 64;
 /// A queued claim with less time left than this fails instead of being sent: the time a
 /// transaction gets is that of its oldest claim, and a transaction cut short fails all
@@ -508,31 +509,28 @@ impl Etcd {
         });
     }
 
-    /// One transaction for `batch`: all claimed, or none; then each claim's holder is
-    /// read, the taken ones answered, and the ones that were free returned to be sent
-    /// again (with fewer companions).
+    /// One transaction for `batch`, made of one nested transaction per claim: each
+    /// creates its key only if absent (with its per-host index), else reads the holder.
+    /// A taken address fails only its own claim, so a batch never goes again; an answer
+    /// without a claim's result (never seen) sends that claim again.
     async fn claim_together(&self, batch: Vec<QueuedClaim>) -> Vec<QueuedClaim> {
         let ours = self.ours();
-        let keys: Vec<String> = batch.iter().map(|c| self.alloc_key(&c.plan, c.ip)).collect();
-        let txn = Txn::new()
-            .when(
-                keys.iter()
-                    .map(|k| Compare::create_revision(k.clone(), CompareOp::Equal, 0))
-                    .collect::<Vec<_>>(),
-            )
-            .and_then(
-                batch
-                    .iter()
-                    .zip(&keys)
-                    .flat_map(|(c, k)| {
-                        [
-                            TxnOp::put(k.clone(), ours.clone(), None),
+        let each: Vec<TxnOp> = batch
+            .iter()
+            .map(|c| {
+                let key = self.alloc_key(&c.plan, c.ip);
+                TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([
+                            TxnOp::put(key.clone(), ours.clone(), None),
                             TxnOp::put(self.byhost_key(&self.host, &c.plan, c.ip), "", None),
-                        ]
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .or_else(keys.iter().map(|k| TxnOp::get(k.clone(), None)).collect::<Vec<_>>());
+                        ])
+                        .or_else([TxnOp::get(key, None)]),
+                )
+            })
+            .collect();
+        let txn = Txn::new().and_then(each);
         let mut client = self.client.clone();
         let deadline = batch.iter().map(|c| c.deadline).min().expect("a batch is never empty");
         let time = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -545,40 +543,36 @@ impl Etcd {
                 return Vec::new();
             }
         };
-        if answer.succeeded() {
-            tracing::trace!(claims = batch.len(), "claim transaction");
-            for claim in batch {
-                let _ = claim.answer.send(Ok(Claim::Ours));
-            }
-            return Vec::new();
-        }
-        let held: Vec<Option<Vec<u8>>> = answer
-            .op_responses()
-            .into_iter()
-            .map(|r| match r {
-                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
-                _ => None,
-            })
-            .collect();
+        let results: Vec<TxnOpResponse> = answer.op_responses();
         let mut retry = Vec::new();
-        let sent = batch.len();
-        for (claim, held) in batch.into_iter().zip(held.into_iter().chain(std::iter::repeat(None))) {
+        let (sent, mut taken) = (batch.len(), 0);
+        for (claim, result) in batch
+            .into_iter()
+            .zip(results.into_iter().map(Some).chain(std::iter::repeat_with(|| None)))
+        {
+            let held = match result {
+                Some(TxnOpResponse::Txn(inner)) if inner.succeeded() => {
+                    let _ = claim.answer.send(Ok(Claim::Ours));
+                    continue;
+                }
+                Some(TxnOpResponse::Txn(inner)) => inner.op_responses().into_iter().find_map(|r| match r {
+                    TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+                    _ => None,
+                }),
+                _ => None,
+            };
             match held {
-                // Free: another claim of the batch made it fail.
                 None => retry.push(claim),
                 Some(value) if value == ours => {
                     let _ = claim.answer.send(Ok(Claim::Ours));
                 }
                 Some(value) => {
+                    taken += 1;
                     let _ = claim.answer.send(Ok(Claim::Taken(holder_of(&value))));
                 }
             }
         }
-        tracing::debug!(
-            sent,
-            again = retry.len(),
-            "a claim transaction lost: the free claims go again"
-        );
+        tracing::trace!(sent, taken, again = retry.len(), "claim transaction");
         retry
     }
 
