@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The liveness key's lease: a host is shown dead 30 s after it stops renewing.
-const HOST_TTL: i64 = 30;
+pub const DEFAULT_HOST_TTL: u32 = 30;
 /// Keys per page of a range read: about 0.5 MiB of claims.
 const PAGE: i64 = 5_000;
 
@@ -47,6 +47,8 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     pub prefix: String,
     pub host_id: String,
+    /// Seconds the host's liveness key outlives its last renewal.
+    pub host_ttl: u32,
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -88,6 +90,7 @@ pub struct Etcd {
     prefix: String,
     host: String,
     endpoints: String,
+    host_ttl: u32,
     /// The liveness key's lease, once registered.
     lease: std::sync::Arc<std::sync::atomic::AtomicI64>,
     /// Counts the host's announcements (see [`Etcd::announcements`]).
@@ -316,6 +319,7 @@ impl Etcd {
             prefix: config.prefix.trim_end_matches('/').to_string(),
             host: config.host_id.clone(),
             endpoints,
+            host_ttl: config.host_ttl,
             lease: Default::default(),
             announced: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             metrics: None,
@@ -720,7 +724,10 @@ impl Etcd {
         let value = serde_json::to_vec(record).expect("serializes");
         let mut client = self.client.clone();
         let lease = self
-            .call("granting the host's lease", client.lease_grant(HOST_TTL, None))
+            .call(
+                "granting the host's lease",
+                client.lease_grant(i64::from(self.host_ttl), None),
+            )
             .await?
             .id();
         for _ in 0..3 {
@@ -794,7 +801,7 @@ impl Etcd {
             Ok(pair) => pair,
             Err(e) => return e.message,
         };
-        let mut ticks = tokio::time::interval(Duration::from_secs(HOST_TTL as u64 / 3));
+        let mut ticks = tokio::time::interval(Duration::from_secs(u64::from(self.host_ttl) / 3));
         loop {
             ticks.tick().await;
             let renewed = tokio::time::timeout(CALL_TIMEOUT, async {
@@ -925,7 +932,7 @@ impl Etcd {
             return Err(EtcdError {
                 kind: EtcdErrorKind::HostLive,
                 message: format!(
-                    "host {host} is live; stop rustvlan there (and wait {HOST_TTL} s) before reclaiming its addresses"
+                    "host {host} is live; stop rustvlan there (and wait for its lease to end) before reclaiming its addresses"
                 ),
             });
         }

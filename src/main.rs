@@ -125,6 +125,12 @@ struct EtcdArgs {
     /// This host's id among those sharing pools; default: /etc/machine-id.
     #[arg(long, env = "RUSTVLAN_HOST_ID", default_value = "")]
     host_id: String,
+    /// Seconds this host stays listed live in etcd after its last renewal (renewed every
+    /// third of it): how long a host cut off from etcd is still trusted, and how long
+    /// `reclaim` waits after a host dies.
+    #[arg(long, env = "RUSTVLAN_ETCD_HOST_TTL", default_value_t = rustvlan::etcd::DEFAULT_HOST_TTL,
+          value_parser = clap::value_parser!(u32).range(6..=3600))]
+    etcd_host_ttl: u32,
 }
 
 impl EtcdArgs {
@@ -147,6 +153,7 @@ impl EtcdArgs {
             endpoints,
             prefix: self.etcd_prefix.clone(),
             host_id,
+            host_ttl: self.etcd_host_ttl,
             ca: self.etcd_ca.clone(),
             cert: self.etcd_cert.clone(),
             key: self.etcd_key.clone(),
