@@ -549,6 +549,7 @@ impl Etcd {
         };
         let results: Vec<TxnOpResponse> = answer.op_responses();
         let mut retry = Vec::new();
+        let mut already_ours = Vec::new();
         let (sent, mut taken) = (batch.len(), 0);
         for (claim, result) in batch
             .into_iter()
@@ -560,23 +561,75 @@ impl Etcd {
                     continue;
                 }
                 Some(TxnOpResponse::Txn(inner)) => inner.op_responses().into_iter().find_map(|r| match r {
-                    TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+                    TxnOpResponse::Get(get) => get.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())),
                     _ => None,
                 }),
                 _ => None,
             };
             match held {
                 None => retry.push(claim),
-                Some(value) if value == ours => {
-                    let _ = claim.answer.send(Ok(Claim::Ours));
-                }
-                Some(value) => {
+                Some((value, revision)) if value == ours => already_ours.push((claim, revision)),
+                Some((value, _)) => {
                     taken += 1;
                     let _ = claim.answer.send(Ok(Claim::Taken(holder_of(&value))));
                 }
             }
         }
         tracing::trace!(sent, taken, again = retry.len(), "claim transaction");
+        if !already_ours.is_empty() {
+            retry.extend(self.claim_again(already_ours, deadline).await);
+        }
+        retry
+    }
+
+    /// Claims found already this host's (an earlier claim whose release is still on its
+    /// way, or never answered) are written again, each only if unchanged since it was
+    /// read: the new claim gets a revision of its own, so a release of the earlier one
+    /// that reaches etcd late (sent before a partition, delivered after it) finds a
+    /// revision it did not read and deletes nothing. Answers the ones to send again.
+    async fn claim_again(&self, claims: Vec<(QueuedClaim, i64)>, deadline: tokio::time::Instant) -> Vec<QueuedClaim> {
+        let ours = self.ours();
+        let each: Vec<TxnOp> = claims
+            .iter()
+            .map(|(c, revision)| {
+                let key = self.alloc_key(&c.plan, c.ip);
+                TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, *revision)])
+                        .and_then([
+                            TxnOp::put(key, ours.clone(), None),
+                            TxnOp::put(self.byhost_key(&self.host, &c.plan, c.ip), "", None),
+                        ]),
+                )
+            })
+            .collect();
+        let mut client = self.client.clone();
+        let time = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let txn = Txn::new().and_then(each);
+        let answer = match self.call_within("claiming addresses", time, client.txn(txn)).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                for (claim, _) in claims {
+                    let _ = claim.answer.send(Err(e.clone()));
+                }
+                return Vec::new();
+            }
+        };
+        let mut retry = Vec::new();
+        let results = answer
+            .op_responses()
+            .into_iter()
+            .map(Some)
+            .chain(std::iter::repeat_with(|| None));
+        for ((claim, _), result) in claims.into_iter().zip(results) {
+            match result {
+                Some(TxnOpResponse::Txn(inner)) if inner.succeeded() => {
+                    let _ = claim.answer.send(Ok(Claim::Ours));
+                }
+                // Changed since read (released, or taken): look again.
+                _ => retry.push(claim),
+            }
+        }
         retry
     }
 
@@ -627,14 +680,40 @@ impl Etcd {
     /// Releases this host's claim; never another host's, nor a shared reservation.
     pub async fn release(&self, plan: &str, ip: IpAddr) -> EResult<bool> {
         let key = self.alloc_key(plan, ip);
-        let txn = Txn::new()
-            .when([Compare::value(key.clone(), CompareOp::Equal, self.ours())])
-            .and_then([
-                TxnOp::delete(key, None),
-                TxnOp::delete(self.byhost_key(&self.host, plan, ip), None),
-            ]);
         let mut client = self.client.clone();
-        Ok(self.call("releasing an address", client.txn(txn)).await?.succeeded())
+        // The claim is read first and deleted only at the revision read: a delete that
+        // times out may still reach etcd later (a partition delays it, then delivers
+        // it), when the address may be this host's again under a new claim, which it
+        // must leave alone (see `claim_again`).
+        for _ in 0..3 {
+            let read = self.call("releasing an address", client.get(key.clone(), None)).await?;
+            let Some(claim) = read.kvs().first() else {
+                return Ok(false);
+            };
+            if claim.value() != self.ours().as_slice() {
+                return Ok(false);
+            }
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    claim.mod_revision(),
+                )])
+                .and_then([
+                    TxnOp::delete(key.clone(), None),
+                    TxnOp::delete(self.byhost_key(&self.host, plan, ip), None),
+                ]);
+            if self.call("releasing an address", client.txn(txn)).await?.succeeded() {
+                return Ok(true);
+            }
+        }
+        Err(EtcdError {
+            kind: EtcdErrorKind::Unreachable,
+            message: format!(
+                "etcd unreachable ({}): releasing {ip}: its claim changed at each of 3 tries",
+                self.endpoints
+            ),
+        })
     }
 
     /// Turns this host's claim of `ip` into the LAN's reservation `kind` (an aux address
