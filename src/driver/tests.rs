@@ -845,6 +845,33 @@ mod sweeping {
         assert_eq!(allocated(&p), vec!["10.77.0.1", "10.77.0.2", "10.77.0.4"]);
     }
 
+    /// An address unbound at one sweep, released, and unbound again at the next for
+    /// another container is that container's: kept.
+    #[tokio::test]
+    async fn a_mark_is_forgotten_when_its_address_is_released_and_taken_again() {
+        let dir = test_store();
+        let p = open(&dir, kernel());
+        let id = pool(&p, "10.78.0.0/24").await;
+        address(&p, &id, "10.78.0.1", true).await;
+        p.driver
+            .create_network(network(
+                NET_A,
+                json!({"parent": "eth0"}),
+                "10.78.0.0/24",
+                "10.78.0.1/24",
+            ))
+            .await
+            .unwrap();
+        address(&p, &id, "10.78.0.2", false).await;
+        let first = p.ipam.sweep(false).await.unwrap();
+        assert_eq!(first.addresses_marked, 1, "between RequestAddress and CreateEndpoint");
+        p.ipam.release_address(&id, "10.78.0.2".parse().unwrap()).await.unwrap();
+        address(&p, &id, "10.78.0.2", false).await;
+        let second = p.ipam.sweep(false).await.unwrap();
+        assert!(second.is_empty(), "another container's moment: {second:?}");
+        assert_eq!(allocated(&p), vec!["10.78.0.1", "10.78.0.2"]);
+    }
+
     #[tokio::test]
     async fn orphan_pools_go_and_other_drivers_pools_stay() {
         let dir = test_store();

@@ -28,7 +28,7 @@ use crate::ledger::Ledger;
 /// The IPAM: the ledger, and what only the IPAM keeps.
 pub struct Ipam<K> {
     ledger: Arc<Ledger<K>>,
-    sweep_marks: Mutex<reclaim::SweepMarks>,
+    sweep_marks: Arc<Mutex<reclaim::SweepMarks>>,
     /// Shared pools through etcd, when `--etcd-endpoints` is given.
     pub(crate) shared: Option<Arc<SharedPlans>>,
     /// The DHCP client of `rustvlan-dhcp` pools.
@@ -48,9 +48,11 @@ impl<K> Deref for Ipam<K> {
 
 impl<K: Kernel> Ipam<K> {
     pub fn new(ledger: Arc<Ledger<K>>) -> Self {
+        let sweep_marks = Arc::new(Mutex::new(reclaim::SweepMarks::default()));
+        ledger.add_hook(Arc::new(reclaim::ForgetMarks(sweep_marks.clone())));
         Ipam {
             ledger,
-            sweep_marks: Mutex::new(Default::default()),
+            sweep_marks,
             shared: None,
             dhcp: Default::default(),
             dhcp_pools_made: Mutex::new(HashMap::new()),

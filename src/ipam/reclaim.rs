@@ -28,6 +28,32 @@ pub struct SweepMarks {
     pools: BTreeSet<u64>,
 }
 
+/// The commit hook that keeps marks to one allocation: an address released or allocated
+/// again loses its mark. Without it, an address in the moment between RequestAddress and
+/// CreateEndpoint at one sweep, released, and in that moment again (for another
+/// container) at the next sweep was released under the second container, which then
+/// used an address the pool (and etcd) no longer held.
+pub(crate) struct ForgetMarks(pub(crate) std::sync::Arc<std::sync::Mutex<SweepMarks>>);
+
+impl crate::ledger::CommitHook for ForgetMarks {
+    fn follow_up(&self, _state: &State, changes: &[Change]) -> Vec<Change> {
+        let mut marks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for change in changes {
+            match change {
+                Change::Ipam(IpamChange::PutAddress { pool, ip, .. } | IpamChange::DelAddress { pool, ip }) => {
+                    marks.addresses.remove(&(*pool, *ip));
+                }
+                Change::Ipam(IpamChange::DelPool(seq)) => {
+                    marks.pools.remove(seq);
+                    marks.addresses.retain(|(pool, _)| pool != seq);
+                }
+                _ => {}
+            }
+        }
+        Vec::new()
+    }
+}
+
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct SweepReport {
     /// pool id -> addresses released
