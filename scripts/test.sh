@@ -2,7 +2,8 @@
 # Runs every rustvlan test on a fresh Debian machine, as root: formatting, lints, unit
 # tests, integration tests against the real kernel (in namespaces the tests make), the
 # Docker end-to-end suites against private dockerds of two engines (Debian 12's 20.10 and
-# Debian sid's 28) that this script starts and stops, the VM rig and a benchmark smoke run.
+# Debian sid's 28) that this script starts and stops, the fault harness of shared pools on
+# etcd 3.4 and 3.5, the VM rig and a benchmark smoke run.
 # It installs what it needs with apt-get and cleans up after itself.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -51,8 +52,8 @@ layer_must_fail model.rs 'use crate::server::serve;' 'model -> server'
 layer_must_fail driver/join.rs 'use crate::ipam::Ipam;' 'driver::join -> ipam'
 
 # protobuf-compiler: protoc, which the etcd client needs to build; etcd-server and
-# etcd-client: the real etcd cluster of tests/shared.rs.
-rv_need_pkgs iproute2 iputils-ping docker.io busybox-static curl docker-registry prometheus util-linux protobuf-compiler libprotobuf-dev etcd-server etcd-client dnsmasq-base
+# etcd-client: the real etcd cluster of tests/shared.rs; nftables: the partitions of tests/faults.rs.
+rv_need_pkgs iproute2 iputils-ping docker.io busybox-static curl docker-registry prometheus util-linux protobuf-compiler libprotobuf-dev etcd-server etcd-client dnsmasq-base nftables
 
 # The Docker engines the end-to-end suites run against: Debian 12's dockerd 20.10 and
 # Debian sid's dockerd 28 (RUSTVLAN_DOCKERD=20.10 or =28 runs one alone). The first runs
@@ -137,6 +138,19 @@ for engine in "${engines[@]}"; do
     say "on dockerd $version the Docker end-to-end suites ran all $ran tests: $(sort -u "$RUSTVLAN_E2E_MARKER" | paste -sd' ')"
     rv_dockerd_stop "$dir"
 done
+
+# The fault harness of the shared IPAM (tests/faults.rs) runs alone, as its hosts' leases
+# are short: on Debian 12's etcd 3.4, then on sid's 3.5. The marker shows both ran.
+rv_etcd35
+export RUSTVLAN_FAULTS_MARKER=$work/faults-ran
+say "fault harness (tests/faults.rs) on etcd 3.4"
+cargo test --test faults -- --ignored
+say "fault harness (tests/faults.rs) on etcd 3.5 ($RV_ETCD35)"
+RUSTVLAN_TEST_ETCD=$RV_ETCD35 cargo test --test faults -- --ignored
+ran=$(sort -u "$RUSTVLAN_FAULTS_MARKER" 2>/dev/null | paste -sd' ')
+[[ $ran == *"etcd 3.4."* && $ran == *"etcd 3.5."* ]] ||
+    { say "the fault harness reported runs on '$ran', not one on etcd 3.4 and one on 3.5"; exit 1; }
+say "the fault harness ran on $ran"
 
 # ipvlan, 802.1Q and dummy: inside a VM booting a stock Debian kernel. The marker lives
 # in the work tree, which the guest shares; the guest's /tmp is its own.

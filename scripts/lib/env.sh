@@ -9,6 +9,8 @@
 #                              RV_DOCKERD, RV_DOCKER and RV_ENGINE_PATH
 #   rv_dockerd_start DIR       private dockerd under DIR, exports DOCKER_HOST
 #   rv_dockerd_stop DIR        stop it, its containerd/shims/containers, its bridge, unmount DIR
+#   rv_etcd35                  etcd 3.5 (Debian sid's etcd-server, else trixie's) unpacked
+#                              into a cache; exports RV_ETCD35 (its etcd binary)
 #   rv_test_image NAME         busybox-static image built with `docker import`
 #   rv_registry_start DIR      docker-registry on 127.0.0.1:5000, storage in DIR
 #   rv_registry_stop DIR
@@ -103,6 +105,56 @@ rv__engine28_install() {
     v=$("$cache/bin/runc" --version 2>&1) || { rv_fail "sid's runc does not run: $v"; return 1; }
     v=${v%%$'\n'*}
     rv_log "Docker 28 ready in $cache ($(tr '\n' ' ' <"$cache/versions"))"
+}
+
+# Debian packages of SUITE downloaded (not installed) into DIR with a private apt
+# configuration and unpacked into DIR/root: the system's sources stay as they are.
+rv__fetch_debs() {
+    local suite=$1 dir=$2 apt
+    shift 2
+    rm -rf "$dir" && mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial" "$dir/debs" "$dir/root"
+    echo "deb http://deb.debian.org/debian $suite main" >"$dir/sources.list"
+    apt=(apt-get -q -o "Dir::Etc::sourcelist=$dir/sources.list" -o Dir::Etc::sourceparts=/nonexistent
+        -o "Dir::State::Lists=$dir/lists" -o "Dir::Cache=$dir/cache" -o Dir::State::status=/dev/null
+        -o APT::Architecture=amd64 -o Debug::NoLocking=1 -o APT::Sandbox::User=root
+        -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
+        -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
+        -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
+        -o Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false)
+    if ! "${apt[@]}" update >"$dir/apt.log" 2>&1 ||
+        ! (cd "$dir/debs" && "${apt[@]}" download "$@" >>"$dir/apt.log" 2>&1); then
+        tail -n 20 "$dir/apt.log" >&2
+        rv_fail "could not fetch $* from Debian $suite (log above)"
+        return 1
+    fi
+    local pkg
+    for pkg in "$dir"/debs/*.deb; do dpkg-deb -x "$pkg" "$dir/root" || { rv_fail "dpkg-deb -x $pkg"; return 1; }; done
+}
+
+# etcd 3.5 for the shared-pool fault harness (tests/faults.rs), beside Debian 12's 3.4:
+# Debian sid's etcd-server, or trixie's if sid has moved past 3.5. Go builds it
+# statically, so the binary runs on Debian 12 as it is.
+rv_etcd35() {
+    local cache=${RV_ETCD35_CACHE:-/var/tmp/rustvlan-etcd35} suite work v
+    if [[ ! -x $cache/etcd ]]; then
+        rv_need_pkgs ca-certificates || return 1
+        for suite in sid trixie; do
+            work=$(mktemp -d /tmp/rvetcd.XXXXXX) || return 1
+            if rv__fetch_debs "$suite" "$work" etcd-server; then
+                v=$("$work/root/usr/bin/etcd" --version 2>&1 | sed -n 's/^etcd Version: //p')
+                if [[ $v == 3.5.* ]]; then
+                    mkdir -p "$cache" && cp "$work/root/usr/bin/etcd" "$cache/etcd"
+                    rm -rf "$work"
+                    break
+                fi
+                rv_log "Debian $suite's etcd-server is $v, not 3.5"
+            fi
+            rm -rf "$work"
+        done
+        [[ -x $cache/etcd ]] || { rv_fail "no etcd 3.5 from Debian sid or trixie"; return 1; }
+    fi
+    export RV_ETCD35=$cache/etcd
+    rv_log "etcd 3.5 ready: $("$RV_ETCD35" --version 2>&1 | sed -n 1p)"
 }
 
 rv_engine() {

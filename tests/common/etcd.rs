@@ -15,6 +15,8 @@ pub struct Member {
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// The namespace this member runs in; None: the cluster's.
+    netns: Option<String>,
 }
 
 pub struct Cluster {
@@ -33,15 +35,33 @@ impl Cluster {
 
     /// `n` members listening on `ip` inside `netns`, all started, with a leader.
     pub fn start_on(n: usize, netns: Option<&Netns>, ip: &str) -> Cluster {
+        let places: Vec<(Option<String>, String)> = (0..n).map(|_| (None, ip.to_string())).collect();
+        Cluster::start_placed(netns, &places)
+    }
+
+    /// One member per `(namespace, ip)` of `places`, each on its own "machine" (so that
+    /// nftables can cut one off from its peers); etcdctl runs in `netns`.
+    pub fn start_each(netns: &Netns, places: &[(&Netns, &str)]) -> Cluster {
+        let places: Vec<(Option<String>, String)> = places
+            .iter()
+            .map(|(ns, ip)| (Some(ns.name.clone()), ip.to_string()))
+            .collect();
+        Cluster::start_placed(Some(netns), &places)
+    }
+
+    fn start_placed(netns: Option<&Netns>, places: &[(Option<String>, String)]) -> Cluster {
         let dir = TempDir::new();
-        let mut members: Vec<Member> = (0..n)
-            .map(|i| Member {
+        let mut members: Vec<Member> = places
+            .iter()
+            .enumerate()
+            .map(|(i, (member_netns, ip))| Member {
                 name: format!("m{i}"),
                 client_url: format!("http://{ip}:{}", free_port()),
                 peer_url: format!("http://{ip}:{}", free_port()),
                 data_dir: dir.path().join(format!("m{i}")),
                 log: dir.path().join(format!("m{i}.log")),
                 child: None,
+                netns: member_netns.clone(),
             })
             .collect();
         let initial_cluster = members
@@ -70,7 +90,7 @@ impl Cluster {
             .open(&m.log)
             .unwrap();
         let child = self
-            .command("etcd")
+            .command_in(m.netns.as_ref().or(self.netns.as_ref()), &etcd_program())
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data_dir)
@@ -89,13 +109,22 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("starting etcd (Debian package etcd-server; scripts/test.sh installs it)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting {} (Debian package etcd-server; scripts/test.sh installs it): {e}",
+                    etcd_program()
+                )
+            });
         m.child = Some(child);
     }
 
     /// `program`, in the cluster's namespace.
     fn command(&self, program: &str) -> Command {
-        match &self.netns {
+        self.command_in(self.netns.as_ref(), program)
+    }
+
+    fn command_in(&self, netns: Option<&String>, program: &str) -> Command {
+        match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, program]);
@@ -143,6 +172,46 @@ impl Cluster {
         }
     }
 
+    /// The process id of member `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) to member `i`.
+    pub fn pause(&self, i: usize, pause: bool) {
+        if let Some(pid) = self.pid(i) {
+            super::signal(pid, if pause { "-STOP" } else { "-CONT" });
+        }
+    }
+
+    /// Each member's `etcdctl endpoint status`: (version, is it the leader), None for one
+    /// that does not answer.
+    pub fn statuses(&self) -> Vec<Option<(String, bool)>> {
+        self.members
+            .iter()
+            .map(|m| {
+                let out = self
+                    .command("etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .arg(format!("--endpoints={}", m.client_url))
+                    .args(["--command-timeout=2s", "endpoint", "status", "-w", "json"])
+                    .output()
+                    .ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                let status = &v[0]["Status"];
+                let leader = status["leader"].as_u64()? == status["header"]["member_id"].as_u64()?;
+                Some((status["version"].as_str()?.to_string(), leader))
+            })
+            .collect()
+    }
+
+    /// The member that leads now, if one answers that it does.
+    pub fn leader(&self) -> Option<usize> {
+        self.statuses()
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|(_, leads)| *leads))
+    }
+
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
             let _ = child.kill();
@@ -170,6 +239,7 @@ impl Cluster {
                 data_dir: PathBuf::new(),
                 log: PathBuf::new(),
                 child: None,
+                netns: None,
             },
         );
         self.spawn(&mut m);
@@ -191,6 +261,12 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// The etcd server to run: RUSTVLAN_TEST_ETCD (another version's binary, e.g. Debian
+/// sid's 3.5 that scripts/test.sh fetches), else Debian 12's `etcd` on PATH.
+pub fn etcd_program() -> String {
+    std::env::var("RUSTVLAN_TEST_ETCD").unwrap_or_else(|_| "etcd".to_string())
 }
 
 impl Drop for Cluster {
