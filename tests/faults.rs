@@ -178,8 +178,6 @@ struct Shared {
     unclaimed: Mutex<Vec<String>>,
     /// The monitor's reads of etcd.
     samples: AtomicUsize,
-    /// Per client: its hold was reclaimed: release at once when resumed.
-    reclaimed: Vec<Vec<AtomicBool>>,
     /// Calls (RequestAddress and ReleaseAddress) sent, and their answers.
     requests: AtomicUsize,
     releases: AtomicUsize,
@@ -272,7 +270,6 @@ async fn client(
         if shared.current[host][client].lock().unwrap().take().is_some() {
             shared.record(host, client, What::Releasing(ip));
         }
-        shared.reclaimed[host][client].store(false, Ordering::SeqCst);
         release(&shared, &dockerd, &pool_id, ip).await;
     }
 }
@@ -825,7 +822,6 @@ impl Nemesis<'_> {
                 let sb = &self.world.hosts[k].sandboxes[c];
                 let _ = sb.try_ip(&["addr", "flush", "dev", "eth0"]);
                 self.shared.record(k, c, What::EndedByReclaim(ip));
-                self.shared.reclaimed[k][c].store(true, Ordering::SeqCst);
                 ended += 1;
             }
         }
@@ -1044,9 +1040,6 @@ fn no_address_is_held_twice_through_every_fault_of_the_schedule() {
         samples: AtomicUsize::new(0),
         current: (0..HOSTS)
             .map(|_| (0..CLIENTS).map(|_| Mutex::new(None)).collect())
-            .collect(),
-        reclaimed: (0..HOSTS)
-            .map(|_| (0..CLIENTS).map(|_| AtomicBool::new(false)).collect())
             .collect(),
         requests: AtomicUsize::new(0),
         releases: AtomicUsize::new(0),

@@ -66,28 +66,12 @@ rv_need_pkgs() {
 # sid's runc needs a newer glibc than Debian 12's, so it gets sid's libc6 beside it.
 RV_ENGINE28_PKGS=(docker.io docker-cli containerd runc tini libc6)
 rv__engine28_install() {
-    local cache=$1 apt work pkg
+    local cache=$1 work
     [[ -x $cache/bin/dockerd && -x $cache/bin/runc && -s $cache/versions ]] && return 0
     rv_need_pkgs patchelf ca-certificates || return 1
     rv_log "fetching Debian sid's ${RV_ENGINE28_PKGS[*]} into $cache"
     work=$(mktemp -d /tmp/rvengine.XXXXXX) || return 1
-    mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/debs" "$work/root"
-    echo 'deb http://deb.debian.org/debian sid main' >"$work/sources.list"
-    apt=(apt-get -q -o "Dir::Etc::sourcelist=$work/sources.list" -o Dir::Etc::sourceparts=/nonexistent
-        -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache" -o Dir::State::status=/dev/null
-        -o APT::Architecture=amd64 -o Debug::NoLocking=1 -o APT::Sandbox::User=root
-        -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
-        -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
-        -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
-        -o Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false)
-    if ! "${apt[@]}" update >"$work/apt.log" 2>&1 ||
-        ! (cd "$work/debs" && "${apt[@]}" download "${RV_ENGINE28_PKGS[@]}" >>"$work/apt.log" 2>&1); then
-        tail -n 20 "$work/apt.log" >&2
-        rm -rf "$work"
-        rv_fail "could not fetch Docker 28 from Debian sid (log above)"
-        return 1
-    fi
-    for pkg in "$work"/debs/*.deb; do dpkg-deb -x "$pkg" "$work/root" || { rm -rf "$work"; rv_fail "dpkg-deb -x $pkg"; return 1; }; done
+    rv__fetch_debs sid "$work" "${RV_ENGINE28_PKGS[@]}" || { rm -rf "$work"; return 1; }
     rm -rf "$cache" && mkdir -p "$cache/bin" "$cache/lib"
     local r=$work/root
     cp -a "$r/usr/lib/x86_64-linux-gnu/." "$cache/lib/"
