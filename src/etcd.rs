@@ -131,6 +131,9 @@ struct QueuedClaim {
 /// get). etcd refuses more than 128 operations per branch by default (`--max-txn-ops`),
 /// and gives nested ones what their parent leaves: 64 here, and 64 for each claim.
 const CLAIMS_PER_TXN: usize = 64;
+/// Releases per transaction: a read of each, then a nested transaction of a compare and
+/// two deletes for each; within etcd's limits as [`CLAIMS_PER_TXN`] is.
+pub const RELEASES_PER_TXN: usize = 64;
 /// A queued claim with less time left than this fails instead of being sent: the time a
 /// transaction gets is that of its oldest claim, and a transaction cut short fails all
 /// its claims (and may still be committed, a leak until the host claims them again).
@@ -679,39 +682,93 @@ impl Etcd {
 
     /// Releases this host's claim; never another host's, nor a shared reservation.
     pub async fn release(&self, plan: &str, ip: IpAddr) -> EResult<bool> {
-        let key = self.alloc_key(plan, ip);
+        Ok(self.release_all(&[(plan, ip)]).await?[0])
+    }
+
+    /// Releases this host's claims of `addresses` (plan and address), a transaction for
+    /// each [`RELEASES_PER_TXN`] of them; answers which were this host's.
+    pub async fn release_all(&self, addresses: &[(&str, IpAddr)]) -> EResult<Vec<bool>> {
+        let mut released = Vec::with_capacity(addresses.len());
+        for chunk in addresses.chunks(RELEASES_PER_TXN) {
+            released.extend(self.release_together(chunk).await?);
+        }
+        Ok(released)
+    }
+
+    /// The claims are read first and each deleted only at the revision read: a delete
+    /// that times out may still reach etcd later (a partition delays it, then delivers
+    /// it), when the address may be this host's again under a new claim, which it must
+    /// leave alone (see `claim_again`).
+    async fn release_together(&self, addresses: &[(&str, IpAddr)]) -> EResult<Vec<bool>> {
+        let ours = self.ours();
         let mut client = self.client.clone();
-        // The claim is read first and deleted only at the revision read: a delete that
-        // times out may still reach etcd later (a partition delays it, then delivers
-        // it), when the address may be this host's again under a new claim, which it
-        // must leave alone (see `claim_again`).
+        let mut released = vec![false; addresses.len()];
+        let mut left: Vec<usize> = (0..addresses.len()).collect();
         for _ in 0..3 {
-            let read = self.call("releasing an address", client.get(key.clone(), None)).await?;
-            let Some(claim) = read.kvs().first() else {
-                return Ok(false);
-            };
-            if claim.value() != self.ours().as_slice() {
-                return Ok(false);
+            let reads: Vec<TxnOp> = left
+                .iter()
+                .map(|&i| TxnOp::get(self.alloc_key(addresses[i].0, addresses[i].1), None))
+                .collect();
+            let read = self
+                .call("releasing addresses", client.txn(Txn::new().and_then(reads)))
+                .await?;
+            let ours_at: Vec<(usize, i64)> = left
+                .iter()
+                .zip(read.op_responses())
+                .filter_map(|(&i, r)| match r {
+                    TxnOpResponse::Get(get) => get
+                        .kvs()
+                        .first()
+                        .filter(|kv| kv.value() == ours.as_slice())
+                        .map(|kv| (i, kv.mod_revision())),
+                    _ => None,
+                })
+                .collect();
+            let deletes: Vec<TxnOp> = ours_at
+                .iter()
+                .map(|&(i, revision)| {
+                    let (plan, ip) = addresses[i];
+                    let key = self.alloc_key(plan, ip);
+                    TxnOp::txn(
+                        Txn::new()
+                            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
+                            .and_then([
+                                TxnOp::delete(key, None),
+                                TxnOp::delete(self.byhost_key(&self.host, plan, ip), None),
+                            ]),
+                    )
+                })
+                .collect();
+            if deletes.is_empty() {
+                return Ok(released);
             }
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    claim.mod_revision(),
-                )])
-                .and_then([
-                    TxnOp::delete(key.clone(), None),
-                    TxnOp::delete(self.byhost_key(&self.host, plan, ip), None),
-                ]);
-            if self.call("releasing an address", client.txn(txn)).await?.succeeded() {
-                return Ok(true);
+            let answer = self
+                .call("releasing addresses", client.txn(Txn::new().and_then(deletes)))
+                .await?;
+            let results = answer
+                .op_responses()
+                .into_iter()
+                .map(Some)
+                .chain(std::iter::repeat_with(|| None));
+            left.clear();
+            for (&(i, _), result) in ours_at.iter().zip(results) {
+                match result {
+                    Some(TxnOpResponse::Txn(inner)) if inner.succeeded() => released[i] = true,
+                    // Changed since read (claimed again, or reclaimed): look again.
+                    _ => left.push(i),
+                }
+            }
+            if left.is_empty() {
+                return Ok(released);
             }
         }
+        let changed: Vec<String> = left.iter().map(|&i| addresses[i].1.to_string()).collect();
         Err(EtcdError {
             kind: EtcdErrorKind::Unreachable,
             message: format!(
-                "etcd unreachable ({}): releasing {ip}: its claim changed at each of 3 tries",
-                self.endpoints
+                "etcd unreachable ({}): releasing {}: its claim changed at each of 3 tries",
+                self.endpoints,
+                changed.join(", ")
             ),
         })
     }

@@ -392,34 +392,39 @@ impl<K: Kernel> Ipam<K> {
                     .cloned()
                     .collect()
             };
-            for release in batch {
-                // Claim deleted and note dropped together, as the check of claims sees them.
+            // A transaction per chunk: a host releasing many addresses a second (a
+            // busy LAN, or a network removed) must not fall behind one round trip each.
+            for chunk in batch.chunks(crate::etcd::RELEASES_PER_TXN) {
+                // Claims deleted and notes dropped together, as the check of claims sees them.
                 let _draining = shared.checking.read().await;
+                let addresses: Vec<(&str, IpAddr)> = chunk.iter().map(|r| (r.plan.as_str(), r.ip)).collect();
                 let deleted = match shared.etcd() {
                     Ok(etcd) => etcd
-                        .release(&release.plan, release.ip)
+                        .release_all(&addresses)
                         .await
-                        .map_err(|e| unavailable(&e, &release.plan)),
+                        .map_err(|e| Error::unavailable(e.to_string())),
                     Err(e) => Err(e),
                 };
                 let result = match deleted {
                     Ok(_) => {
                         self.commit(|state| {
-                            let key = release.key();
-                            let changes = if state.shared_releases.contains_key(&key) {
-                                vec![Change::DelSharedRelease(key)]
-                            } else {
-                                Vec::new()
-                            };
+                            let changes = chunk
+                                .iter()
+                                .map(SharedRelease::key)
+                                .filter(|key| state.shared_releases.contains_key(key))
+                                .map(Change::DelSharedRelease)
+                                .collect();
                             Ok(((), changes))
                         })
                         .await
                     }
                     Err(e) => Err(e),
                 };
-                shared.done(&release.plan, release.ip);
+                for release in chunk {
+                    shared.done(&release.plan, release.ip);
+                }
                 if let Err(e) = result {
-                    tracing::debug!("shared release of {} still pending: {e}", release.ip);
+                    tracing::debug!("shared releases of {} addresses still pending: {e}", chunk.len());
                 }
             }
             tokio::select! {
@@ -528,9 +533,14 @@ impl<K: Kernel> PoolAllocations<'_, K> {
                 Err(e) => return Err(e),
             };
             let claimed = match shared.etcd() {
-                Ok(etcd) => claim_for(etcd, &plan, ip, purpose)
-                    .await
-                    .map_err(|e| unavailable(&e, &plan)),
+                Ok(etcd) => match claim_for(etcd, &plan, ip, purpose).await {
+                    Ok(claim) => Ok(claim),
+                    Err(e) => {
+                        // Unanswered is not refused: etcd may have taken the claim.
+                        self.release_claim_later(&plan, ip).await;
+                        Err(unavailable(&e, &plan))
+                    }
+                },
                 Err(e) => Err(e),
             };
             let answer = match claimed {
@@ -603,6 +613,25 @@ impl<K: Kernel> PoolAllocations<'_, K> {
                 Ok(ip)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Leaves a durable note to delete this host's claim of `ip`, if etcd has one, as a
+    /// released address does: for a claim whose answer never came. Called while `ip` is
+    /// in flight, so the note is dropped if this host takes `ip` again first.
+    async fn release_claim_later(&self, plan: &str, ip: IpAddr) {
+        let note = SharedRelease {
+            plan: plan.to_string(),
+            ip,
+        };
+        let noted = self
+            .plugin
+            .commit(|_| Ok(((), vec![Change::PutSharedRelease(note)])))
+            .await;
+        match noted {
+            Ok(()) => self.plugin.wake_shared_releases(),
+            // The check of claims at the next start-up releases it.
+            Err(e) => tracing::warn!(address = %ip, "claim of unknown outcome left in etcd: {e}"),
         }
     }
 
