@@ -345,3 +345,41 @@ fn a_lease_that_contradicts_subnet_or_gateway_is_refused_and_released() {
         rig.ipam_ok("IpamDriver.ReleasePool", json!({"PoolID": pool_id}));
     }
 }
+
+/// Issue 25, must-show 4: a rustvlan-dhcp network without --subnet (Docker shows
+/// 0.0.0.0/0) is made on a parent that already carries a static network of another
+/// subnet, and takes nothing from rustvlan's own IPAM: a network without --subnet made
+/// after it still gets a /24 of the default range.
+#[test]
+fn a_dhcp_network_without_a_subnet_shares_its_parent_and_leaves_the_default_range_free() {
+    const STATIC_NET: &str = "5555aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let Some(rig) = rig() else { return };
+    let _dnsmasq = Dnsmasq::start(&rig.lan, rig.dir.path(), "10.64.0.50,10.64.0.150", false);
+    let fixed = rig.server.ok(
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace": "rustvlan-local", "Pool": "192.168.50.0/24", "SubPool": "", "Options": {}, "V6": false}),
+    );
+    assert_eq!(fixed["Pool"], "192.168.50.0/24", "{fixed}");
+    rig.server.ok(
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID": STATIC_NET, "IPv4Data": [{"AddressSpace": "rustvlan-local", "Pool": "192.168.50.0/24",
+               "Gateway": "192.168.50.1/24"}], "Options": {"com.docker.network.generic": {"parent": "dh0"}}}),
+    );
+    let pool = rig.network();
+    let (status, answer) = rig.request(&pool, 1);
+    assert_eq!(status, 200, "{answer}");
+    let address = answer["Address"].as_str().unwrap().to_string();
+    assert!(address.starts_with("10.64.0."), "{address}");
+    let later = rig.server.ok(
+        "/IpamDriver.RequestPool",
+        json!({"AddressSpace": "rustvlan-local", "Pool": "", "SubPool": "", "Options": {}, "V6": false}),
+    );
+    let subnet = later["Pool"].as_str().unwrap().to_string();
+    assert!(
+        subnet.starts_with("10.123.") && subnet.ends_with("/24"),
+        "a network without --subnet after a DHCP one got {later}"
+    );
+    common::report(&format!(
+        "dhcp without --subnet: made beside static 192.168.50.0/24 on its parent, leased {address}; a later rustvlan network without --subnet got {subnet}"
+    ));
+}

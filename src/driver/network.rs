@@ -344,8 +344,12 @@ fn check_parent_conflicts(state: &State, new: &NetworkRecord) -> Result<()> {
                 other.link.kind()
             )));
         }
-        for mine in new.subnets() {
-            if let Some(theirs) = other.subnets().find(|s| overlaps(&s.pool, &mine.pool)) {
+        // A rustvlan-dhcp network without --subnet (0.0.0.0/0) takes its subnet from
+        // its leases: unknown here, so it overlaps nothing (a LAN with a DHCP range
+        // and some fixed addresses carries both kinds of network on one parent).
+        let known = |s: &&crate::model::Subnet| s.pool.prefix() != 0;
+        for mine in new.subnets().filter(known) {
+            if let Some(theirs) = other.subnets().filter(known).find(|s| overlaps(&s.pool, &mine.pool)) {
                 return Err(Error::conflict(format!(
                     "subnet {} overlaps subnet {} of network {other_id} on parent {parent}",
                     mine.pool, theirs.pool

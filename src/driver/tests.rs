@@ -45,6 +45,7 @@ fn kernel() -> FakeKernel {
 
 const NET_A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
 const NET_B: &str = "bbbbbbbbbbbb2222222222222222222222222222222222222222222222222222";
+const NET_C: &str = "cccccccccccc3333333333333333333333333333333333333333333333333333";
 const EP_1: &str = "111111111111aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const EP_2: &str = "222222222222bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
@@ -349,6 +350,12 @@ async fn parent_conflicts_are_refused_before_the_kernel_sees_them() {
         p.driver.create_network(overlap).await.unwrap_err().message,
         "subnet 10.77.0.0/16 overlaps subnet 10.77.0.0/24 of network aaaaaaaaaaaa on parent eth0"
     );
+    // A rustvlan-dhcp network without --subnet: its subnet comes with its leases, and
+    // overlaps nothing it could be told from now.
+    p.driver
+        .create_network(network(NET_C, json!({"parent": "eth0"}), "0.0.0.0/0", "0.0.0.0/0"))
+        .await
+        .unwrap();
     // The same subnet on another parent is fine (moby#46438).
     p.driver
         .create_network(network(
@@ -359,7 +366,7 @@ async fn parent_conflicts_are_refused_before_the_kernel_sees_them() {
         ))
         .await
         .unwrap();
-    assert_eq!(p.ledger.state().networks.len(), 2);
+    assert_eq!(p.ledger.state().networks.len(), 3);
 }
 
 #[tokio::test]

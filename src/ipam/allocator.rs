@@ -578,6 +578,9 @@ impl Ipam {
         let mut taken: Vec<(u128, u128)> = self
             .pools
             .values()
+            // A rustvlan-dhcp pool without --subnet (0.0.0.0/0) holds the subnets its
+            // leases bring, never the default range as a whole.
+            .filter(|p| !(p.record.dhcp && p.record.pool.prefix() == 0))
             .map(|p| p.record.pool)
             .filter(|p| Family::of(p) == family)
             .filter_map(|p| {
@@ -1041,6 +1044,22 @@ mod tests {
             msg(req("0.0.0.0/0", "", Family::V4, local)),
             "Pool 0.0.0.0/0 is too large: a /0 pool is not allowed"
         );
+    }
+
+    #[test]
+    fn a_dhcp_pool_without_a_subnet_leaves_the_default_range_free() {
+        let mut ipam = Ipam::new(config());
+        let dhcp = PoolRequest {
+            address_space: LOCAL_ADDRESS_SPACE.into(),
+            family: Family::V4,
+            dhcp: true,
+            ..Default::default()
+        };
+        let (record, changes) = ipam.plan_request_pool(&dhcp).unwrap();
+        commit(&mut ipam, &changes);
+        assert_eq!(record.pool.to_string(), "0.0.0.0/0");
+        assert_eq!(pool(&mut ipam, "", ""), "rustvlan-local/10.123.0.0/24#2");
+        assert_eq!(pool(&mut ipam, "", ""), "rustvlan-local/10.123.1.0/24#3");
     }
 
     #[test]
