@@ -383,3 +383,331 @@ fn a_dhcp_network_without_a_subnet_shares_its_parent_and_leaves_the_default_rang
         "dhcp without --subnet: made beside static 192.168.50.0/24 on its parent, leased {address}; a later rustvlan network without --subnet got {subnet}"
     ));
 }
+
+/// A DHCP server that answers as told, for the checks of answers (issue 25, must-show
+/// 3): a thread in the LAN namespace on UDP port 67 of `dhp`, broadcasting its answers.
+/// Each answer is built from the good one (10.64.0.77/24, router 10.64.0.1, server
+/// 10.64.0.1, lease 120 s) with `fault` applied; RELEASEs are counted.
+mod hostile {
+    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption};
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+
+    pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 64, 0, 1);
+    pub const OFFERED: Ipv4Addr = Ipv4Addr::new(10, 64, 0, 77);
+
+    /// What the server gets wrong.
+    #[derive(Debug, Clone)]
+    pub enum Fault {
+        Address(Ipv4Addr),
+        Mask(Ipv4Addr),
+        /// Lease time, T1, T2.
+        Times(u32, Option<u32>, Option<u32>),
+        Router(Ipv4Addr),
+        /// Option 121, raw (RFC 3442 encoding).
+        Classless(Vec<u8>),
+        NoServerId,
+        /// A NAK with this message.
+        Nak(String),
+        /// An ACK from another server first (ignored), then the good one.
+        RogueAckFirst(Ipv4Addr),
+        None,
+    }
+
+    pub struct Hostile {
+        pub fault: Arc<Mutex<Fault>>,
+        pub releases: Arc<AtomicUsize>,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Hostile {
+        pub fn start(lan: &super::Netns) -> Hostile {
+            let ns = lan.path();
+            let fault = Arc::new(Mutex::new(Fault::None));
+            let releases = Arc::new(AtomicUsize::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (f, r, s) = (fault.clone(), releases.clone(), stop.clone());
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let thread = std::thread::spawn(move || {
+                let file = std::fs::File::open(&ns).unwrap();
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+                socket.set_broadcast(true).unwrap();
+                socket.bind_device(Some(b"dhp")).unwrap();
+                socket.set_reuse_address(true).unwrap();
+                socket
+                    .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 67)).into())
+                    .unwrap();
+                let socket: UdpSocket = socket.into();
+                socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                ready_tx.send(()).unwrap();
+                serve(&socket, &f, &r, &s);
+            });
+            ready_rx.recv().unwrap();
+            Hostile {
+                fault,
+                releases,
+                stop,
+                thread: Some(thread),
+            }
+        }
+
+        pub fn set(&self, fault: Fault) {
+            *self.fault.lock().unwrap() = fault;
+        }
+    }
+
+    impl Drop for Hostile {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn serve(socket: &UdpSocket, fault: &Mutex<Fault>, releases: &AtomicUsize, stop: &AtomicBool) {
+        let mut buf = [0u8; 1500];
+        while !stop.load(Ordering::SeqCst) {
+            let Ok(n) = socket.recv(&mut buf) else { continue };
+            let Ok(ask) = Message::decode(&mut Decoder::new(&buf[..n])) else {
+                continue;
+            };
+            let fault = fault.lock().unwrap().clone();
+            let answers = match ask.opts().msg_type() {
+                // An offer without a server id cannot be requested from: refused at once.
+                Some(MessageType::Discover) => match &fault {
+                    Fault::NoServerId => vec![answer(&ask, MessageType::Offer, &fault)],
+                    _ => vec![answer(&ask, MessageType::Offer, &Fault::None)],
+                },
+                Some(MessageType::Request) => match &fault {
+                    Fault::Nak(_) => vec![answer(&ask, MessageType::Nak, &fault)],
+                    Fault::RogueAckFirst(_) => vec![
+                        answer(&ask, MessageType::Ack, &fault),
+                        answer(&ask, MessageType::Ack, &Fault::None),
+                    ],
+                    _ => vec![answer(&ask, MessageType::Ack, &fault)],
+                },
+                Some(MessageType::Release) => {
+                    releases.fetch_add(1, Ordering::SeqCst);
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            };
+            for a in answers {
+                let mut bytes = Vec::new();
+                a.encode(&mut Encoder::new(&mut bytes)).unwrap();
+                let _ = socket.send_to(&bytes, (Ipv4Addr::BROADCAST, 68));
+            }
+        }
+    }
+
+    fn answer(ask: &Message, kind: MessageType, fault: &Fault) -> Message {
+        let yiaddr = match fault {
+            Fault::Address(ip) => *ip,
+            _ if kind == MessageType::Nak => Ipv4Addr::UNSPECIFIED,
+            _ => OFFERED,
+        };
+        let mut m = Message::new(
+            Ipv4Addr::UNSPECIFIED,
+            yiaddr,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            ask.chaddr(),
+        );
+        m.set_opcode(Opcode::BootReply)
+            .set_xid(ask.xid())
+            .set_flags(Flags::default().set_broadcast());
+        let opts = m.opts_mut();
+        opts.insert(DhcpOption::MessageType(kind));
+        match fault {
+            Fault::NoServerId => {}
+            Fault::RogueAckFirst(other) if kind == MessageType::Ack => {
+                opts.insert(DhcpOption::ServerIdentifier(*other));
+            }
+            _ => {
+                opts.insert(DhcpOption::ServerIdentifier(SERVER));
+            }
+        }
+        if let Fault::Nak(text) = fault {
+            opts.insert(DhcpOption::Message(text.clone()));
+            return m;
+        }
+        let mask = match fault {
+            Fault::Mask(mask) => *mask,
+            _ => Ipv4Addr::new(255, 255, 255, 0),
+        };
+        opts.insert(DhcpOption::SubnetMask(mask));
+        let (lease, t1, t2) = match fault {
+            Fault::Times(lease, t1, t2) => (*lease, *t1, *t2),
+            _ => (120, None, None),
+        };
+        opts.insert(DhcpOption::AddressLeaseTime(lease));
+        if let Some(t1) = t1 {
+            opts.insert(DhcpOption::Renewal(t1));
+        }
+        if let Some(t2) = t2 {
+            opts.insert(DhcpOption::Rebinding(t2));
+        }
+        let router = match fault {
+            Fault::Router(r) => *r,
+            _ => SERVER,
+        };
+        opts.insert(DhcpOption::Router(vec![router]));
+        if let Fault::Classless(raw) = fault {
+            opts.insert(DhcpOption::Unknown(UnknownOption::new(
+                OptionCode::ClasslessStaticRoute,
+                raw.clone(),
+            )));
+        }
+        m
+    }
+}
+
+/// Issue 25, must-show 3: each bad answer of a hostile server is refused with an error
+/// that names it, and nothing is recorded; a NAK's text is shown escaped; an ACK from a
+/// server the client is not talking to is ignored; an on-link classless route (gateway
+/// 0.0.0.0) reaches dockerd as a connected route.
+#[test]
+fn a_hostile_server_s_bad_answers_are_refused_and_named() {
+    use hostile::Fault;
+    let Some(rig) = rig() else { return };
+    // The host's own address on the parent, which no lease may be.
+    rig.host.ip(&["addr", "add", "10.64.0.9/24", "dev", "dh0"]);
+    let server = hostile::Hostile::start(&rig.lan);
+    let pool = rig.network();
+    let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+    let bad: Vec<(Fault, &str)> = vec![
+        (
+            Fault::Address(ip("0.0.0.0")),
+            "the offered address 0.0.0.0 is in 0.0.0.0/8 (this network)",
+        ),
+        (
+            Fault::Address(ip("255.255.255.255")),
+            "the offered address 255.255.255.255 is the broadcast address",
+        ),
+        (
+            Fault::Address(ip("224.0.0.5")),
+            "the offered address 224.0.0.5 is a multicast address",
+        ),
+        (
+            Fault::Address(ip("127.0.0.9")),
+            "the offered address 127.0.0.9 is a loopback address",
+        ),
+        (
+            Fault::Address(ip("10.64.0.0")),
+            "the offered address 10.64.0.0 is its subnet's network address",
+        ),
+        (
+            Fault::Address(ip("10.64.0.255")),
+            "the offered address 10.64.0.255 is its subnet's broadcast address",
+        ),
+        (
+            Fault::Address(ip("10.64.0.1")),
+            "its router 10.64.0.1 is not another host of the leased subnet",
+        ),
+        (
+            Fault::Address(ip("10.64.0.9")),
+            "the offered address 10.64.0.9/24 is this host's own on dh0",
+        ),
+        (
+            Fault::Mask(ip("255.0.255.0")),
+            "its subnet mask 255.0.255.0 is not a contiguous mask between /8 and /30",
+        ),
+        (
+            Fault::Mask(ip("0.0.0.0")),
+            "its subnet mask 0.0.0.0 is not a contiguous mask between /8 and /30",
+        ),
+        (
+            Fault::Times(120, Some(0), None),
+            "its times are out of order: T1 0 s, T2 105 s, lease 120 s",
+        ),
+        (
+            Fault::Times(120, Some(300), None),
+            "its times are out of order: T1 300 s, T2 105 s, lease 120 s",
+        ),
+        (
+            Fault::Times(120, Some(60), Some(30)),
+            "its times are out of order: T1 60 s, T2 30 s, lease 120 s",
+        ),
+        (
+            Fault::Router(ip("192.168.9.1")),
+            "its router 192.168.9.1 is not another host of the leased subnet",
+        ),
+        (
+            // 10.70.0.0/16 through 192.168.1.1.
+            Fault::Classless(vec![16, 10, 70, 192, 168, 1, 1]),
+            "its classless route to 10.70.0.0/16 goes through 192.168.1.1, which is not on the leased subnet",
+        ),
+        (Fault::NoServerId, "no server identifier (option 54)"),
+        (
+            Fault::Nak("no lease\u{1b}[31m for you\u{7}".into()),
+            r"DHCP server 10.64.0.1 refused the request (DHCPNAK: no lease\u{1b}[31m for you\u{7})",
+        ),
+    ];
+    for (n, (fault, want)) in bad.into_iter().enumerate() {
+        server.set(fault.clone());
+        let (status, answer) = rig.request(&pool, 10 + n as u32);
+        let error = answer["Error"]
+            .as_str()
+            .or(answer["Err"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        assert_ne!(status, 200, "{fault:?} was accepted: {answer}");
+        assert!(
+            error.contains(want),
+            "{fault:?}: the error {error:?} does not name {want:?}"
+        );
+        assert!(
+            !error.contains('\u{1b}'),
+            "{fault:?}: a raw escape reached the error: {error:?}"
+        );
+        assert!(rig.server.state().leases.is_empty(), "{fault:?} left a lease recorded");
+    }
+    // Accepted: an ACK from another server (ignored) before this server's, and an
+    // on-link classless route (10.70.0.0/16 through 0.0.0.0, and the default route).
+    server.set(Fault::RogueAckFirst(ip("10.64.0.200")));
+    let (status, answer) = rig.request(&pool, 40);
+    assert_eq!(status, 200, "{answer}");
+    let state = rig.server.state();
+    assert_eq!(state.leases.len(), 1);
+    assert_eq!(state.leases[0].server, hostile::SERVER, "the rogue's ACK was taken");
+    let release = json!({"PoolID": pool, "Address": answer["Address"].as_str().unwrap().split('/').next().unwrap()});
+    rig.ipam_ok("IpamDriver.ReleaseAddress", release);
+    server.set(Fault::Classless(vec![16, 10, 70, 0, 0, 0, 0, 0, 10, 64, 0, 1]));
+    let (status, answer) = rig.request(&pool, 41);
+    assert_eq!(status, 200, "{answer}");
+    let state = rig.server.state();
+    assert_eq!(
+        state.leases[0].routes,
+        vec![("10.70.0.0/16".parse().unwrap(), ip("0.0.0.0"))]
+    );
+    assert_eq!(state.leases[0].router, Some(ip("10.64.0.1")));
+    // The server gives the held address to a second endpoint: refused, and no RELEASE
+    // goes out (a server keying leases by MAC would free the first endpoint's).
+    server.set(Fault::None);
+    let released = server.releases.load(std::sync::atomic::Ordering::SeqCst);
+    let (status, answer) = rig.request(&pool, 42);
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer.to_string().contains("the server leased one address to two MACs"),
+        "{answer}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        server.releases.load(std::sync::atomic::Ordering::SeqCst),
+        released,
+        "a RELEASE went out"
+    );
+    let state = rig.server.state();
+    assert_eq!(state.leases.len(), 1);
+    assert_eq!(state.leases[0].mac.to_string(), mac(41), "the first lease is untouched");
+    common::report(
+        "dhcp hostile server: 17 bad answers refused, each named; a NAK's escapes shown escaped; a rogue ACK ignored; an on-link route kept as on-link; one address given twice refused without a RELEASE",
+    );
+}

@@ -5,6 +5,7 @@
 //! broadcast REQUEST for the leased address (as INIT-REBOOT), whose ACK comes back
 //! broadcast, so no unicast path to the container is needed; release is RELEASE.
 
+pub mod checks;
 mod socket;
 pub mod wire;
 
@@ -17,6 +18,7 @@ use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
 use ipnetwork::Ipv4Network;
 
 use crate::model::MacAddr;
+pub use checks::Unusable;
 use socket::ParentSocket;
 use wire::BROADCAST_MAC;
 
@@ -42,7 +44,8 @@ impl Identity {
 pub struct Granted {
     pub address: Ipv4Network,
     pub router: Option<Ipv4Addr>,
-    /// Option 121 (RFC 3442) without its default route, which is `router` then.
+    /// Option 121 (RFC 3442) without a default route through a router, which is
+    /// `router` then; a gateway of 0.0.0.0 is on-link (RFC 3442's own spelling).
     pub routes: Vec<(Ipv4Network, Ipv4Addr)>,
     pub server: Ipv4Addr,
     pub lease_secs: u32,
@@ -55,12 +58,12 @@ pub struct Granted {
 pub enum DhcpError {
     /// No server answered within the budget.
     NoAnswer { parent: String, waited: Duration },
-    /// The server refused (DHCPNAK), with its message if it gave one.
+    /// The server refused (DHCPNAK), with its message if it gave one, escaped.
     Refused { server: Ipv4Addr, message: String },
     /// The packet socket could not be opened or used.
     Socket { parent: String, error: String },
-    /// The ACK lacks what a lease needs.
-    Incomplete(String),
+    /// The answer fails a check (from `server`, when it named itself).
+    Unusable { server: Option<Ipv4Addr>, what: Unusable },
 }
 
 impl std::fmt::Display for DhcpError {
@@ -81,7 +84,13 @@ impl std::fmt::Display for DhcpError {
             DhcpError::Socket { parent, error } => {
                 write!(f, "cannot send DHCP on {parent}: {error} (rustvlan needs CAP_NET_RAW)")
             }
-            DhcpError::Incomplete(what) => write!(f, "the DHCP server's answer is unusable: {what}"),
+            DhcpError::Unusable { server, what } => {
+                match server {
+                    Some(server) => write!(f, "the answer of DHCP server {server} is unusable: {what}")?,
+                    None => write!(f, "a DHCP answer is unusable: {what}")?,
+                }
+                f.write_str("; fix the server's configuration (or stop the rogue server answering on this LAN)")
+            }
         }
     }
 }
@@ -145,6 +154,8 @@ struct Exchange<'a> {
     identity: &'a Identity,
     started: Instant,
     deadline: Instant,
+    /// The server this transaction talks to: ACKs and NAKs of any other are ignored.
+    server: Option<Ipv4Addr>,
 }
 
 impl Exchange<'_> {
@@ -157,7 +168,11 @@ impl Exchange<'_> {
             identity,
             started,
             deadline,
+            server,
         } = *self;
+        let from_our_server = |reply: &wire::Reply| {
+            reply.kind == MessageType::Offer || server.is_none_or(|s| server_of(&reply.message).ok() == Some(s))
+        };
         let frame = wire::frame(
             identity.mac,
             BROADCAST_MAC,
@@ -179,7 +194,11 @@ impl Exchange<'_> {
                 loop {
                     let left = wait_until.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(left, replies.recv()).await {
-                        Ok(Some(reply)) if kinds.contains(&reply.kind) && reply.chaddr == identity.mac => {
+                        Ok(Some(reply))
+                            if kinds.contains(&reply.kind)
+                                && reply.chaddr == identity.mac
+                                && from_our_server(&reply) =>
+                        {
                             return Ok(reply);
                         }
                         Ok(Some(_)) => continue,
@@ -218,15 +237,17 @@ impl Dhcp {
         if let Some(ip) = wanted {
             discover.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
         }
-        let exchange = Exchange {
+        let mut exchange = Exchange {
             socket: &socket,
             parent,
             identity,
             started,
             deadline,
+            server: None,
         };
         let offer = exchange.send(&discover, &[MessageType::Offer]).await?;
         let server = server_of(&offer.message)?;
+        exchange.server = Some(server);
         let mut request = Self::request(identity, MessageType::Request);
         request.set_xid(discover.xid());
         request
@@ -237,14 +258,15 @@ impl Dhcp {
         granted(&ack)
     }
 
-    /// Renews `address`: a broadcast REQUEST for it (ciaddr 0, option 50), which any
-    /// server that knows the lease ACKs, extending it, or NAKs.
+    /// Renews `address`: a broadcast REQUEST for it (ciaddr 0, option 50), which
+    /// `server`, the lease's, ACKs, extending it, or NAKs.
     pub async fn renew(
         &self,
         ifindex: u32,
         parent: &str,
         identity: &Identity,
         address: Ipv4Addr,
+        server: Ipv4Addr,
         budget: Duration,
     ) -> Result<Granted, DhcpError> {
         let started = Instant::now();
@@ -257,6 +279,7 @@ impl Dhcp {
             identity,
             started,
             deadline: started + budget,
+            server: Some(server),
         };
         let ack = exchange.send(&request, &[MessageType::Ack, MessageType::Nak]).await?;
         granted(&ack)
@@ -287,41 +310,79 @@ impl Dhcp {
 }
 
 fn server_of(m: &Message) -> Result<Ipv4Addr, DhcpError> {
+    let unusable = |what| DhcpError::Unusable { server: None, what };
     match m.opts().get(OptionCode::ServerIdentifier) {
-        Some(DhcpOption::ServerIdentifier(ip)) => Ok(*ip),
-        _ => Err(DhcpError::Incomplete("no server identifier (option 54)".into())),
+        Some(DhcpOption::ServerIdentifier(ip)) => checks::check_server(*ip).map(|()| *ip).map_err(unusable),
+        _ => Err(unusable(Unusable::Missing("server identifier (option 54)"))),
     }
 }
 
+/// The lease an ACK grants, once every field passed its check; a NAK's refusal.
 fn granted(reply: &wire::Reply) -> Result<Granted, DhcpError> {
     let server = server_of(&reply.message)?;
     if reply.kind == MessageType::Nak {
         let message = match reply.message.opts().get(OptionCode::Message) {
-            Some(DhcpOption::Message(text)) => text.clone(),
+            Some(DhcpOption::Message(text)) => checks::shown(text),
             _ => String::new(),
         };
         return Err(DhcpError::Refused { server, message });
     }
-    let opts = reply.message.opts();
+    lease_of(&reply.message).map_err(|what| DhcpError::Unusable {
+        server: Some(server),
+        what,
+    })
+}
+
+fn lease_of(message: &Message) -> Result<Granted, Unusable> {
+    let opts = message.opts();
+    let server = match opts.get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(ip)) => *ip,
+        _ => return Err(Unusable::Missing("server identifier (option 54)")),
+    };
     let mask = match opts.get(OptionCode::SubnetMask) {
         Some(DhcpOption::SubnetMask(mask)) => *mask,
-        _ => return Err(DhcpError::Incomplete("no subnet mask (option 1)".into())),
+        _ => return Err(Unusable::Missing("subnet mask (option 1)")),
     };
-    let prefix = u32::from(mask).leading_ones() as u8;
-    let address = Ipv4Network::new(reply.message.yiaddr(), prefix)
-        .map_err(|e| DhcpError::Incomplete(format!("subnet mask {mask}: {e}")))?;
+    let address = Ipv4Network::new(message.yiaddr(), checks::prefix_of(mask)?).expect("a checked prefix");
+    if let Some(why) = checks::not_a_host(address) {
+        return Err(Unusable::Address {
+            address: address.ip(),
+            why,
+        });
+    }
     let lease_secs = match opts.get(OptionCode::AddressLeaseTime) {
         Some(DhcpOption::AddressLeaseTime(secs)) => *secs,
-        _ => return Err(DhcpError::Incomplete("no lease time (option 51)".into())),
+        _ => return Err(Unusable::Missing("lease time (option 51)")),
     };
-    let t1_secs = match opts.get(OptionCode::Renewal) {
-        Some(DhcpOption::Renewal(secs)) => *secs,
-        _ => lease_secs / 2,
+    let t1 = match opts.get(OptionCode::Renewal) {
+        Some(DhcpOption::Renewal(secs)) => Some(*secs),
+        _ => None,
     };
-    let t2_secs = match opts.get(OptionCode::Rebinding) {
-        Some(DhcpOption::Rebinding(secs)) => *secs,
-        _ => lease_secs / 8 * 7,
+    let t2 = match opts.get(OptionCode::Rebinding) {
+        Some(DhcpOption::Rebinding(secs)) => Some(*secs),
+        _ => None,
     };
+    let (t1_secs, t2_secs) = checks::lease_times(lease_secs, t1, t2)?;
+    let (router, routes) = routing_of(opts, address)?;
+    Ok(Granted {
+        address,
+        router,
+        routes,
+        server,
+        lease_secs,
+        t1_secs,
+        t2_secs,
+    })
+}
+
+/// A classless route (RFC 3442): destination and gateway, 0.0.0.0 for on-link.
+type Classless = (Ipv4Network, Ipv4Addr);
+
+/// The router and classless routes of an ACK, checked against the leased subnet.
+fn routing_of(
+    opts: &dhcproto::v4::DhcpOptions,
+    leased: Ipv4Network,
+) -> Result<(Option<Ipv4Addr>, Vec<Classless>), Unusable> {
     let mut router = match opts.get(OptionCode::Router) {
         Some(DhcpOption::Router(routers)) => routers.first().copied(),
         _ => None,
@@ -332,20 +393,19 @@ fn granted(reply: &wire::Reply) -> Result<Granted, DhcpError> {
         // any, is among the classless ones.
         router = None;
         for (net, gateway) in classless {
-            match Ipv4Network::new(net.network(), net.prefix_len()) {
-                Ok(n) if n.prefix() == 0 => router = Some(*gateway),
-                Ok(n) => routes.push((n, *gateway)),
-                Err(_) => {}
+            let Ok(destination) = Ipv4Network::new(net.network(), net.prefix_len()) else {
+                continue;
+            };
+            checks::check_route(leased, destination, *gateway)?;
+            if destination.prefix() == 0 && !gateway.is_unspecified() {
+                router = Some(*gateway);
+            } else {
+                routes.push((destination, *gateway));
             }
         }
     }
-    Ok(Granted {
-        address,
-        router,
-        routes,
-        server,
-        lease_secs,
-        t1_secs,
-        t2_secs,
-    })
+    if let Some(router) = router {
+        checks::check_router(leased, router)?;
+    }
+    Ok((router, routes))
 }

@@ -44,12 +44,18 @@ impl<K: Kernel> Driver<K> {
         };
         if let Some((router, routes)) = lease_routing {
             answer.gateway = router.map(IpAddr::V4);
-            answer
-                .routes
-                .extend(routes.into_iter().map(|(destination, via)| Route::Via {
-                    destination: IpNetwork::V4(destination),
-                    next_hop: IpAddr::V4(via),
-                }));
+            answer.routes.extend(routes.into_iter().map(|(destination, via)| {
+                let destination = IpNetwork::V4(destination);
+                // RFC 3442 spells an on-link route with a gateway of 0.0.0.0.
+                if via.is_unspecified() {
+                    Route::Connected { destination }
+                } else {
+                    Route::Via {
+                        destination,
+                        next_hop: IpAddr::V4(via),
+                    }
+                }
+            }));
         }
         Ok(answer)
     }

@@ -52,6 +52,7 @@ fn dhcp_error(e: DhcpError) -> Error {
     match e {
         DhcpError::NoAnswer { .. } => Error::unavailable(e.to_string()),
         DhcpError::Refused { .. } => Error::conflict(e.to_string()),
+        DhcpError::Unusable { .. } => Error::unavailable(e.to_string()),
         _ => Error::kernel(e.to_string()),
     }
 }
@@ -147,29 +148,32 @@ impl<K: Kernel> Ipam<K> {
                 granted.server,
             );
         };
-        if let Err(e) = check_against_network(&granted, &pool, &network) {
+        let checked = match check_against_network(&granted, &pool, &network) {
+            Ok(()) => self.check_not_the_host_s(&granted, parent.index, &network.parent).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
             give_back();
             return Err(e);
         }
         let lease = new_lease(pool_id, &network.parent, &identity, &granted);
         let committed = self
-            .commit(|state| {
-                if let Some(other) = state
-                    .leases
-                    .get(&lease.key())
-                    .filter(|l| l.mac != lease.mac || l.client_id != lease.client_id)
-                {
-                    return Err(Error::conflict(format!(
-                        "DHCP server {} gave {} again, while rustvlan holds it for MAC {}",
-                        lease.server, lease.address, other.mac
-                    )));
+            .commit(|state| match state.leases.get(&lease.key()) {
+                Some(holder) if holder.mac != lease.mac || holder.client_id != lease.client_id => {
+                    Ok((Some(granted_twice(&lease, holder)), Vec::new()))
                 }
-                Ok(((), vec![Change::PutLease(lease.clone())]))
+                _ => Ok((None, vec![Change::PutLease(lease.clone())])),
             })
             .await;
-        if let Err(e) = committed {
-            give_back();
-            return Err(e);
+        match committed {
+            Ok(None) => {}
+            // No RELEASE: a server that keys leases by MAC would take it for the
+            // holder's, whose lease must stay as it is.
+            Ok(Some(twice)) => return Err(twice),
+            Err(e) => {
+                give_back();
+                return Err(e);
+            }
         }
         self.metrics.count_dhcp(DhcpEvent::Acquired);
         tracing::info!(
@@ -181,6 +185,19 @@ impl<K: Kernel> Ipam<K> {
             "DHCP lease taken"
         );
         Ok(ipnetwork::IpNetwork::V4(granted.address))
+    }
+
+    /// A server must not lease the host's own address on the parent.
+    async fn check_not_the_host_s(&self, granted: &Granted, parent_index: u32, parent: &str) -> Result<()> {
+        let own = self.kernel.addresses(parent_index).await?;
+        if own.iter().any(|a| a.ip() == IpAddr::V4(granted.address.ip())) {
+            return Err(Error::unavailable(format!(
+                "the answer of DHCP server {} is unusable: the offered address {} is this host's own on {parent}; \
+                 fix the server's configuration (or stop the rogue server answering on this LAN)",
+                granted.server, granted.address
+            )));
+        }
+        Ok(())
     }
 
     /// ReleaseAddress on a DHCP pool: the lease is forgotten, then RELEASE goes to its
@@ -286,16 +303,28 @@ impl<K: Kernel> Ipam<K> {
             tracing::error!(address = %lease.address, trouble = ?updated.trouble, "DHCP lease renewal failed");
         }
         let key = lease.key();
-        let _ = self
+        let still_ours = self
             .commit(|state| {
-                // Released meanwhile: nothing to record.
-                if state.leases.contains_key(&key) {
-                    Ok(((), vec![Change::PutLease(updated.clone())]))
+                // Only onto the lease this renewal started from: released meanwhile (and
+                // perhaps leased again to another endpoint), there is nothing to record.
+                if state.leases.get(&key) == Some(lease) {
+                    Ok((true, vec![Change::PutLease(updated.clone())]))
                 } else {
-                    Ok(((), Vec::new()))
+                    Ok((false, Vec::new()))
                 }
             })
             .await;
+        let same_identity_holds = |state: &crate::state::State| {
+            state
+                .leases
+                .get(&key)
+                .is_some_and(|l| l.mac == lease.mac && l.client_id == lease.client_id)
+        };
+        // The server extended a lease released meanwhile: it gets a RELEASE of its own,
+        // unless the same identity holds that address again.
+        if still_ours.is_ok_and(|ours| !ours) && event == DhcpEvent::Renewed && !same_identity_holds(&self.state()) {
+            self.send_release(lease).await;
+        }
         if event == DhcpEvent::Renewed { Ok(()) } else { Err(()) }
     }
 
@@ -311,6 +340,7 @@ impl<K: Kernel> Ipam<K> {
                 &lease.parent,
                 &lease.identity(),
                 lease.address.ip(),
+                lease.server,
                 RENEW_BUDGET,
             )
             .await
@@ -441,6 +471,22 @@ fn renewal_outcome(
             )
         }
     }
+}
+
+/// The refusal of an address the server gave a second endpoint while a first holds it.
+fn granted_twice(lease: &LeaseRecord, holder: &LeaseRecord) -> Error {
+    let cause = if holder.mac == lease.mac {
+        "the server ignores the client identifier and keys leases by MAC, and ipvlan endpoints share their \
+         parent's MAC; make the server use the client identifier (ISC Kea: match-client-id true; ISC dhcpd: no \
+         ignore-client-uids; dnsmasq: no dhcp-ignore-clid), or use macvlan"
+    } else {
+        "the server leased one address to two MACs; check its lease database for a duplicate"
+    };
+    Error::conflict(format!(
+        "DHCP server {} gave {} to this endpoint while rustvlan holds it for another (MAC {}): {cause}; the other \
+         endpoint's lease is left as it is",
+        lease.server, lease.address, holder.mac
+    ))
 }
 
 /// A lease must fit what the user said: `--subnet` (the same subnet) and `--gateway`.
