@@ -415,12 +415,19 @@ mod hostile {
         Nak(String),
         /// An ACK from another server first (ignored), then the good one.
         RogueAckFirst(Ipv4Addr),
+        /// Leases of 20 s with T1 at 2 s, and renewals (REQUESTs without a server id)
+        /// answered only after this long.
+        SlowRenewal(Duration),
         None,
     }
 
     pub struct Hostile {
         pub fault: Arc<Mutex<Fault>>,
         pub releases: Arc<AtomicUsize>,
+        /// The client hardware address of each RELEASE, in order.
+        pub released: Arc<Mutex<Vec<Vec<u8>>>>,
+        /// Renewals seen (REQUESTs without a server id).
+        pub renewals: Arc<AtomicUsize>,
         stop: Arc<AtomicBool>,
         thread: Option<std::thread::JoinHandle<()>>,
     }
@@ -430,8 +437,15 @@ mod hostile {
             let ns = lan.path();
             let fault = Arc::new(Mutex::new(Fault::None));
             let releases = Arc::new(AtomicUsize::new(0));
+            let released = Arc::new(Mutex::new(Vec::new()));
+            let renewals = Arc::new(AtomicUsize::new(0));
             let stop = Arc::new(AtomicBool::new(false));
-            let (f, r, s) = (fault.clone(), releases.clone(), stop.clone());
+            let seen = Seen {
+                releases: releases.clone(),
+                released: released.clone(),
+                renewals: renewals.clone(),
+            };
+            let (f, s) = (fault.clone(), stop.clone());
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let thread = std::thread::spawn(move || {
                 let file = std::fs::File::open(&ns).unwrap();
@@ -446,12 +460,14 @@ mod hostile {
                 let socket: UdpSocket = socket.into();
                 socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
                 ready_tx.send(()).unwrap();
-                serve(&socket, &f, &r, &s);
+                serve(&socket, &f, &seen, &s);
             });
             ready_rx.recv().unwrap();
             Hostile {
                 fault,
                 releases,
+                released,
+                renewals,
                 stop,
                 thread: Some(thread),
             }
@@ -471,7 +487,20 @@ mod hostile {
         }
     }
 
-    fn serve(socket: &UdpSocket, fault: &Mutex<Fault>, releases: &AtomicUsize, stop: &AtomicBool) {
+    /// What the server saw.
+    struct Seen {
+        releases: Arc<AtomicUsize>,
+        released: Arc<Mutex<Vec<Vec<u8>>>>,
+        renewals: Arc<AtomicUsize>,
+    }
+
+    fn send(socket: &UdpSocket, answer: &Message) {
+        let mut bytes = Vec::new();
+        answer.encode(&mut Encoder::new(&mut bytes)).unwrap();
+        let _ = socket.send_to(&bytes, (Ipv4Addr::BROADCAST, 68));
+    }
+
+    fn serve(socket: &UdpSocket, fault: &Mutex<Fault>, seen: &Seen, stop: &AtomicBool) {
         let mut buf = [0u8; 1500];
         while !stop.load(Ordering::SeqCst) {
             let Ok(n) = socket.recv(&mut buf) else { continue };
@@ -485,6 +514,18 @@ mod hostile {
                     Fault::NoServerId => vec![answer(&ask, MessageType::Offer, &fault)],
                     _ => vec![answer(&ask, MessageType::Offer, &Fault::None)],
                 },
+                Some(MessageType::Request) if ask.opts().get(OptionCode::ServerIdentifier).is_none() => {
+                    seen.renewals.fetch_add(1, Ordering::SeqCst);
+                    if let Fault::SlowRenewal(delay) = fault {
+                        let (socket, ack) = (socket.try_clone().unwrap(), answer(&ask, MessageType::Ack, &fault));
+                        std::thread::spawn(move || {
+                            std::thread::sleep(delay);
+                            send(&socket, &ack);
+                        });
+                        continue;
+                    }
+                    vec![answer(&ask, MessageType::Ack, &fault)]
+                }
                 Some(MessageType::Request) => match &fault {
                     Fault::Nak(_) => vec![answer(&ask, MessageType::Nak, &fault)],
                     Fault::RogueAckFirst(_) => vec![
@@ -494,15 +535,14 @@ mod hostile {
                     _ => vec![answer(&ask, MessageType::Ack, &fault)],
                 },
                 Some(MessageType::Release) => {
-                    releases.fetch_add(1, Ordering::SeqCst);
+                    seen.released.lock().unwrap().push(ask.chaddr().to_vec());
+                    seen.releases.fetch_add(1, Ordering::SeqCst);
                     Vec::new()
                 }
                 _ => Vec::new(),
             };
             for a in answers {
-                let mut bytes = Vec::new();
-                a.encode(&mut Encoder::new(&mut bytes)).unwrap();
-                let _ = socket.send_to(&bytes, (Ipv4Addr::BROADCAST, 68));
+                send(socket, &a);
             }
         }
     }
@@ -545,6 +585,7 @@ mod hostile {
         opts.insert(DhcpOption::SubnetMask(mask));
         let (lease, t1, t2) = match fault {
             Fault::Times(lease, t1, t2) => (*lease, *t1, *t2),
+            Fault::SlowRenewal(_) => (20, Some(2), Some(15)),
             _ => (120, None, None),
         };
         opts.insert(DhcpOption::AddressLeaseTime(lease));
@@ -710,4 +751,57 @@ fn a_hostile_server_s_bad_answers_are_refused_and_named() {
     common::report(
         "dhcp hostile server: 17 bad answers refused, each named; a NAK's escapes shown escaped; a rogue ACK ignored; an on-link route kept as on-link; one address given twice refused without a RELEASE",
     );
+}
+
+/// Issue 25, must-show 5 (its second half): A's renewal is on its way when A is
+/// released and B takes A's address. The late ACK of A's renewal is written nowhere
+/// (before, it overwrote B's lease with A's MAC), and gets a RELEASE of its own.
+#[test]
+fn a_renewal_answered_after_its_release_leaves_the_next_lease_alone() {
+    use hostile::Fault;
+    let Some(rig) = rig() else { return };
+    let server = hostile::Hostile::start(&rig.lan);
+    let pool = rig.network();
+    server.set(Fault::SlowRenewal(Duration::from_secs(3)));
+    let (status, answer) = rig.request(&pool, 50);
+    assert_eq!(status, 200, "{answer}");
+    let address = answer["Address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    wait_for(10, "A's renewal to reach the server", || {
+        server.renewals.load(std::sync::atomic::Ordering::SeqCst) > 0
+    });
+    rig.ipam_ok("IpamDriver.ReleaseAddress", json!({"PoolID": pool, "Address": address}));
+    let (status, answer) = rig.request(&pool, 51);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["Address"].as_str().unwrap().split('/').next().unwrap(), address);
+    let mac_of = |n: u32| -> Vec<u8> { mac(n).split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect() };
+    wait_for(10, "a RELEASE for A's late renewal", || {
+        server
+            .released
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| **m == mac_of(50))
+            .count()
+            >= 2
+    });
+    let state = rig.server.state();
+    assert_eq!(state.leases.len(), 1);
+    assert_eq!(
+        state.leases[0].mac.to_string(),
+        mac(51),
+        "A's renewal was written over B's lease"
+    );
+    assert!(
+        !server.released.lock().unwrap().contains(&mac_of(51)),
+        "B's lease was released"
+    );
+    common::report(&format!(
+        "dhcp: A's renewal answered after A's release and B's lease of {address}: B's lease kept, A's late ACK released"
+    ));
 }
