@@ -805,3 +805,37 @@ fn a_renewal_answered_after_its_release_leaves_the_next_lease_alone() {
         "dhcp: A's renewal answered after A's release and B's lease of {address}: B's lease kept, A's late ACK released"
     ));
 }
+
+/// Issue 25: renewals go concurrently. With the server gone, each of 40 leases past T1
+/// gets its own renewal within two renewal budgets (5 s each); one after another, the
+/// last would wait 40 budgets, and leases could expire before they were tried.
+#[test]
+fn renewals_during_a_server_outage_are_tried_together() {
+    let Some(rig) = rig() else { return };
+    let mut dnsmasq = Dnsmasq::start(&rig.lan, rig.dir.path(), "10.64.0.50,10.64.0.150", false);
+    let pool = rig.network();
+    for n in 1..=40 {
+        let (status, answer) = rig.request(&pool, n);
+        assert_eq!(status, 200, "{answer}");
+    }
+    dnsmasq.stop();
+    let stopped = Instant::now();
+    let tried = || {
+        rig.server
+            .state()
+            .leases
+            .iter()
+            .filter(|l| {
+                l.trouble
+                    .as_deref()
+                    .is_some_and(|t| t.contains("no DHCP server answered"))
+            })
+            .count()
+    };
+    // T1 (3 s), then two rounds of 32 and 8 renewals of 5 s each.
+    wait_for(20, "a failed renewal of each of the 40 leases", || tried() == 40);
+    common::report(&format!(
+        "dhcp: server gone with 40 leases past T1: each lease's renewal tried and failed within {:.1} s",
+        stopped.elapsed().as_secs_f64()
+    ));
+}

@@ -3,7 +3,9 @@
 //! network that claimed the pool, kept in the store, renewed in the background for as
 //! long as dockerd holds the address, and released at ReleaseAddress.
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::Ipam;
@@ -20,8 +22,40 @@ use crate::util::short_id;
 pub const ACQUIRE_BUDGET: Duration = Duration::from_secs(8);
 /// A renewal's own budget; a renewal that gets no answer is tried again later.
 const RENEW_BUDGET: Duration = Duration::from_secs(5);
-/// How soon a renewal that got no answer is tried again.
-const RENEW_RETRY_SECS: u64 = 5;
+/// How soon a renewal of an expired lease is tried again (as INIT-REBOOT).
+const EXPIRED_RETRY_SECS: u64 = 10;
+/// Renewals on their way at once: a server outage costs each lease its own budget, not
+/// one lease's budget after another's.
+const RENEWALS_IN_FLIGHT: usize = 32;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Up to a twentieth of T1, the same for a lease each time: leases taken together (a
+/// `docker compose up`) are not all renewed in the same second.
+fn jitter_secs(lease: &LeaseRecord) -> u64 {
+    let spread = u64::from(lease.t1_secs / 20).max(1);
+    crate::util::stable_hash(&[lease.key().as_bytes(), lease.mac.0.as_slice()]) % spread
+}
+
+/// When a lease whose renewal failed at `now` is tried again (RFC 2131 4.4.5): half the
+/// time left until T2 (then until expiry), but not sooner than a minute, or an eighth
+/// of the lease when that is shorter, and never past T2 or expiry themselves. After
+/// expiry, every [`EXPIRED_RETRY_SECS`].
+fn retry_time(lease: &LeaseRecord, now: u64) -> u64 {
+    let rebind_at = lease.acked_at + u64::from(lease.t2_secs);
+    let deadline = if now < rebind_at {
+        rebind_at
+    } else if now < lease.expires_at() {
+        lease.expires_at()
+    } else {
+        return now + EXPIRED_RETRY_SECS;
+    };
+    let left = deadline - now;
+    let floor = (u64::from(lease.lease_secs) / 8).clamp(1, 60);
+    now + (left / 2).max(floor.min(left)).max(1)
+}
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -264,34 +298,62 @@ impl<K: Kernel> Ipam<K> {
     }
 
     /// Renews every lease whose T1 has come (and, after a restart, every lease past
-    /// it), one second at a time. A NAK or a different address cannot be pushed into a
-    /// running container: it is recorded on the lease, shown by status and counted.
+    /// it), up to [`RENEWALS_IN_FLIGHT`] at once, checking every second. A lease whose
+    /// renewal failed is tried again as RFC 2131 4.4.5 says (see [`retry_time`]). A NAK
+    /// or a different address cannot be pushed into a running container: it is
+    /// recorded on the lease, shown by status and counted.
     pub async fn renew_leases(self: std::sync::Arc<Self>) {
-        let mut retry_at: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let retry_at: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let slots = Arc::new(tokio::sync::Semaphore::new(RENEWALS_IN_FLIGHT));
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let now = now_secs();
-            let due: Vec<LeaseRecord> = self
-                .state()
-                .leases
-                .values()
-                .filter(|l| l.renew_at() <= now && retry_at.get(&l.key()).is_none_or(|at| *at <= now))
-                .cloned()
-                .collect();
-            retry_at.retain(|key, _| self.state().leases.contains_key(key));
+            let due = self.leases_due(&retry_at, &in_flight, now_secs());
             for lease in due {
-                let outcome = self.renew_one(&lease).await;
-                match outcome {
-                    Ok(()) => {
-                        retry_at.remove(&lease.key());
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                    return;
+                };
+                lock(&in_flight).insert(lease.key());
+                let (plugin, retry_at, in_flight) = (Arc::clone(&self), Arc::clone(&retry_at), Arc::clone(&in_flight));
+                tokio::spawn(async move {
+                    let renewed = plugin.renew_one(&lease).await.is_ok();
+                    let key = lease.key();
+                    if renewed {
+                        lock(&retry_at).remove(&key);
+                    } else {
+                        lock(&retry_at).insert(key.clone(), retry_time(&lease, now_secs()));
                     }
-                    Err(()) => {
-                        retry_at.insert(lease.key(), now_secs() + RENEW_RETRY_SECS);
-                    }
-                }
+                    lock(&in_flight).remove(&key);
+                    drop(slot);
+                });
             }
         }
+    }
+
+    /// The leases to renew now: past T1 (spread a little, see [`jitter_secs`]), not
+    /// waiting for a retry, not being renewed.
+    fn leases_due(
+        &self,
+        retry_at: &Mutex<HashMap<String, u64>>,
+        in_flight: &Mutex<HashSet<String>>,
+        now: u64,
+    ) -> Vec<LeaseRecord> {
+        let state = self.state();
+        let mut retry_at = lock(retry_at);
+        retry_at.retain(|key, _| state.leases.contains_key(key));
+        let in_flight = lock(in_flight);
+        state
+            .leases
+            .values()
+            .filter(|l| {
+                let key = l.key();
+                l.renew_at() + jitter_secs(l) <= now
+                    && retry_at.get(&key).is_none_or(|at| *at <= now)
+                    && !in_flight.contains(&key)
+            })
+            .cloned()
+            .collect()
     }
 
     async fn renew_one(&self, lease: &LeaseRecord) -> std::result::Result<(), ()> {
@@ -519,4 +581,60 @@ fn check_against_network(granted: &Granted, pool: &PoolRecord, network: &Network
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(acked_at: u64, lease_secs: u32, t1_secs: u32, t2_secs: u32) -> LeaseRecord {
+        LeaseRecord {
+            pool_id: "rustvlan-local/0.0.0.0/0#1".into(),
+            address: "10.64.0.7/24".parse().unwrap(),
+            router: None,
+            routes: Vec::new(),
+            server: "10.64.0.1".parse().unwrap(),
+            parent: "eth0".into(),
+            mac: MacAddr([2, 0, 0, 0, 0, 7]),
+            client_id: "01020000000007".into(),
+            lease_secs,
+            t1_secs,
+            t2_secs,
+            acked_at,
+            renewals: 0,
+            trouble: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_renewal_is_retried_at_half_the_time_left_as_rfc_2131_says() {
+        let hour = lease(0, 3600, 1800, 3150);
+        // Before T2: half the time left until T2, at least a minute, never past T2.
+        assert_eq!(retry_time(&hour, 2800), 2975);
+        assert_eq!(retry_time(&hour, 3100), 3150);
+        // Past T2: half the time left until expiry.
+        assert_eq!(retry_time(&hour, 3150), 3375);
+        assert_eq!(retry_time(&hour, 3590), 3600);
+        // Expired: tried again every few seconds.
+        assert_eq!(retry_time(&hour, 3600), 3600 + EXPIRED_RETRY_SECS);
+        // A short lease: the floor is an eighth of it, not a minute.
+        let short = lease(0, 120, 3, 5);
+        assert_eq!(retry_time(&short, 4), 5);
+        assert_eq!(retry_time(&short, 8), 64);
+        assert_eq!(retry_time(&short, 110), 120);
+    }
+
+    #[test]
+    fn jitter_spreads_renewals_within_a_twentieth_of_t1() {
+        let spread: HashSet<u64> = (0..50u8)
+            .map(|n| {
+                let mut l = lease(0, 86_400, 43_200, 75_600);
+                l.mac = MacAddr([2, 0, 0, 0, 1, n]);
+                jitter_secs(&l)
+            })
+            .collect();
+        assert!(spread.iter().all(|j| *j < 43_200 / 20));
+        assert!(spread.len() > 40, "{spread:?}");
+        assert_eq!(jitter_secs(&lease(0, 120, 3, 5)), 0);
+    }
 }
