@@ -418,6 +418,9 @@ mod hostile {
         /// Leases of 20 s with T1 at 2 s, and renewals (REQUESTs without a server id)
         /// answered only after this long.
         SlowRenewal(Duration),
+        /// Leases of 20 s with T1 at 2 s and T2 at 4 s, and renewals answered by
+        /// another server only (a failover partner).
+        RenewedByOther(Ipv4Addr),
         None,
     }
 
@@ -516,15 +519,17 @@ mod hostile {
                 },
                 Some(MessageType::Request) if ask.opts().get(OptionCode::ServerIdentifier).is_none() => {
                     seen.renewals.fetch_add(1, Ordering::SeqCst);
-                    if let Fault::SlowRenewal(delay) = fault {
-                        let (socket, ack) = (socket.try_clone().unwrap(), answer(&ask, MessageType::Ack, &fault));
-                        std::thread::spawn(move || {
-                            std::thread::sleep(delay);
-                            send(&socket, &ack);
-                        });
-                        continue;
+                    match fault {
+                        Fault::SlowRenewal(delay) => {
+                            let (socket, ack) = (socket.try_clone().unwrap(), answer(&ask, MessageType::Ack, &fault));
+                            std::thread::spawn(move || {
+                                std::thread::sleep(delay);
+                                send(&socket, &ack);
+                            });
+                            continue;
+                        }
+                        _ => vec![answer(&ask, MessageType::Ack, &fault)],
                     }
-                    vec![answer(&ask, MessageType::Ack, &fault)]
                 }
                 Some(MessageType::Request) => match &fault {
                     Fault::Nak(_) => vec![answer(&ask, MessageType::Nak, &fault)],
@@ -548,6 +553,8 @@ mod hostile {
     }
 
     fn answer(ask: &Message, kind: MessageType, fault: &Fault) -> Message {
+        let renewal = ask.opts().msg_type() == Some(MessageType::Request)
+            && ask.opts().get(OptionCode::ServerIdentifier).is_none();
         let yiaddr = match fault {
             Fault::Address(ip) => *ip,
             _ if kind == MessageType::Nak => Ipv4Addr::UNSPECIFIED,
@@ -570,6 +577,9 @@ mod hostile {
             Fault::RogueAckFirst(other) if kind == MessageType::Ack => {
                 opts.insert(DhcpOption::ServerIdentifier(*other));
             }
+            Fault::RenewedByOther(other) if kind == MessageType::Ack && renewal => {
+                opts.insert(DhcpOption::ServerIdentifier(*other));
+            }
             _ => {
                 opts.insert(DhcpOption::ServerIdentifier(SERVER));
             }
@@ -586,6 +596,7 @@ mod hostile {
         let (lease, t1, t2) = match fault {
             Fault::Times(lease, t1, t2) => (*lease, *t1, *t2),
             Fault::SlowRenewal(_) => (20, Some(2), Some(15)),
+            Fault::RenewedByOther(_) => (20, Some(2), Some(4)),
             _ => (120, None, None),
         };
         opts.insert(DhcpOption::AddressLeaseTime(lease));
@@ -838,4 +849,31 @@ fn renewals_during_a_server_outage_are_tried_together() {
         "dhcp: server gone with 40 leases past T1: each lease's renewal tried and failed within {:.1} s",
         stopped.elapsed().as_secs_f64()
     ));
+}
+
+/// Issue 25: before T2 a renewal listens to the lease's server only; past T2 (rebinding)
+/// any server may extend the lease, as a failover partner does when the first is gone.
+#[test]
+fn past_t2_another_server_may_extend_the_lease() {
+    use hostile::Fault;
+    let Some(rig) = rig() else { return };
+    let server = hostile::Hostile::start(&rig.lan);
+    let pool = rig.network();
+    let partner: std::net::Ipv4Addr = "10.64.0.200".parse().unwrap();
+    server.set(Fault::RenewedByOther(partner));
+    let (status, answer) = rig.request(&pool, 60);
+    assert_eq!(status, 200, "{answer}");
+    let server_of = || rig.server.state().leases[0].server;
+    assert_eq!(server_of(), hostile::SERVER);
+    // T1 at 2 s: the partner's answer is ignored, and the renewal fails past T2 (4 s).
+    wait_for(15, "a failed renewal before T2", || {
+        rig.server.state().leases[0].trouble.is_some()
+    });
+    assert_eq!(
+        server_of(),
+        hostile::SERVER,
+        "an ACK of another server was taken before T2"
+    );
+    wait_for(25, "the partner's ACK taken past T2", || server_of() == partner);
+    common::report("dhcp: past T2 a failover partner's ACK extends the lease; before T2 it is ignored");
 }

@@ -258,15 +258,16 @@ impl Dhcp {
         granted(&ack)
     }
 
-    /// Renews `address`: a broadcast REQUEST for it (ciaddr 0, option 50), which
-    /// `server`, the lease's, ACKs, extending it, or NAKs.
+    /// Renews `address`: a broadcast REQUEST for it (ciaddr 0, option 50), which the
+    /// lease's server ACKs, extending it, or NAKs. `server`: the only one listened to
+    /// (before T2); None: any (past T2, when RFC 2131 lets any server extend a lease).
     pub async fn renew(
         &self,
         ifindex: u32,
         parent: &str,
         identity: &Identity,
         address: Ipv4Addr,
-        server: Ipv4Addr,
+        server: Option<Ipv4Addr>,
         budget: Duration,
     ) -> Result<Granted, DhcpError> {
         let started = Instant::now();
@@ -279,7 +280,7 @@ impl Dhcp {
             identity,
             started,
             deadline: started + budget,
-            server: Some(server),
+            server,
         };
         let ack = exchange.send(&request, &[MessageType::Ack, MessageType::Nak]).await?;
         granted(&ack)

@@ -402,7 +402,8 @@ impl<K: Kernel> Ipam<K> {
                 &lease.parent,
                 &lease.identity(),
                 lease.address.ip(),
-                lease.server,
+                // Past T2 (rebinding), any server may extend the lease.
+                (now_secs() < lease.acked_at + u64::from(lease.t2_secs)).then_some(lease.server),
                 RENEW_BUDGET,
             )
             .await
