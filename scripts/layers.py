@@ -36,6 +36,7 @@ MODULE_LAYER = {
     "drift": "core",
     "ipam::allocator": "core",
     "ipam::addrset": "core",
+    "ipam::blocks": "core",
     "kernel": "adapter",
     "store": "adapter",
     "etcd": "adapter",

@@ -553,7 +553,7 @@ impl Etcd {
         let results: Vec<TxnOpResponse> = answer.op_responses();
         let mut retry = Vec::new();
         let mut already_ours = Vec::new();
-        let (sent, mut taken) = (batch.len(), 0);
+        let (sent, mut taken) = (batch.len(), 0u64);
         for (claim, result) in batch
             .into_iter()
             .zip(results.into_iter().map(Some).chain(std::iter::repeat_with(|| None)))
@@ -579,6 +579,9 @@ impl Etcd {
             }
         }
         tracing::trace!(sent, taken, again = retry.len(), "claim transaction");
+        if let Some(m) = &self.metrics {
+            m.claims_lost(taken);
+        }
         if !already_ours.is_empty() {
             retry.extend(self.claim_again(already_ours, deadline).await);
         }

@@ -166,6 +166,9 @@ fn errno_label(errno: Errno) -> &'static str {
 pub struct EtcdMetrics {
     count: Family<EtcdLabels, Counter>,
     duration: HistogramFamily<OpLabels>,
+    /// Claims of an address another host had claimed first: each costs its request
+    /// another pick and another round trip, so a rising share means hosts crowd.
+    claims_lost: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -180,11 +183,16 @@ impl Default for EtcdMetrics {
         EtcdMetrics {
             count: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
+            claims_lost: Counter::default(),
         }
     }
 }
 
 impl EtcdMetrics {
+    pub fn claims_lost(&self, n: u64) {
+        self.claims_lost.inc_by(n);
+    }
+
     pub fn observe(&self, op: &'static str, ok: bool, took: Duration) {
         let outcome = if ok { "ok" } else { "error" };
         self.count.get_or_create(&EtcdLabels { op, outcome }).inc();
@@ -369,6 +377,11 @@ impl Metrics {
             "Time an etcd call took",
             Unit::Seconds,
             etcd.duration.clone(),
+        );
+        registry.register(
+            "etcd_claims_lost",
+            "Address claims of shared pools that found the address already another host's",
+            etcd.claims_lost.clone(),
         );
         let etcd_connected = Gauge::default();
         registry.register(

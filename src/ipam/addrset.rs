@@ -85,6 +85,20 @@ impl AddressSet {
         (candidate <= to).then_some(candidate)
     }
 
+    /// The offsets of the set in `from..=to`, ascending.
+    pub fn iter_in(&self, from: u128, to: u128) -> impl Iterator<Item = u128> + '_ {
+        let before = self
+            .range_containing(from)
+            .filter(|_| from <= to)
+            .map(|(_, end)| (from, end.min(to)));
+        let after = (from < to)
+            .then(|| self.ranges.range(from + 1..=to))
+            .into_iter()
+            .flatten()
+            .map(move |(&s, &e)| (s, e.min(to)));
+        before.into_iter().chain(after).flat_map(|(s, e)| s..=e)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = u128> + '_ {
         self.ranges.iter().flat_map(|(&s, &e)| s..=e)
     }
@@ -161,6 +175,11 @@ mod tests {
             let from = u128::from((seed >> 20) % 200);
             let expect = (from..200).find(|v| !model.contains(v));
             assert_eq!(set.first_free(from, 199), expect);
+            let to = from + u128::from((seed >> 30) % 20);
+            assert_eq!(
+                set.iter_in(from, to).collect::<Vec<_>>(),
+                model.range(from..=to).copied().collect::<Vec<_>>()
+            );
             assert_eq!(set.len(), model.len() as u128);
         }
     }

@@ -375,7 +375,10 @@ impl Pool {
     fn next_dynamic(&self, taken: &AddressSet, avoid: &dyn Fn(u128) -> bool, start: SearchStart) -> Option<u128> {
         let (lo, hi) = self.dynamic_range();
         let at = |r: u64| lo + u128::from(r) % (hi - lo + 1);
+        let within = |ip: IpAddr| self.offset(ip).filter(|o| (lo..=hi).contains(o));
         let start = match (start, self.cursor) {
+            (SearchStart::At(ip), _) => within(ip).unwrap_or(lo),
+            (SearchStart::After(ip), _) => within(ip).filter(|&o| o < hi).map_or(lo, |o| o + 1),
             (SearchStart::AfterCursor | SearchStart::AfterCursorOr(_), Some(c)) if c >= lo && c < hi => c + 1,
             (SearchStart::AfterCursorOr(r), _) => at(r),
             _ => lo,
@@ -408,6 +411,11 @@ pub enum SearchStart {
     /// After the last address handed out, or at this point of the range (a shared pool's
     /// first address: each host starts at a point of its own).
     AfterCursorOr(u64),
+    /// After this address (where a shared pool's host last picked one), or at the start
+    /// of the range when it is outside it.
+    After(IpAddr),
+    /// At this address, or at the start of the range when it is outside it.
+    At(IpAddr),
 }
 
 /// The first offset in `from..=to` free in `taken` and not avoided.
@@ -479,6 +487,27 @@ impl Ipam {
         }
         cidr.parse::<IpNetwork>().map_err(|_| foreign())?;
         Ok(self.pools.get(&seq).filter(|p| p.id() == pool_id))
+    }
+
+    /// The first and last address a pool hands out dynamically.
+    pub fn dynamic_span(&self, pool_id: &str) -> Option<(IpAddr, IpAddr)> {
+        let pool = self.lookup(pool_id).ok()??;
+        let (lo, hi) = pool.dynamic_range();
+        Some((pool.ip_at(lo), pool.ip_at(hi)))
+    }
+
+    /// The addresses the plan of `pool_id` holds from `first` to `last` (both in the
+    /// pool), at most `most` of them.
+    pub fn held_in(&self, pool_id: &str, first: IpAddr, last: IpAddr, most: usize) -> Vec<IpAddr> {
+        let Ok(Some(pool)) = self.lookup(pool_id) else {
+            return Vec::new();
+        };
+        let (Some(from), Some(to)) = (pool.offset(first), pool.offset(last)) else {
+            return Vec::new();
+        };
+        self.plans.get(&pool.plan).map_or_else(Vec::new, |plan| {
+            plan.taken.iter_in(from, to).take(most).map(|o| pool.ip_at(o)).collect()
+        })
     }
 
     pub fn plan_request_pool(&self, req: &PoolRequest) -> Result<(PoolRecord, Vec<IpamChange>)> {

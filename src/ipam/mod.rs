@@ -8,6 +8,7 @@
 mod addrset;
 mod allocations;
 pub mod allocator;
+mod blocks;
 mod handlers;
 pub mod leases;
 pub mod reclaim;

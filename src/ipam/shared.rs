@@ -15,6 +15,7 @@ use ipnetwork::IpNetwork;
 use super::Ipam;
 use super::allocations::{Allocations, LocalAllocations};
 use super::allocator::SearchStart;
+use super::blocks::{self, block_of};
 use super::{IpamChange, PoolRequest, PoolScope, plan_name};
 use crate::error::{Error, Result};
 use crate::etcd::{Claim, Etcd, EtcdErrorKind, Holder, Reservation};
@@ -62,19 +63,12 @@ struct PlanView {
     loaded: bool,
     /// When it was last read whole because it looked full.
     refreshed: Option<std::time::Instant>,
+    /// Per pool: the address this host picked last, where it goes on (the stored cursor
+    /// moves only once a claim is recorded, while 64 requests may be picking at once).
+    walks: HashMap<String, IpAddr>,
 }
 
 const REFRESH_AT_MOST_EVERY: Duration = Duration::from_secs(1);
-
-/// Addresses a plan's block holds: 64, aligned (a /26 of IPv4, as Calico's blocks).
-const BLOCK_BITS: u32 = 6;
-
-fn block_of(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)) >> BLOCK_BITS,
-        IpAddr::V6(v6) => u128::from(v6) >> BLOCK_BITS,
-    }
-}
 
 /// What other hosts hold of a plan, and how many of their addresses each block has: a
 /// host fills blocks no other host uses while there are any, so that hosts rarely race
@@ -128,7 +122,11 @@ impl Remote {
 
     /// Another host hands out addresses of `ip`'s block.
     fn in_foreign_block(&self, ip: IpAddr) -> bool {
-        self.per_block.contains_key(&block_of(ip))
+        self.uses_block(block_of(ip))
+    }
+
+    fn uses_block(&self, block: u128) -> bool {
+        self.per_block.contains_key(&block)
     }
 }
 
@@ -582,27 +580,40 @@ impl<K: Kernel> PoolAllocations<'_, K> {
         let view = views.entry(plan.to_string()).or_default();
         // A reservation may share another host's reservation, never its address.
         let held = |ip: IpAddr| view.in_flight.contains(&ip) || view.remote.get(&ip).is_some_and(|h| !ask.shares(h));
-        // Each host goes on after its last address (its first one at a point of
-        // its own), in blocks no other host uses while there are any: hosts
-        // rarely race for one address, and the loser of a race learns that the
-        // winner uses that block, so it does not follow the winner to the next.
-        let start = SearchStart::AfterCursorOr(home_point(&shared.host, plan));
+        // Each host goes on after its last address (its first one at a point of its
+        // own), in blocks no other host uses while there are any (see `blocks`).
+        let walked = view.walks.get(ask.pool_id).copied();
+        let start = walked.map_or(
+            SearchStart::AfterCursorOr(home_point(&shared.host, plan)),
+            SearchStart::After,
+        );
         let own_block = |ip: IpAddr| held(ip) || view.remote.in_foreign_block(ip);
-        let plan_avoiding = |avoid: &dyn Fn(IpAddr) -> bool| {
+        let plan_avoiding = |avoid: &dyn Fn(IpAddr) -> bool, start: SearchStart| {
             state
                 .ipam
                 .plan_request_address_avoiding(ask.pool_id, ask.address, ask.gateway(), avoid, start)
         };
         // Named addresses and the gateway (the same on every host) go by `held` alone.
         let dynamic = ask.address.is_none() && !ask.gateway();
-        let planned = match dynamic.then(|| plan_avoiding(&own_block)) {
-            Some(Err(e)) if e.kind == crate::error::ErrorKind::Exhausted => plan_avoiding(&held),
+        let plan_from = |start: SearchStart| match dynamic.then(|| plan_avoiding(&own_block, start)) {
+            Some(Err(e)) if e.kind == crate::error::ErrorKind::Exhausted => plan_avoiding(&held, start),
             Some(planned) => planned,
-            None => plan_avoiding(&held),
+            None => plan_avoiding(&held, start),
         };
+        let mut planned = plan_from(start);
+        if dynamic
+            && let (Some(last), Ok((cidr, _))) = (walked, &planned)
+            && !blocks::goes_on(last, cidr.ip(), |b| view.remote.uses_block(b))
+            && let Some(landing) = self.landing(shared, plan, ask.pool_id, &state, view, last)
+        {
+            planned = plan_from(SearchStart::At(landing));
+        }
         match planned {
             Ok((cidr, _)) => {
                 let ip = cidr.ip();
+                if dynamic {
+                    view.walks.insert(ask.pool_id.to_string(), ip);
+                }
                 if view.in_flight.contains(&ip) {
                     return Err(Error::conflict(format!(
                         "address {ip} of shared pool {} is being claimed by another request of this host",
@@ -614,6 +625,42 @@ impl<K: Kernel> PoolAllocations<'_, K> {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Where this host lands when it may not go on from its last address: the first
+    /// address of a block in the longest run of blocks nobody uses, or once every block
+    /// is used, the middle of the longest run of free addresses (see `blocks`).
+    fn landing(
+        &self,
+        shared: &SharedPlans,
+        plan: &str,
+        pool_id: &str,
+        state: &State,
+        view: &PlanView,
+        picked_last: IpAddr,
+    ) -> Option<IpAddr> {
+        let (first, last) = state.ipam.dynamic_span(pool_id)?;
+        // The LAN's reservations (the gateway) are every host's: they leave a block free.
+        let reserved = |ip: &IpAddr| matches!(view.remote.get(ip), Some(Holder::Shared { .. }));
+        let free = |block: u128| {
+            let (from, to) = blocks::block_span(block, first);
+            let (from, to) = (from.max(first), to.min(last));
+            !view.remote.uses_block(block)
+                && view.in_flight.range(from..=to).next().is_none()
+                && state.ipam.held_in(pool_id, from, to, 64).iter().all(reserved)
+        };
+        // Apart from other hosts leaving the same place at the same moment.
+        let leaving = block_of(picked_last).to_be_bytes();
+        let salt = crate::util::stable_hash(&[shared.host.as_bytes(), plan.as_bytes(), &leaving]);
+        if let Some(block) = blocks::landing_block(first, last, free, salt) {
+            return Some(blocks::block_span(block, first).0.max(first));
+        }
+        let free_address = |ip: IpAddr| {
+            view.remote.get(&ip).is_none()
+                && !view.in_flight.contains(&ip)
+                && state.ipam.held_in(pool_id, ip, ip, 1).is_empty()
+        };
+        blocks::landing_in_gap(first, last, free_address, salt)
     }
 
     /// Leaves a durable note to delete this host's claim of `ip`, if etcd has one, as a
@@ -644,7 +691,9 @@ impl<K: Kernel> PoolAllocations<'_, K> {
         ip: IpAddr,
         ask: &SharedAsk<'_>,
     ) -> Result<IpNetwork> {
-        let (dynamic, gateway) = (ask.address.is_none(), ask.gateway());
+        let gateway = ask.gateway();
+        // The gateway is the same on every host: it does not move where this host goes on.
+        let dynamic = ask.address.is_none() && !gateway;
         let committed = self
             .plugin
             .commit(|state| {
