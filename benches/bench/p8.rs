@@ -64,6 +64,24 @@ async fn storm(hosts: &[(Plugin, String)]) -> Run {
     }
 }
 
+/// Claims the hosts made of addresses another host had claimed first (each cost its
+/// request another pick and round trip), from their metrics.
+async fn claims_lost(hosts: &[(Plugin, String)]) -> u64 {
+    let mut lost = 0;
+    for (plugin, _) in hosts {
+        let (_, text) = rustvlan::client::get(&plugin.socket, "/metrics")
+            .await
+            .expect("GET /metrics");
+        let text = String::from_utf8_lossy(&text).into_owned();
+        lost += text
+            .lines()
+            .find_map(|l| l.strip_prefix("rustvlan_etcd_claims_lost_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no rustvlan_etcd_claims_lost_total in:\n{text}")) as u64;
+    }
+    lost
+}
+
 /// Three hosts, each with a pool of `subnet` and its gateway.
 async fn hosts(b: &Bench, name: &str, subnet: &str, etcd: Option<&str>) -> Vec<(Plugin, String)> {
     let mut out = Vec::new();
@@ -157,6 +175,7 @@ pub async fn run(b: &Bench) -> Section {
 
     let shared_hosts = hosts(b, "p8-shared", subnet, Some(&endpoints)).await;
     let shared = storm(&shared_hosts).await;
+    let lost = claims_lost(&shared_hosts).await;
     drop(shared_hosts);
     let local_hosts = hosts(b, "p8-local", subnet, None).await;
     let local = storm(&local_hosts).await;
@@ -205,7 +224,7 @@ pub async fn run(b: &Bench) -> Section {
             "clients_per_host": CLIENTS,
             "subnet": subnet,
             "etcd_members": 3,
-            "shared": {"allocations": shared.allocations, "per_s": round(shared.per_s), "latency_ms": s_shared.json()},
+            "shared": {"allocations": shared.allocations, "per_s": round(shared.per_s), "latency_ms": s_shared.json(), "claims_lost": lost},
             "raw_etcd": {"transactions": floor.allocations, "per_s": round(floor.per_s), "latency_ms": s_raw.json()},
             "local": {"allocations": local.allocations, "per_s": round(local.per_s), "latency_ms": s_local.json()},
             "shared_over_raw": round(ratio),
@@ -217,6 +236,13 @@ pub async fn run(b: &Bench) -> Section {
             row("raw etcd transactions (floor)", &floor, &s_raw),
             row("local sled pools (3 pools)", &local, &s_local),
             ("shared / raw".into(), format!("{ratio:.3}")),
+            (
+                "claims lost to another host".into(),
+                format!(
+                    "{lost} ({:.1} % of allocations)",
+                    100.0 * lost as f64 / shared.allocations as f64
+                ),
+            ),
         ],
         plots: vec![("p8-rate.svg".into(), plot), ("p8-latency.svg".into(), latency)],
         sentences: vec![
