@@ -272,6 +272,12 @@ impl SharedPlans {
         self.views().get(plan).is_some_and(|v| v.loaded)
     }
 
+    fn forget_walk(&self, plan: &str, pool_id: &str) {
+        if let Some(view) = self.views().get_mut(plan) {
+            view.walks.remove(pool_id);
+        }
+    }
+
     fn done(&self, plan: &str, ip: IpAddr) {
         if let Some(view) = self.views().get_mut(plan) {
             view.in_flight.remove(&ip);
@@ -827,9 +833,12 @@ impl<K: Kernel> Allocations for PoolAllocations<'_, K> {
 
     async fn release_pool(&self, pool_id: &str) -> Result<bool> {
         // The commit's book-keeping notes the claims of its addresses still held.
-        let shared = self.plugin.shared_pool(pool_id).is_some();
+        let record = self.plugin.shared_pool(pool_id);
         let released = self.local.release_pool(pool_id).await?;
-        if released && shared {
+        if released && let Some(record) = record {
+            if let Some(shared) = self.shared() {
+                shared.forget_walk(&plan_name(&record), pool_id);
+            }
             self.plugin.wake_shared_releases();
         }
         Ok(released)
