@@ -90,6 +90,11 @@ struct Rig {
 }
 
 fn rig() -> Option<Rig> {
+    rig_with(&[])
+}
+
+/// [`rig`], with more arguments to `serve`.
+fn rig_with(args: &[&str]) -> Option<Rig> {
     if !require_root() {
         return None;
     }
@@ -100,7 +105,7 @@ fn rig() -> Option<Rig> {
     lan.ip(&["link", "set", "dhp", "up"]);
     lan.ip(&["addr", "add", "10.64.0.1/24", "dev", "dhp"]);
     let dir = TempDir::new();
-    let server = Server::start(Some(&host), dir.path());
+    let server = Server::start_with(Some(&host), dir.path(), args);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -298,6 +303,57 @@ fn leases_are_taken_renewed_across_a_crash_and_released() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("DHCP LEASES (1)") && text.contains("DHCPNAK"), "{text}");
     let _ = &mut rig.host;
+}
+
+/// dockerd skips a ReleaseAddress when a container start fails at the wrong moment, or
+/// the plugin is down, and a ReleasePool after DeleteNetwork: the sweep releases such
+/// leases to the server, which would otherwise see them renewed forever.
+#[test]
+fn leases_no_endpoint_holds_are_released_to_the_server_by_the_sweep() {
+    let Some(rig) = rig_with(&["--reclaim-after", "2s"]) else {
+        return;
+    };
+    let dnsmasq = Dnsmasq::start(&rig.lan, rig.dir.path(), "10.64.0.50,10.64.0.150", false);
+    let pool = rig.network();
+    let (status, used) = rig.request(&pool, 1);
+    assert_eq!(status, 200, "{used}");
+    let used = used["Address"].as_str().unwrap().to_string();
+    rig.server.ok(
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID": NET, "EndpointID": ep_id(1), "Interface": {"Address": used, "MacAddress": mac(1)}}),
+    );
+    // Leased, and no endpoint ever came for it.
+    let (status, forgotten) = rig.request(&pool, 2);
+    assert_eq!(status, 200, "{forgotten}");
+    assert!(dnsmasq.lease_of(&mac(2)).is_some());
+    wait_for(15, "the unused lease out of dnsmasq's file", || {
+        dnsmasq.lease_of(&mac(2)).is_none()
+    });
+    let held: Vec<String> = rig
+        .server
+        .state()
+        .leases
+        .iter()
+        .map(|l| l.address.to_string())
+        .collect();
+    assert_eq!(held, vec![used.clone()], "the endpoint's lease stays");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        dnsmasq.lease_of(&mac(1)).is_some(),
+        "the endpoint's lease stays in dnsmasq's file"
+    );
+
+    // The endpoint and network go, and dockerd sends neither ReleaseAddress nor ReleasePool.
+    rig.server.ok(
+        "/NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID": NET, "EndpointID": ep_id(1)}),
+    );
+    rig.server.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": NET}));
+    wait_for(15, "the last lease out of dnsmasq's file", || {
+        dnsmasq.lease_of(&mac(1)).is_none()
+    });
+    assert!(rig.server.state().leases.is_empty());
+    common::report("dhcp: leases no endpoint held were released to dnsmasq by the sweep (2 s grace)");
 }
 
 #[test]

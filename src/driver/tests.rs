@@ -879,6 +879,118 @@ mod sweeping {
         assert_eq!(allocated(&p), vec!["10.78.0.1", "10.78.0.2"]);
     }
 
+    fn lease(pool_id: &str, ip: &str, mac: u8) -> crate::model::LeaseRecord {
+        crate::model::LeaseRecord {
+            pool_id: pool_id.into(),
+            address: format!("{ip}/24").parse().unwrap(),
+            router: None,
+            routes: Vec::new(),
+            server: "10.79.0.254".parse().unwrap(),
+            parent: "eth0".into(),
+            mac: crate::model::MacAddr([2, 0, 0, 0, 0, mac]),
+            client_id: String::new(),
+            lease_secs: 120,
+            t1_secs: 60,
+            t2_secs: 105,
+            acked_at: 0,
+            renewals: 0,
+            trouble: None,
+        }
+    }
+
+    async fn put_lease(p: &Plugin<FakeKernel>, lease: crate::model::LeaseRecord) {
+        p.ledger
+            .commit(|_| Ok(((), vec![crate::state::Change::PutLease(lease)])))
+            .await
+            .unwrap();
+    }
+
+    fn leased(p: &Plugin<FakeKernel>) -> Vec<String> {
+        p.ledger
+            .state()
+            .leases
+            .values()
+            .map(|l| l.address.ip().to_string())
+            .collect()
+    }
+
+    /// A lease no endpoint holds is renewed forever unless the sweep releases it: after
+    /// a whole grace period (renewals meanwhile do not save it), or at once when its
+    /// pool's network is gone.
+    #[tokio::test]
+    async fn leases_no_endpoint_holds_go_after_two_sweeps_and_with_their_network() {
+        let dir = test_store();
+        let p = open(&dir, kernel());
+        let id = pool(&p, "10.79.0.0/24").await;
+        address(&p, &id, "10.79.0.1", true).await;
+        p.driver
+            .create_network(network(
+                NET_A,
+                json!({"parent": "eth0"}),
+                "10.79.0.0/24",
+                "10.79.0.1/24",
+            ))
+            .await
+            .unwrap();
+        address(&p, &id, "10.79.0.2", false).await;
+        p.driver
+            .create_endpoint(endpoint(NET_A, EP_1, "10.79.0.2/24", ""))
+            .await
+            .unwrap();
+        put_lease(&p, lease(&id, "10.79.0.2", 2)).await;
+        put_lease(&p, lease(&id, "10.79.0.3", 3)).await;
+        put_lease(&p, lease("rustvlan-local/10.99.0.0/24#999", "10.99.0.9", 9)).await;
+
+        let first = p.ipam.sweep(false).await.unwrap();
+        assert!(first.is_empty(), "the first sweep only marks: {first:?}");
+        assert_eq!(
+            first.leases_marked, 2,
+            "10.79.0.3, and the lease of a pool that is gone"
+        );
+        let renewed = crate::model::LeaseRecord {
+            renewals: 1,
+            acked_at: 60,
+            ..lease(&id, "10.79.0.3", 3)
+        };
+        put_lease(&p, renewed).await;
+        let second = p.ipam.sweep(false).await.unwrap();
+        let released: Vec<String> = second
+            .leases_reclaimed
+            .iter()
+            .map(|l| l.address.ip().to_string())
+            .collect();
+        assert_eq!(released, vec!["10.79.0.3", "10.99.0.9"], "a renewal does not save it");
+        assert_eq!(leased(&p), vec!["10.79.0.2"]);
+
+        // A lease released and taken again by another endpoint between two sweeps is
+        // that endpoint's moment: kept.
+        put_lease(&p, lease(&id, "10.79.0.4", 4)).await;
+        assert_eq!(p.ipam.sweep(false).await.unwrap().leases_marked, 1);
+        p.ledger
+            .commit(|_| {
+                Ok((
+                    (),
+                    vec![crate::state::Change::DelLease(lease(&id, "10.79.0.4", 4).key())],
+                ))
+            })
+            .await
+            .unwrap();
+        put_lease(&p, lease(&id, "10.79.0.4", 5)).await;
+        assert!(p.ipam.sweep(false).await.unwrap().leases_reclaimed.is_empty());
+
+        p.driver.delete_endpoint(&ep_req(NET_A, EP_1)).await.unwrap();
+        p.driver.delete_network(NET_A).await.unwrap();
+        let now = p.ipam.sweep(true).await.unwrap();
+        let mut released: Vec<String> = now
+            .leases_reclaimed
+            .iter()
+            .map(|l| l.address.ip().to_string())
+            .collect();
+        released.sort();
+        assert_eq!(released, vec!["10.79.0.2", "10.79.0.4"], "its network is gone");
+        assert!(leased(&p).is_empty());
+    }
+
     #[tokio::test]
     async fn orphan_pools_go_and_other_drivers_pools_stay() {
         let dir = test_store();

@@ -250,7 +250,7 @@ impl<K: Kernel> Ipam<K> {
     }
 
     /// Best effort: a lease whose RELEASE is lost expires on the server by itself.
-    async fn send_release(&self, lease: &LeaseRecord) {
+    pub(super) async fn send_release(&self, lease: &LeaseRecord) {
         let sent = match self.kernel.link(&lease.parent).await {
             Ok(Some(parent)) => self
                 .dhcp

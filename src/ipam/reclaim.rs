@@ -9,6 +9,8 @@
 //! addresses; the next sweep, a grace period later, releases the ones still unused.
 //! Pools claimed by a network that no longer exists (a ReleasePool never sent) go the
 //! same way. Pools no rustvlan network claimed (another driver's) are never touched.
+//! DHCP leases too: a lease no endpoint of its network holds, or whose pool or network
+//! is gone, is released to its server the same way (else it would be renewed forever).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -19,6 +21,7 @@ use super::Ipam;
 use crate::error::Result;
 use crate::ipam::{IpamChange, pool_id};
 use crate::kernel::Kernel;
+use crate::model::LeaseRecord;
 use crate::state::{Change, State};
 
 /// What one sweep left marked, for the next one.
@@ -26,6 +29,8 @@ use crate::state::{Change, State};
 pub struct SweepMarks {
     addresses: BTreeSet<(u64, IpAddr)>,
     pools: BTreeSet<u64>,
+    /// By [`LeaseRecord::key`].
+    leases: BTreeSet<String>,
 }
 
 /// The commit hook that keeps marks to one allocation: an address released or allocated
@@ -36,10 +41,23 @@ pub struct SweepMarks {
 pub(crate) struct ForgetMarks(pub(crate) std::sync::Arc<std::sync::Mutex<SweepMarks>>);
 
 impl crate::ledger::CommitHook for ForgetMarks {
-    fn follow_up(&self, _state: &State, changes: &[Change]) -> Vec<Change> {
+    fn follow_up(&self, state: &State, changes: &[Change]) -> Vec<Change> {
         let mut marks = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for change in changes {
             match change {
+                // A renewal keeps the mark: a lease renewed more often than the sweep
+                // runs would otherwise never be released.
+                Change::PutLease(lease)
+                    if state
+                        .leases
+                        .get(&lease.key())
+                        .is_some_and(|old| old.mac == lease.mac && old.client_id == lease.client_id) => {}
+                Change::PutLease(lease) => {
+                    marks.leases.remove(&lease.key());
+                }
+                Change::DelLease(key) => {
+                    marks.leases.remove(key);
+                }
                 Change::Ipam(IpamChange::PutAddress { pool, ip, .. } | IpamChange::DelAddress { pool, ip }) => {
                     marks.addresses.remove(&(*pool, *ip));
                 }
@@ -62,25 +80,61 @@ pub struct SweepReport {
     /// Unused now; released by the next sweep if still unused then.
     pub addresses_marked: usize,
     pub pools_marked: usize,
+    /// The leases released, for their RELEASE to the server once the commit is durable.
+    #[serde(skip)]
+    pub leases_reclaimed: Vec<LeaseRecord>,
+    pub leases_marked: usize,
 }
 
 impl SweepReport {
     pub fn is_empty(&self) -> bool {
-        self.addresses_reclaimed.is_empty() && self.pools_reclaimed.is_empty()
+        self.addresses_reclaimed.is_empty() && self.pools_reclaimed.is_empty() && self.leases_reclaimed.is_empty()
     }
+}
+
+/// The addresses of each network's endpoints, in one pass over the endpoints, not one
+/// per pool: with 100 networks and 10 000 endpoints a per-pool scan was a million string
+/// comparisons, at every start-up.
+fn endpoint_ips(state: &State) -> HashMap<&str, HashSet<IpAddr>> {
+    let mut ips: HashMap<&str, HashSet<IpAddr>> = HashMap::new();
+    for e in state.endpoints.values() {
+        ips.entry(e.network_id.as_str())
+            .or_default()
+            .extend(e.ipv4.iter().chain(e.ipv6.iter()).map(|a| a.ip()));
+    }
+    ips
+}
+
+/// Leases that no endpoint of their pool's network (nor its host's shim) holds, and
+/// leases whose pool, or the pool's network, is gone. A pool no network claimed yet
+/// keeps its leases (none is taken before CreateNetwork).
+pub fn unbound_leases(state: &State) -> Vec<String> {
+    let endpoint_ips = endpoint_ips(state);
+    state
+        .leases
+        .values()
+        .filter(|lease| {
+            let ip = IpAddr::V4(lease.address.ip());
+            let pool = state.ipam.lookup(&lease.pool_id).ok().flatten();
+            match pool.map(|p| p.record.claimed_by.as_ref()) {
+                None => true,
+                Some(None) => false,
+                Some(Some(network_id)) => state.networks.get(network_id).is_none_or(|network| {
+                    let shim = network.host_access.as_ref().is_some_and(|h| h.address.ip() == ip);
+                    let endpoint = endpoint_ips
+                        .get(network_id.as_str())
+                        .is_some_and(|ips| ips.contains(&ip));
+                    !shim && !endpoint
+                }),
+            }
+        })
+        .map(LeaseRecord::key)
+        .collect()
 }
 
 /// Allocated addresses of claimed pools that nothing of the claiming network uses.
 pub fn unbound_addresses(state: &State) -> Vec<(u64, IpAddr)> {
-    // One pass over the endpoints, not one per pool: with 100 networks and 10 000
-    // endpoints a per-pool scan was a million string comparisons, at every start-up.
-    let mut endpoint_ips: HashMap<&str, HashSet<IpAddr>> = HashMap::new();
-    for e in state.endpoints.values() {
-        endpoint_ips
-            .entry(e.network_id.as_str())
-            .or_default()
-            .extend(e.ipv4.iter().chain(e.ipv6.iter()).map(|a| a.ip()));
-    }
+    let endpoint_ips = endpoint_ips(state);
     let no_endpoints = HashSet::new();
     let mut out = Vec::new();
     for pool in state.ipam.pools() {
@@ -123,8 +177,15 @@ pub fn orphan_pools(state: &State) -> Vec<u64> {
 pub fn plan_sweep(state: &State, marks: &mut SweepMarks, now: bool) -> (SweepReport, Vec<Change>) {
     let unbound: BTreeSet<(u64, IpAddr)> = unbound_addresses(state).into_iter().collect();
     let orphans: BTreeSet<u64> = orphan_pools(state).into_iter().collect();
+    let leases: BTreeSet<String> = unbound_leases(state).into_iter().collect();
     let mut report = SweepReport::default();
     let mut changes = Vec::new();
+    for key in leases.iter().filter(|k| now || marks.leases.contains(*k)) {
+        if let Some(lease) = state.leases.get(key) {
+            report.leases_reclaimed.push(lease.clone());
+            changes.push(Change::DelLease(key.clone()));
+        }
+    }
     for &seq in orphans.iter().filter(|s| now || marks.pools.contains(s)) {
         if let Some(pool) = state.ipam.pool(seq) {
             report.pools_reclaimed.push(pool_id(&pool.record));
@@ -165,8 +226,11 @@ pub fn plan_sweep(state: &State, marks: &mut SweepMarks, now: bool) -> (SweepRep
             .into_iter()
             .filter(|a| !released.contains(a) && !released_pools.contains(&a.0))
             .collect();
+        let released_leases: HashSet<String> = report.leases_reclaimed.iter().map(LeaseRecord::key).collect();
+        marks.leases = leases.into_iter().filter(|k| !released_leases.contains(k)).collect();
         report.addresses_marked = marks.addresses.len();
         report.pools_marked = marks.pools.len();
+        report.leases_marked = marks.leases.len();
     }
     (report, changes)
 }
@@ -184,6 +248,9 @@ impl<K: Kernel> Ipam<K> {
             .await?;
         self.metrics
             .count_reclaimed(report.addresses_reclaimed.values().map(Vec::len).sum());
+        for lease in &report.leases_reclaimed {
+            self.send_release(lease).await;
+        }
         if report.is_empty() {
             tracing::debug!(
                 addresses_marked = report.addresses_marked,
@@ -191,11 +258,14 @@ impl<K: Kernel> Ipam<K> {
                 "sweep: nothing to reclaim"
             );
         } else {
+            let leases: Vec<String> = report.leases_reclaimed.iter().map(|l| l.address.to_string()).collect();
             tracing::info!(
                 addresses = ?report.addresses_reclaimed,
                 pools = ?report.pools_reclaimed,
+                leases = ?leases,
                 "sweep: reclaimed what no endpoint, gateway or aux address used since the last sweep \
-                 (releases dockerd never sent, or requests it retried after a plugin crash)"
+                 (releases dockerd never sent, or requests it retried after a plugin crash), and DHCP \
+                 leases no endpoint held"
             );
         }
         Ok(report)
