@@ -477,6 +477,8 @@ mod hostile {
         /// Leases of 20 s with T1 at 2 s and T2 at 4 s, and renewals answered by
         /// another server only (a failover partner).
         RenewedByOther(Ipv4Addr),
+        /// Leases of 20 s with T1 at 2 s, and renewals answered with this address.
+        RenewedWithAnother(Ipv4Addr),
         None,
     }
 
@@ -485,6 +487,8 @@ mod hostile {
         pub releases: Arc<AtomicUsize>,
         /// The client hardware address of each RELEASE, in order.
         pub released: Arc<Mutex<Vec<Vec<u8>>>>,
+        /// The address (ciaddr) of each RELEASE, in order.
+        pub released_addresses: Arc<Mutex<Vec<Ipv4Addr>>>,
         /// Renewals seen (REQUESTs without a server id).
         pub renewals: Arc<AtomicUsize>,
         stop: Arc<AtomicBool>,
@@ -497,11 +501,13 @@ mod hostile {
             let fault = Arc::new(Mutex::new(Fault::None));
             let releases = Arc::new(AtomicUsize::new(0));
             let released = Arc::new(Mutex::new(Vec::new()));
+            let released_addresses = Arc::new(Mutex::new(Vec::new()));
             let renewals = Arc::new(AtomicUsize::new(0));
             let stop = Arc::new(AtomicBool::new(false));
             let seen = Seen {
                 releases: releases.clone(),
                 released: released.clone(),
+                released_addresses: released_addresses.clone(),
                 renewals: renewals.clone(),
             };
             let (f, s) = (fault.clone(), stop.clone());
@@ -526,6 +532,7 @@ mod hostile {
                 fault,
                 releases,
                 released,
+                released_addresses,
                 renewals,
                 stop,
                 thread: Some(thread),
@@ -550,6 +557,7 @@ mod hostile {
     struct Seen {
         releases: Arc<AtomicUsize>,
         released: Arc<Mutex<Vec<Vec<u8>>>>,
+        released_addresses: Arc<Mutex<Vec<Ipv4Addr>>>,
         renewals: Arc<AtomicUsize>,
     }
 
@@ -597,6 +605,7 @@ mod hostile {
                 },
                 Some(MessageType::Release) => {
                     seen.released.lock().unwrap().push(ask.chaddr().to_vec());
+                    seen.released_addresses.lock().unwrap().push(ask.ciaddr());
                     seen.releases.fetch_add(1, Ordering::SeqCst);
                     Vec::new()
                 }
@@ -613,6 +622,7 @@ mod hostile {
             && ask.opts().get(OptionCode::ServerIdentifier).is_none();
         let yiaddr = match fault {
             Fault::Address(ip) => *ip,
+            Fault::RenewedWithAnother(ip) if renewal && kind == MessageType::Ack => *ip,
             _ if kind == MessageType::Nak => Ipv4Addr::UNSPECIFIED,
             _ => OFFERED,
         };
@@ -653,6 +663,7 @@ mod hostile {
             Fault::Times(lease, t1, t2) => (*lease, *t1, *t2),
             Fault::SlowRenewal(_) => (20, Some(2), Some(15)),
             Fault::RenewedByOther(_) => (20, Some(2), Some(4)),
+            Fault::RenewedWithAnother(_) => (20, Some(2), Some(15)),
             _ => (120, None, None),
         };
         opts.insert(DhcpOption::AddressLeaseTime(lease));
@@ -932,4 +943,37 @@ fn past_t2_another_server_may_extend_the_lease() {
     );
     wait_for(25, "the partner's ACK taken past T2", || server_of() == partner);
     common::report("dhcp: past T2 a failover partner's ACK extends the lease; before T2 it is ignored");
+}
+
+/// Issue 25: a renewal the server answers with another address leaves the container on
+/// its address (it cannot be changed under a running container), says so on the lease,
+/// and gives the other address back at once: nothing would ever use or renew it.
+#[test]
+fn a_renewal_answered_with_another_address_gives_that_address_back() {
+    use hostile::Fault;
+    let Some(rig) = rig() else { return };
+    let server = hostile::Hostile::start(&rig.lan);
+    let pool = rig.network();
+    let other: std::net::Ipv4Addr = "10.64.0.88".parse().unwrap();
+    server.set(Fault::RenewedWithAnother(other));
+    let (status, answer) = rig.request(&pool, 61);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["Address"], "10.64.0.77/24");
+    wait_for(15, "the other address released", || {
+        server.released_addresses.lock().unwrap().contains(&other)
+    });
+    let lease = rig.server.state().leases[0].clone();
+    assert_eq!(lease.address.to_string(), "10.64.0.77/24");
+    assert!(
+        lease
+            .trouble
+            .as_deref()
+            .is_some_and(|t| t.contains("another address, 10.64.0.88")),
+        "{lease:?}"
+    );
+    assert!(
+        !server.released_addresses.lock().unwrap().contains(&hostile::OFFERED),
+        "the container's own address was not released"
+    );
+    common::report("dhcp: a renewal answered with another address: the container keeps its own, the other is released");
 }

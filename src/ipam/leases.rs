@@ -301,7 +301,8 @@ impl<K: Kernel> Ipam<K> {
     /// it), up to [`RENEWALS_IN_FLIGHT`] at once, checking every second. A lease whose
     /// renewal failed is tried again as RFC 2131 4.4.5 says (see [`retry_time`]). A NAK
     /// or a different address cannot be pushed into a running container: it is
-    /// recorded on the lease, shown by status and counted.
+    /// recorded on the lease, shown by status and counted (and the different address is
+    /// released at once).
     pub async fn renew_leases(self: std::sync::Arc<Self>) {
         let retry_at: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -357,7 +358,20 @@ impl<K: Kernel> Ipam<K> {
     }
 
     async fn renew_one(&self, lease: &LeaseRecord) -> std::result::Result<(), ()> {
-        let (updated, event) = renewal_outcome(lease, self.try_renew(lease).await);
+        let renewed = self.try_renew(lease).await;
+        // Bound to this identity on the server now, and used by nothing: given back.
+        let other_address = match &renewed {
+            Ok(granted) if granted.address.ip() != lease.address.ip() => Some(LeaseRecord {
+                address: granted.address,
+                server: granted.server,
+                ..lease.clone()
+            }),
+            _ => None,
+        };
+        let (updated, event) = renewal_outcome(lease, renewed);
+        if let Some(other) = &other_address {
+            self.send_release(other).await;
+        }
         self.metrics.count_dhcp(event);
         if event == DhcpEvent::Renewed {
             tracing::debug!(address = %lease.address, renewals = updated.renewals, "DHCP lease renewed");
