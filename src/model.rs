@@ -477,6 +477,11 @@ pub fn lease_key(pool_id: &str, ip: std::net::IpAddr) -> String {
 pub struct SharedRelease {
     pub plan: String,
     pub ip: std::net::IpAddr,
+    /// Not before this time (Unix seconds): a claim whose answer never came may still be
+    /// carried out by etcd a moment later (a proposal that commits after a leader change),
+    /// and a delete that comes first would leave it behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<u64>,
 }
 
 impl SharedRelease {

@@ -70,6 +70,10 @@ struct PlanView {
 
 const REFRESH_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a claim whose answer never came is left before its note is drained: longer
+/// than etcd takes to commit or drop a proposal across a leader change.
+const UNKNOWN_CLAIM_SETTLES: Duration = Duration::from_secs(15);
+
 /// What other hosts hold of a plan, and how many of their addresses each block has: a
 /// host fills blocks no other host uses while there are any, so that hosts rarely race
 /// for one address (every address is still claimed on its own).
@@ -322,16 +326,20 @@ impl CommitHook for SharedReleaseNotes {
                         extra.push(Change::PutSharedRelease(SharedRelease {
                             plan: plan_name(&p.record),
                             ip: *ip,
+                            not_before: None,
                         }));
                     }
                 }
                 Change::Ipam(IpamChange::DelPool(seq)) => {
                     if let Some(p) = state.ipam.pool(*seq).filter(|p| p.record.shared) {
                         let plan = plan_name(&p.record);
-                        extra.extend(
-                            p.allocated()
-                                .map(|(ip, _)| Change::PutSharedRelease(SharedRelease { plan: plan.clone(), ip })),
-                        );
+                        extra.extend(p.allocated().map(|(ip, _)| {
+                            Change::PutSharedRelease(SharedRelease {
+                                plan: plan.clone(),
+                                ip,
+                                not_before: None,
+                            })
+                        }));
                     }
                 }
                 Change::Ipam(IpamChange::PutAddress { pool, ip, .. }) => {
@@ -339,6 +347,7 @@ impl CommitHook for SharedReleaseNotes {
                         let key = SharedRelease {
                             plan: plan_name(&p.record),
                             ip: *ip,
+                            not_before: None,
                         }
                         .key();
                         if state.shared_releases.contains_key(&key) {
@@ -382,12 +391,16 @@ impl<K: Kernel> Ipam<K> {
             return;
         };
         loop {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             let batch: Vec<SharedRelease> = {
                 let state = self.state();
                 let mut views = shared.views();
                 state
                     .shared_releases
                     .values()
+                    .filter(|r| r.not_before.is_none_or(|t| t <= now))
                     .filter(|r| {
                         let view = views.entry(r.plan.clone()).or_default();
                         // Not while this host is claiming it again.
@@ -584,8 +597,25 @@ impl<K: Kernel> PoolAllocations<'_, K> {
         let state = self.plugin.state();
         let mut views = shared.views();
         let view = views.entry(plan.to_string()).or_default();
+        // Named addresses and the gateway (the same on every host) go by `held` alone.
+        let dynamic = ask.address.is_none() && !ask.gateway();
+        // An address whose claim is still to be deleted is passed over: a claim of it
+        // whose answer never came may yet be carried out, after a new claim's release.
+        let noted = |ip: IpAddr| {
+            dynamic
+                && state.shared_releases.contains_key(
+                    &SharedRelease {
+                        plan: plan.to_string(),
+                        ip,
+                        not_before: None,
+                    }
+                    .key(),
+                )
+        };
         // A reservation may share another host's reservation, never its address.
-        let held = |ip: IpAddr| view.in_flight.contains(&ip) || view.remote.get(&ip).is_some_and(|h| !ask.shares(h));
+        let held = |ip: IpAddr| {
+            view.in_flight.contains(&ip) || noted(ip) || view.remote.get(&ip).is_some_and(|h| !ask.shares(h))
+        };
         // Each host goes on after its last address (its first one at a point of its
         // own), in blocks no other host uses while there are any (see `blocks`).
         let walked = view.walks.get(ask.pool_id).copied();
@@ -599,8 +629,6 @@ impl<K: Kernel> PoolAllocations<'_, K> {
                 .ipam
                 .plan_request_address_avoiding(ask.pool_id, ask.address, ask.gateway(), avoid, start)
         };
-        // Named addresses and the gateway (the same on every host) go by `held` alone.
-        let dynamic = ask.address.is_none() && !ask.gateway();
         let plan_from = |start: SearchStart| match dynamic.then(|| plan_avoiding(&own_block, start)) {
             Some(Err(e)) if e.kind == crate::error::ErrorKind::Exhausted => plan_avoiding(&held, start),
             Some(planned) => planned,
@@ -671,11 +699,17 @@ impl<K: Kernel> PoolAllocations<'_, K> {
 
     /// Leaves a durable note to delete this host's claim of `ip`, if etcd has one, as a
     /// released address does: for a claim whose answer never came. Called while `ip` is
-    /// in flight, so the note is dropped if this host takes `ip` again first.
+    /// in flight, so the note is dropped if this host takes `ip` again first (by name:
+    /// dynamic requests pass over noted addresses). Etcd may still carry the claim out a
+    /// moment later, so the note waits [`UNKNOWN_CLAIM_SETTLES`] before it is drained.
     async fn release_claim_later(&self, plan: &str, ip: IpAddr) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let note = SharedRelease {
             plan: plan.to_string(),
             ip,
+            not_before: Some(now + UNKNOWN_CLAIM_SETTLES.as_secs()),
         };
         let noted = self
             .plugin
