@@ -602,20 +602,18 @@ impl<K: Kernel> PoolAllocations<'_, K> {
         // An address whose claim is still to be deleted is passed over: a claim of it
         // whose answer never came may yet be carried out, after a new claim's release.
         let noted = |ip: IpAddr| {
-            dynamic
-                && state.shared_releases.contains_key(
-                    &SharedRelease {
-                        plan: plan.to_string(),
-                        ip,
-                        not_before: None,
-                    }
-                    .key(),
-                )
+            state.shared_releases.contains_key(
+                &SharedRelease {
+                    plan: plan.to_string(),
+                    ip,
+                    not_before: None,
+                }
+                .key(),
+            )
         };
         // A reservation may share another host's reservation, never its address.
-        let held = |ip: IpAddr| {
-            view.in_flight.contains(&ip) || noted(ip) || view.remote.get(&ip).is_some_and(|h| !ask.shares(h))
-        };
+        let taken = |ip: IpAddr| view.in_flight.contains(&ip) || view.remote.get(&ip).is_some_and(|h| !ask.shares(h));
+        let held = |ip: IpAddr| taken(ip) || noted(ip);
         // Each host goes on after its last address (its first one at a point of its
         // own), in blocks no other host uses while there are any (see `blocks`).
         let walked = view.walks.get(ask.pool_id).copied();
@@ -629,10 +627,20 @@ impl<K: Kernel> PoolAllocations<'_, K> {
                 .ipam
                 .plan_request_address_avoiding(ask.pool_id, ask.address, ask.gateway(), avoid, start)
         };
-        let plan_from = |start: SearchStart| match dynamic.then(|| plan_avoiding(&own_block, start)) {
-            Some(Err(e)) if e.kind == crate::error::ErrorKind::Exhausted => plan_avoiding(&held, start),
-            Some(planned) => planned,
-            None => plan_avoiding(&held, start),
+        let exhausted = |r: &Result<_>| matches!(r, Err(e) if e.kind == crate::error::ErrorKind::Exhausted);
+        let plan_from = |start: SearchStart| {
+            if !dynamic {
+                return plan_avoiding(&taken, start);
+            }
+            let mut planned = plan_avoiding(&own_block, start);
+            if exhausted(&planned) {
+                planned = plan_avoiding(&held, start);
+            }
+            // Addresses still being released come last: a nearly full pool hands them out.
+            if exhausted(&planned) {
+                planned = plan_avoiding(&taken, start);
+            }
+            planned
         };
         let mut planned = plan_from(start);
         if dynamic
